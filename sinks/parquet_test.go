@@ -1,0 +1,532 @@
+package sinks
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/apache/arrow/go/v17/parquet"
+	"github.com/apache/arrow/go/v17/parquet/compress"
+	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/memblob"
+)
+
+// testSchema is a small resource-like schema: scalars, a list of structs holding a list, a struct with a
+// timestamp, and the metadata the schema package puts on every resource schema.
+func testSchema() *arrow.Schema {
+	name := arrow.StructOf(
+		arrow.Field{Name: "family", Type: arrow.BinaryTypes.String, Nullable: true},
+		arrow.Field{Name: "given", Type: arrow.ListOf(arrow.BinaryTypes.String), Nullable: true},
+	)
+	meta := arrow.StructOf(
+		arrow.Field{Name: "lastUpdated", Type: &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}, Nullable: true},
+	)
+	md := arrow.NewMetadata(
+		[]string{"fhirlake.schema_version", "fhir.version", "fhir.resource_type"},
+		[]string{"1", "4.0.1", "Patient"},
+	)
+	return arrow.NewSchema([]arrow.Field{
+		{Name: "id", Type: arrow.BinaryTypes.String, Nullable: true},
+		{Name: "active", Type: arrow.FixedWidthTypes.Boolean, Nullable: true},
+		{Name: "count", Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+		{Name: "name", Type: arrow.ListOf(name), Nullable: true},
+		{Name: "meta", Type: meta, Nullable: true},
+	}, &md)
+}
+
+// testRecord builds rows start..start+n-1 of a deterministic data set: row i has id "p-<i>".
+func testRecord(t testing.TB, mem memory.Allocator, start, n int) arrow.Record {
+	t.Helper()
+	rb := array.NewRecordBuilder(mem, testSchema())
+	defer rb.Release()
+	id := rb.Field(0).(*array.StringBuilder)
+	active := rb.Field(1).(*array.BooleanBuilder)
+	count := rb.Field(2).(*array.Int64Builder)
+	names := rb.Field(3).(*array.ListBuilder)
+	name := names.ValueBuilder().(*array.StructBuilder)
+	family := name.FieldBuilder(0).(*array.StringBuilder)
+	given := name.FieldBuilder(1).(*array.ListBuilder)
+	givenValue := given.ValueBuilder().(*array.StringBuilder)
+	meta := rb.Field(4).(*array.StructBuilder)
+	lastUpdated := meta.FieldBuilder(0).(*array.TimestampBuilder)
+	for i := start; i < start+n; i++ {
+		id.Append(fmt.Sprintf("p-%d", i))
+		if i%3 == 0 {
+			active.AppendNull()
+		} else {
+			active.Append(i%2 == 0)
+		}
+		count.Append(int64(i))
+		names.Append(true)
+		for j := 0; j < i%3; j++ { // 0, 1 or 2 names
+			name.Append(true)
+			family.Append(fmt.Sprintf("F%d-%d", i, j))
+			given.Append(true)
+			givenValue.Append("a")
+			givenValue.Append(fmt.Sprintf("b%d", i))
+		}
+		if i%4 == 0 {
+			meta.AppendNull()
+		} else {
+			meta.Append(true)
+			lastUpdated.Append(arrow.Timestamp(int64(i) * 1_000_000))
+		}
+	}
+	return rb.NewRecord()
+}
+
+// readPart is what a Parquet part holds.
+type readPart struct {
+	rowGroups []int64
+	codec     compress.Compression
+	kv        map[string]string
+	records   []arrow.Record // the rows, released by t.Cleanup
+}
+
+// readParquet reads key back with the parquet file reader and pqarrow.
+func readParquet(t *testing.T, b *blob.Bucket, key string, mem memory.Allocator) readPart {
+	t.Helper()
+	ctx := context.Background()
+	data, err := b.ReadAll(ctx, key)
+	if err != nil {
+		t.Fatalf("read %s: %v", key, err)
+	}
+	pf, err := file.NewParquetReader(bytes.NewReader(data), file.WithReadProps(parquet.NewReaderProperties(mem)))
+	if err != nil {
+		t.Fatalf("open parquet %s: %v", key, err)
+	}
+	defer pf.Close()
+	var got readPart
+	for i := 0; i < pf.NumRowGroups(); i++ {
+		got.rowGroups = append(got.rowGroups, pf.MetaData().RowGroup(i).NumRows())
+	}
+	if pf.NumRowGroups() > 0 {
+		cc, err := pf.MetaData().RowGroup(0).ColumnChunk(0)
+		if err != nil {
+			t.Fatalf("column chunk of %s: %v", key, err)
+		}
+		got.codec = cc.Compression()
+	}
+	got.kv = map[string]string{}
+	kv := pf.MetaData().KeyValueMetadata()
+	for i, k := range kv.Keys() {
+		got.kv[k] = kv.Values()[i]
+	}
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 1 << 20}, mem)
+	if err != nil {
+		t.Fatalf("arrow reader for %s: %v", key, err)
+	}
+	tbl, err := fr.ReadTable(ctx)
+	if err != nil {
+		t.Fatalf("read table %s: %v", key, err)
+	}
+	defer tbl.Release()
+	tr := array.NewTableReader(tbl, 1<<20)
+	defer tr.Release()
+	for tr.Next() {
+		rec := tr.Record()
+		rec.Retain()
+		got.records = append(got.records, rec)
+	}
+	if err := tr.Err(); err != nil {
+		t.Fatalf("iterate %s: %v", key, err)
+	}
+	t.Cleanup(func() {
+		for _, r := range got.records {
+			r.Release()
+		}
+	})
+	return got
+}
+
+// keys lists every object in b.
+func keys(t *testing.T, b *blob.Bucket) []string {
+	t.Helper()
+	var out []string
+	it := b.List(nil)
+	for {
+		obj, err := it.Next(context.Background())
+		if errors.Is(err, io.EOF) {
+			return out
+		}
+		if err != nil {
+			t.Fatalf("list: %v", err)
+		}
+		out = append(out, obj.Key)
+	}
+}
+
+func checkedAllocator(t *testing.T) *memory.CheckedAllocator {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) })
+	return mem
+}
+
+func TestTableWritesParquet(t *testing.T) {
+	tests := []struct {
+		name    string
+		out     string
+		opts    ParquetOptions
+		batches []int
+		// want, per part: the rows of each row group
+		want      [][]int64
+		wantCodec compress.Compression
+	}{
+		{
+			name:      "one batch, defaults",
+			out:       "run",
+			batches:   []int{10},
+			want:      [][]int64{{10}},
+			wantCodec: compress.Codecs.Zstd,
+		},
+		{
+			name:      "bucket root",
+			out:       "",
+			batches:   []int{3, 4},
+			want:      [][]int64{{7}},
+			wantCodec: compress.Codecs.Zstd,
+		},
+		{
+			name:      "row groups split at RowGroupRows",
+			out:       "run",
+			opts:      ParquetOptions{RowGroupRows: 4},
+			batches:   []int{5, 7, 3},
+			want:      [][]int64{{4, 4, 4, 3}},
+			wantCodec: compress.Codecs.Zstd,
+		},
+		{
+			name:      "row group ends exactly at a batch boundary",
+			out:       "run",
+			opts:      ParquetOptions{RowGroupRows: 4},
+			batches:   []int{4, 4},
+			want:      [][]int64{{4, 4}},
+			wantCodec: compress.Codecs.Zstd,
+		},
+		{
+			name:      "a new part past MaxFileBytes",
+			out:       "run",
+			opts:      ParquetOptions{MaxFileBytes: 1},
+			batches:   []int{3, 2, 4},
+			want:      [][]int64{{3}, {2}, {4}},
+			wantCodec: compress.Codecs.Zstd,
+		},
+		{
+			name:      "explicit codec",
+			out:       "run/",
+			opts:      ParquetOptions{Compression: compress.Codecs.Snappy},
+			batches:   []int{2},
+			want:      [][]int64{{2}},
+			wantCodec: compress.Codecs.Snappy,
+		},
+		{
+			name:    "empty batches write nothing",
+			out:     "run",
+			batches: []int{0, 0},
+			want:    nil,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			mem := checkedAllocator(t)
+			b := memblob.OpenBucket(nil)
+			defer b.Close()
+			opts := tc.opts
+			opts.Allocator = mem
+			tbl := NewTable(b, tc.out, "Patient", testSchema(), opts)
+			start := 0
+			for _, n := range tc.batches {
+				rec := testRecord(t, mem, start, n)
+				err := tbl.Write(ctx, rec)
+				rec.Release()
+				if err != nil {
+					t.Fatalf("Write: %v", err)
+				}
+				start += n
+			}
+			files, err := tbl.Close(ctx)
+			if err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+
+			var wantFiles []string
+			var wantKeys []string
+			for i := range tc.want {
+				rel := fmt.Sprintf("Patient/part-%05d.parquet", i)
+				wantFiles = append(wantFiles, rel)
+				wantKeys = append(wantKeys, objectKey(tc.out, rel))
+			}
+			var gotFiles []string
+			for _, f := range files {
+				gotFiles = append(gotFiles, f.Key)
+			}
+			if !slices.Equal(gotFiles, wantFiles) {
+				t.Fatalf("files = %q, want %q", gotFiles, wantFiles)
+			}
+			if got := keys(t, b); !slices.Equal(got, wantKeys) {
+				t.Fatalf("bucket holds %q, want %q", got, wantKeys)
+			}
+
+			row := 0
+			for i, f := range files {
+				attrs, err := b.Attributes(ctx, wantKeys[i])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f.Bytes != attrs.Size {
+					t.Errorf("%s: File.Bytes = %d, object size %d", f.Key, f.Bytes, attrs.Size)
+				}
+				if attrs.ContentType != parquetType {
+					t.Errorf("%s: content type %q", f.Key, attrs.ContentType)
+				}
+				got := readParquet(t, b, wantKeys[i], mem)
+				if !slices.Equal(got.rowGroups, tc.want[i]) {
+					t.Errorf("%s: row groups %v, want %v", f.Key, got.rowGroups, tc.want[i])
+				}
+				if got.codec != tc.wantCodec {
+					t.Errorf("%s: codec %v, want %v", f.Key, got.codec, tc.wantCodec)
+				}
+				for _, k := range []string{"fhirlake.schema_version", "fhir.version", "fhir.resource_type"} {
+					want, _ := testSchema().Metadata().GetValue(k)
+					if got.kv[k] != want {
+						t.Errorf("%s: metadata %s = %q, want %q", f.Key, k, got.kv[k], want)
+					}
+				}
+				if got.kv["ARROW:schema"] == "" {
+					t.Errorf("%s: no ARROW:schema in the footer", f.Key)
+				}
+				var rows int64
+				for _, rec := range got.records {
+					want := testRecord(t, mem, row, int(rec.NumRows()))
+					if !array.RecordEqual(rec, want) {
+						t.Errorf("%s: rows %d..%d differ:\n got %v\nwant %v", f.Key, row, row+int(rec.NumRows()), rec, want)
+					}
+					if !arrow.TypeEqual(rec.Schema().Field(4).Type, testSchema().Field(4).Type) {
+						t.Errorf("%s: meta read back as %v", f.Key, rec.Schema().Field(4))
+					}
+					want.Release()
+					row += int(rec.NumRows())
+					rows += rec.NumRows()
+				}
+				if rows != f.Rows {
+					t.Errorf("%s: File.Rows = %d, file has %d", f.Key, f.Rows, rows)
+				}
+			}
+			if row != start {
+				t.Errorf("read back %d rows, wrote %d", row, start)
+			}
+		})
+	}
+}
+
+// A string column of incompressible values, so that pages flush and compressed bytes grow.
+func TestTableRowGroupBytes(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	s := arrow.NewSchema([]arrow.Field{{Name: "text", Type: arrow.BinaryTypes.String}}, nil)
+	tbl := NewTable(b, "out", "Binary", s, ParquetOptions{RowGroupBytes: 256 << 10, Allocator: mem})
+	rnd := uint64(1)
+	const batches, rows = 40, 100
+	for range batches {
+		sb := array.NewStringBuilder(mem)
+		for range rows {
+			var v strings.Builder
+			for range 64 { // 1 KiB of pseudo-random hex
+				rnd = rnd*6364136223846793005 + 1442695040888963407
+				fmt.Fprintf(&v, "%016x", rnd)
+			}
+			sb.Append(v.String())
+		}
+		col := sb.NewArray()
+		sb.Release()
+		rec := array.NewRecord(s, []arrow.Array{col}, rows)
+		col.Release()
+		err := tbl.Write(ctx, rec)
+		rec.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 1 || files[0].Rows != batches*rows {
+		t.Fatalf("files = %+v, want one part of %d rows", files, batches*rows)
+	}
+	data, err := b.ReadAll(ctx, "out/"+files[0].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, err := file.NewParquetReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	// About 4 MB of text, 2 MB compressed: more than one row group, far below 64Ki rows each. (The measure
+	// leaves out the dictionary and the open page, up to 1 MiB each, so not 8 groups of 256 KiB.)
+	if n := pf.NumRowGroups(); n < 2 {
+		t.Errorf("%d row groups, want several split by size", n)
+	}
+}
+
+func TestTableConcurrentWrites(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 64, MaxFileBytes: 16 << 10, Allocator: mem})
+	const workers, batches, rows = 4, 25, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range batches {
+				rec := testRecord(t, mem, (w*batches+i)*rows, rows)
+				err := tbl.Write(ctx, rec)
+				rec.Release()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 2 {
+		t.Errorf("%d parts, want several past MaxFileBytes 16 KiB", len(files))
+	}
+	seen := map[string]bool{}
+	var total int64
+	for _, f := range files {
+		got := readParquet(t, b, "out/"+f.Key, mem)
+		for _, rg := range got.rowGroups {
+			if rg > 64 {
+				t.Errorf("%s: row group of %d rows > 64", f.Key, rg)
+			}
+		}
+		for _, rec := range got.records {
+			ids := rec.Column(0).(*array.String)
+			for i := 0; i < ids.Len(); i++ {
+				if seen[ids.Value(i)] {
+					t.Errorf("id %s written twice", ids.Value(i))
+				}
+				seen[ids.Value(i)] = true
+			}
+			total += rec.NumRows()
+		}
+	}
+	if want := int64(workers * batches * rows); total != int64(len(seen)) || total != want {
+		t.Errorf("read %d rows, %d distinct ids, want %d", total, len(seen), want)
+	}
+}
+
+func TestTableAbort(t *testing.T) {
+	tests := []struct {
+		name string
+		// abort is how the table fails after two batches were written
+		abort func(ctx context.Context, tbl *Table, rec arrow.Record) error
+	}{
+		{
+			name: "Abort",
+			abort: func(ctx context.Context, tbl *Table, rec arrow.Record) error {
+				tbl.Abort()
+				return nil
+			},
+		},
+		{
+			name: "context cancelled before Write",
+			abort: func(ctx context.Context, tbl *Table, rec arrow.Record) error {
+				ctx, cancel := context.WithCancel(ctx)
+				cancel()
+				return tbl.Write(ctx, rec)
+			},
+		},
+		{
+			name: "context cancelled before Close",
+			abort: func(ctx context.Context, tbl *Table, rec arrow.Record) error {
+				ctx, cancel := context.WithCancel(ctx)
+				cancel()
+				_, err := tbl.Close(ctx)
+				return err
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			mem := checkedAllocator(t)
+			b := memblob.OpenBucket(nil)
+			defer b.Close()
+			tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 4, Allocator: mem})
+			rec := testRecord(t, mem, 0, 6)
+			defer rec.Release()
+			for range 2 {
+				if err := tbl.Write(ctx, rec); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := keys(t, b); len(got) != 0 {
+				t.Fatalf("an open part is visible: %q", got)
+			}
+			if err := tc.abort(ctx, tbl, rec); tc.name != "Abort" && err == nil {
+				t.Fatal("no error from a cancelled context")
+			}
+			if err := tbl.Write(ctx, rec); err == nil {
+				t.Error("Write after the failure: no error")
+			}
+			if files, err := tbl.Close(ctx); err == nil {
+				t.Errorf("Close after the failure: files %v, no error", files)
+			}
+			tbl.Abort() // again: harmless
+			if got := keys(t, b); len(got) != 0 {
+				t.Errorf("the failed table left %q", got)
+			}
+		})
+	}
+}
+
+func TestTableRejectsWrongSchema(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	other := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, nil)
+	tbl := NewTable(b, "out", "Patient", other, ParquetOptions{Allocator: mem})
+	rec := testRecord(t, mem, 0, 2)
+	defer rec.Release()
+	err := tbl.Write(ctx, rec)
+	if err == nil || !strings.Contains(err.Error(), "schema") || strings.Contains(err.Error(), "p-1") {
+		t.Errorf("Write with another schema: %v", err)
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil || len(files) != 0 {
+		t.Errorf("Close = %v, %v; want no files", files, err)
+	}
+	if err := tbl.Write(ctx, rec); !errors.Is(err, ErrClosed) {
+		t.Errorf("Write after Close = %v, want ErrClosed", err)
+	}
+}

@@ -1,0 +1,146 @@
+// Package sinks is the last stage of a run: it puts what transform produced onto a bucket.
+//
+// pipeline feeds it; it imports nothing of ours beyond what the contract allows. Valid resources arrive as Arrow
+// records and go to one Parquet Table per resource type (OUT/<Type>/part-NNNNN.parquet); invalid lines go, exactly
+// as they were read, to quarantine NDJSON under OUT/_rejects with one reason line each in OUT/_rejects/errors.ndjson.
+// A run ends with RemoveStale (objects of an earlier run that this run did not write) and then WriteManifest:
+// OUT/_manifest.json is written last and is the publish point. A replacing run starts with Unpublish.
+//
+// Every object is written through a *blob.Writer whose context the package owns; on failure that context is
+// cancelled before the writer is closed, so nothing half-written is ever committed.
+//
+// Object keys: out is a key prefix inside the bucket without a trailing slash, "" meaning the bucket root. Keys in
+// File, in the manifest and in RemoveStale's keep set are relative to out ("Patient/part-00000.parquet",
+// "_rejects/errors.ndjson"), so a published output can be moved as a whole.
+package sinks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"gocloud.dev/blob"
+)
+
+// File is one object a sink committed.
+type File struct {
+	Key   string `json:"key"`   // relative to out, slash-separated
+	Rows  int64  `json:"rows"`  // Parquet rows, or NDJSON lines
+	Bytes int64  `json:"bytes"` // size of the committed object
+}
+
+// ErrClosed is returned by Write after Close or Abort.
+var ErrClosed = errors.New("sink is closed")
+
+// errAborted is what a Table or Rejects reports after Abort.
+var errAborted = errors.New("sink was aborted")
+
+// Layout of the output, relative to out.
+const (
+	manifestKey    = "_manifest.json"
+	rejectsDir     = "_rejects/"
+	errorsKey      = rejectsDir + "errors.ndjson"
+	unparsedKey    = rejectsDir + "_unparsed.ndjson"
+	parquetType    = "application/vnd.apache.parquet"
+	ndjsonType     = "application/x-ndjson"
+	jsonType       = "application/json"
+	partNameFormat = "%s/part-%05d.parquet"
+)
+
+// objectKey is the bucket key of rel under out.
+func objectKey(out, rel string) string {
+	out = strings.TrimSuffix(out, "/")
+	if out == "" {
+		return rel
+	}
+	return out + "/" + rel
+}
+
+// isTypeName reports whether s can be a FHIR resource type and so a path segment of ours: an ASCII letter
+// followed by ASCII letters and digits.
+func isTypeName(s string) bool {
+	if s == "" || !(s[0] >= 'A' && s[0] <= 'Z' || s[0] >= 'a' && s[0] <= 'z') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// object is one blob being written under a context the package owns. Nothing reaches the bucket until commit;
+// abort cancels the context first, so the close that follows cannot commit.
+type object struct {
+	key    string // bucket key
+	cancel context.CancelFunc
+	w      *blob.Writer
+}
+
+// openObject starts writing key. The writer's context keeps ctx's values but not its cancellation: an object
+// outlives the call that opened it. Callers tie each later call to its ctx with watch.
+func openObject(ctx context.Context, b *blob.Bucket, key, contentType string) (*object, error) {
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("open %s for writing: %w", key, err)
+	}
+	return &object{key: key, cancel: cancel, w: w}, nil
+}
+
+// watch cancels o's writer if ctx ends before the returned stop is called. stop reports ctx's error if it did.
+func (o *object) watch(ctx context.Context) (stop func() error) {
+	after := context.AfterFunc(ctx, o.cancel)
+	return func() error {
+		if !after() || ctx.Err() != nil {
+			return fmt.Errorf("write %s: %w", o.key, context.Cause(ctx))
+		}
+		return nil
+	}
+}
+
+// commit closes the writer, which makes the object visible. If ctx ends first, the writer is cancelled and the
+// object is not committed.
+func (o *object) commit(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		o.abort()
+		return fmt.Errorf("commit %s: %w", o.key, err)
+	}
+	after := context.AfterFunc(ctx, o.cancel)
+	err := o.w.Close()
+	after()
+	o.cancel()
+	if err != nil {
+		return fmt.Errorf("commit %s: %w", o.key, err)
+	}
+	return nil
+}
+
+// abort discards the object: cancel first, then close, so the close cannot commit.
+func (o *object) abort() {
+	o.cancel()
+	_ = o.w.Close() // reports the cancellation; nothing was committed
+}
+
+// writeObject writes data to key as one object, committed only if every byte was written.
+func writeObject(ctx context.Context, b *blob.Bucket, key, contentType string, data []byte) error {
+	o, err := openObject(ctx, b, key, contentType)
+	if err != nil {
+		return err
+	}
+	stop := o.watch(ctx)
+	if _, err := o.w.Write(data); err != nil {
+		stop()
+		o.abort()
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	if err := stop(); err != nil {
+		o.abort()
+		return err
+	}
+	return o.commit(ctx)
+}
