@@ -65,12 +65,15 @@ func parseLocation(loc string) (location, error) {
 		if scheme == "gs" && u.Host == "" {
 			return location{}, fmt.Errorf("open bucket %s: no bucket name", loc)
 		}
-		bu := url.URL{Scheme: scheme, Host: u.Host, RawQuery: u.RawQuery}
+		bucketURL := scheme + "://" + u.Host
+		if u.RawQuery != "" {
+			bucketURL += "?" + u.RawQuery
+		}
 		prefix := strings.TrimPrefix(u.Path, "/")
 		if prefix != "" && !strings.HasSuffix(prefix, "/") {
 			prefix += "/"
 		}
-		return location{bucketURL: bu.String(), prefix: prefix}, nil
+		return location{bucketURL: bucketURL, prefix: prefix}, nil
 	default:
 		return location{}, fmt.Errorf("open bucket %s: unsupported scheme %q (want a directory, file://, gs:// or mem://)", loc, u.Scheme)
 	}
