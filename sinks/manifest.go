@@ -1,0 +1,173 @@
+package sinks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"time"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+)
+
+// Manifest describes one published run: out/_manifest.json. It is written last; while it is absent the
+// output under out is not published. Keys in it are relative to out.
+//
+// Fields marshal in declaration order and Resources sorted by type, so equal manifests are equal bytes.
+type Manifest struct {
+	FHIRVersion   string    `json:"fhir_version"`
+	SchemaVersion string    `json:"schema_version"`
+	RunID         string    `json:"run_id,omitempty"`
+	Source        string    `json:"source"`
+	Started       time.Time `json:"started"`  // RFC 3339
+	Finished      time.Time `json:"finished"` // RFC 3339
+	Totals        Totals    `json:"totals"`
+	// Resources has an entry for every type with a valid or a rejected line.
+	Resources map[string]ResourceStats `json:"resources"`
+	Inputs    []Input                  `json:"inputs"`
+	// Rejects lists the quarantine files (Rejects.Close), errors.ndjson among them.
+	Rejects []File `json:"rejects"`
+
+	// Optional, for runs started from an export or a message.
+
+	// Export is the persisted export handle, as its owner encodes it.
+	Export json.RawMessage `json:"export,omitempty"`
+	// TransactionTime is the export's transactionTime, verbatim.
+	TransactionTime string `json:"transaction_time,omitempty"`
+	// Message is the triggering message, as its owner encodes it (never resource content).
+	Message json.RawMessage `json:"message,omitempty"`
+	// PhaseSeconds is the wall time of each phase of the run ("export", "convert", "publish" ...).
+	PhaseSeconds map[string]float64 `json:"phase_seconds,omitempty"`
+	// Extra holds anything else a later stage records, by name.
+	Extra map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+// Totals are the counts of a whole run. Lines = Valid + Rejected; Rows = Valid once every valid line is written.
+type Totals struct {
+	Lines    int64 `json:"lines"` // non-blank lines read
+	Valid    int64 `json:"valid"`
+	Rejected int64 `json:"rejected"`
+	Rows     int64 `json:"rows"` // Parquet rows written
+}
+
+// ResourceStats are the counts and files of one resource type.
+type ResourceStats struct {
+	Valid    int64  `json:"valid"`
+	Rejected int64  `json:"rejected"`
+	Rows     int64  `json:"rows"`
+	Files    []File `json:"files"` // Table.Close
+}
+
+// Input is one object read.
+type Input struct {
+	Object string `json:"object"`
+	Lines  int64  `json:"lines"` // non-blank lines
+	Bytes  int64  `json:"bytes"` // object size
+}
+
+// marshal is m as indented JSON with a final newline; nil lists and maps are written as empty ones.
+func (m *Manifest) marshal() ([]byte, error) {
+	c := *m
+	if c.Resources == nil {
+		c.Resources = map[string]ResourceStats{}
+	}
+	res := make(map[string]ResourceStats, len(c.Resources))
+	for k, v := range c.Resources {
+		if v.Files == nil {
+			v.Files = []File{}
+		}
+		res[k] = v
+	}
+	c.Resources = res
+	if c.Inputs == nil {
+		c.Inputs = []Input{}
+	}
+	if c.Rejects == nil {
+		c.Rejects = []File{}
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(&c); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// WriteManifest writes out/_manifest.json, which publishes the run. Call it last, after every Table and the
+// Rejects are closed and RemoveStale has run.
+func WriteManifest(ctx context.Context, b *blob.Bucket, out string, m *Manifest) error {
+	key := objectKey(out, manifestKey)
+	data, err := m.marshal()
+	if err != nil {
+		return fmt.Errorf("encode manifest %s: %w", key, err)
+	}
+	if err := writeObject(ctx, b, key, jsonType, data); err != nil {
+		return fmt.Errorf("publish manifest: %w", err)
+	}
+	return nil
+}
+
+// ReadManifest reads out/_manifest.json. When there is none, the error wraps os.ErrNotExist.
+func ReadManifest(ctx context.Context, b *blob.Bucket, out string) (*Manifest, error) {
+	key := objectKey(out, manifestKey)
+	data, err := b.ReadAll(ctx, key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return nil, fmt.Errorf("read manifest %s: %w", key, errors.Join(os.ErrNotExist, err))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", key, err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("decode manifest %s: %w", key, err)
+	}
+	return &m, nil
+}
+
+// Unpublish deletes out/_manifest.json, if any: a replacing run calls it before writing anything, so that a
+// half-replaced output is never published.
+func Unpublish(ctx context.Context, b *blob.Bucket, out string) error {
+	key := objectKey(out, manifestKey)
+	if err := b.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+		return fmt.Errorf("unpublish %s: %w", key, err)
+	}
+	return nil
+}
+
+// ours matches, relative to out, the objects a run writes besides the manifest: part files and quarantine.
+var ours = regexp.MustCompile(`^(?:[A-Za-z][A-Za-z0-9]*/part-[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
+
+// RemoveStale deletes the objects of ours under out (<Type>/part-NNNNN.parquet and _rejects/*.ndjson) whose key,
+// relative to out, is not in keep, and returns their relative keys in order. Other objects, the manifest among
+// them, are never touched.
+func RemoveStale(ctx context.Context, b *blob.Bucket, out string, keep map[string]bool) (removed []string, err error) {
+	prefix := objectKey(out, "")
+	it := b.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return removed, nil
+		}
+		if err != nil {
+			return removed, fmt.Errorf("list %q for stale files: %w", prefix, err)
+		}
+		if obj.IsDir {
+			continue
+		}
+		rel := obj.Key[len(prefix):]
+		if !ours.MatchString(rel) || keep[rel] {
+			continue
+		}
+		if err := b.Delete(ctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return removed, fmt.Errorf("remove stale %s: %w", obj.Key, err)
+		}
+		removed = append(removed, rel)
+	}
+}
