@@ -1,0 +1,787 @@
+package transform
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/fhirlake/fhirlake/schema"
+)
+
+// This file turns the original JSON of a validated resource into one row of its type's Arrow record builder,
+// following the schema Node tree, so values stay verbatim (dates, codes, references as written).
+//
+// A line is first parsed into a flat tree of JSON nodes (jtree), then walked twice against the schema: a check
+// pass that parses every value and fails on anything that would not convert, and an emit pass that appends.
+// Only a line that passed the check pass touches the builders, so a failure never leaves a partial row.
+
+// jkind is the kind of a JSON value.
+type jkind uint8
+
+const (
+	jNull jkind = iota
+	jFalse
+	jTrue
+	jNumber
+	jString
+	jArray
+	jObject
+)
+
+// jnode is one JSON value of a parsed line: its byte span (strings with their quotes) and, for arrays and
+// objects, its children in jtree.kids[first:first+n] (an object's are key, value, key, value ...).
+type jnode struct {
+	kind       jkind
+	escaped    bool // a string holding backslash escapes
+	start, end int32
+	first, n   int32
+}
+
+// maxJSONDepth bounds the parser's recursion; the Validator rejects lines nested deeper than 1000 levels.
+const maxJSONDepth = 1100
+
+var errMalformed = errors.New("malformed JSON")
+
+// jtree is a parsed line. Its slices are reused from line to line.
+type jtree struct {
+	src   []byte
+	nodes []jnode
+	kids  []int32
+	stack []int32
+	pos   int
+	depth int
+	str   []byte // unescaped string scratch
+}
+
+// parse parses src (which must stay unchanged while the tree is used) and returns the root node.
+func (t *jtree) parse(src []byte) (int32, error) {
+	if len(src) >= math.MaxInt32 {
+		return -1, fmt.Errorf("line of %d bytes is too long to convert", len(src))
+	}
+	t.src, t.pos, t.depth = src, 0, 0
+	t.nodes, t.kids, t.stack = t.nodes[:0], t.kids[:0], t.stack[:0]
+	root, err := t.value()
+	if err != nil {
+		return -1, err
+	}
+	t.space()
+	if t.pos != len(src) {
+		return -1, errMalformed
+	}
+	return root, nil
+}
+
+func (t *jtree) space() {
+	for t.pos < len(t.src) {
+		switch t.src[t.pos] {
+		case ' ', '\t', '\n', '\r':
+			t.pos++
+		default:
+			return
+		}
+	}
+}
+
+func (t *jtree) value() (int32, error) {
+	t.space()
+	if t.pos >= len(t.src) {
+		return -1, errMalformed
+	}
+	idx := int32(len(t.nodes))
+	start := t.pos
+	n := jnode{start: int32(start)}
+	switch c := t.src[t.pos]; {
+	case c == '{' || c == '[':
+		kind := jArray
+		if c == '{' {
+			kind = jObject
+		}
+		t.nodes = append(t.nodes, jnode{kind: kind, start: int32(start)})
+		return idx, t.container(idx, kind == jObject)
+	case c == '"':
+		n.kind = jString
+		esc, err := t.scanString()
+		if err != nil {
+			return -1, err
+		}
+		n.escaped = esc
+	case c == 't':
+		n.kind = jTrue
+		if err := t.literal("true"); err != nil {
+			return -1, err
+		}
+	case c == 'f':
+		n.kind = jFalse
+		if err := t.literal("false"); err != nil {
+			return -1, err
+		}
+	case c == 'n':
+		n.kind = jNull
+		if err := t.literal("null"); err != nil {
+			return -1, err
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		n.kind = jNumber
+		for t.pos < len(t.src) && isNumberByte(t.src[t.pos]) {
+			t.pos++
+		}
+	default:
+		return -1, errMalformed
+	}
+	n.end = int32(t.pos)
+	t.nodes = append(t.nodes, n)
+	return idx, nil
+}
+
+func isNumberByte(c byte) bool {
+	return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E'
+}
+
+func (t *jtree) literal(lit string) error {
+	if !bytes.HasPrefix(t.src[t.pos:], []byte(lit)) {
+		return errMalformed
+	}
+	t.pos += len(lit)
+	return nil
+}
+
+// scanString moves past the string starting at t.pos and says whether it holds escapes.
+func (t *jtree) scanString() (bool, error) {
+	esc := false
+	for t.pos++; t.pos < len(t.src); {
+		switch c := t.src[t.pos]; {
+		case c == '"':
+			t.pos++
+			return esc, nil
+		case c == '\\':
+			esc = true
+			t.pos += 2
+		case c < 0x20:
+			return false, errMalformed
+		default:
+			t.pos++
+		}
+	}
+	return false, errMalformed
+}
+
+func (t *jtree) container(idx int32, object bool) error {
+	if t.depth++; t.depth > maxJSONDepth {
+		return fmt.Errorf("JSON nested deeper than %d levels", maxJSONDepth)
+	}
+	closer := byte(']')
+	if object {
+		closer = '}'
+	}
+	t.pos++
+	mark := len(t.stack)
+	t.space()
+	if t.pos < len(t.src) && t.src[t.pos] == closer {
+		t.pos++
+	} else {
+		for {
+			if object {
+				t.space()
+				if t.pos >= len(t.src) || t.src[t.pos] != '"' {
+					return errMalformed
+				}
+				k, err := t.value()
+				if err != nil {
+					return err
+				}
+				t.stack = append(t.stack, k)
+				t.space()
+				if t.pos >= len(t.src) || t.src[t.pos] != ':' {
+					return errMalformed
+				}
+				t.pos++
+			}
+			v, err := t.value()
+			if err != nil {
+				return err
+			}
+			t.stack = append(t.stack, v)
+			t.space()
+			if t.pos >= len(t.src) {
+				return errMalformed
+			}
+			if t.src[t.pos] == ',' {
+				t.pos++
+				continue
+			}
+			if t.src[t.pos] != closer {
+				return errMalformed
+			}
+			t.pos++
+			break
+		}
+	}
+	n := &t.nodes[idx]
+	n.first, n.n, n.end = int32(len(t.kids)), int32(len(t.stack)-mark), int32(t.pos)
+	t.kids = append(t.kids, t.stack[mark:]...)
+	t.stack = t.stack[:mark]
+	t.depth--
+	return nil
+}
+
+// children returns the child node indices of an array or object node.
+func (t *jtree) children(i int32) []int32 {
+	n := &t.nodes[i]
+	return t.kids[n.first : n.first+n.n]
+}
+
+func (t *jtree) raw(i int32) []byte {
+	n := &t.nodes[i]
+	return t.src[n.start:n.end]
+}
+
+// text returns the content of a string node, unescaped. The bytes are valid until the next call.
+func (t *jtree) text(i int32) ([]byte, error) {
+	n := &t.nodes[i]
+	if !n.escaped {
+		return t.src[n.start+1 : n.end-1], nil
+	}
+	var s string
+	if err := json.Unmarshal(t.src[n.start:n.end], &s); err != nil {
+		return nil, errMalformed
+	}
+	t.str = append(t.str[:0], s...)
+	return t.str, nil
+}
+
+// plan binds a schema Node to the Arrow builder that receives its values. Plans are built once per resource type
+// per Worker; builders keep their identity across NewRecord, so a plan lives as long as its RecordBuilder.
+type plan struct {
+	node *schema.Node
+	key  string        // JSON key: the element name, or for a choice child the full name ("valueQuantity")
+	b    array.Builder // the column's builder: a *array.ListBuilder when node.Repeated
+	list *array.ListBuilder
+	elem array.Builder // builder of one element: list's value builder, or b
+	st   *array.StructBuilder
+	kids []*plan
+	// In a Reference struct: kids indices of reference and type; -1 elsewhere.
+	ref, refType int
+}
+
+func newRootPlan(res *schema.Resource, rb *array.RecordBuilder) (*plan, error) {
+	p := &plan{node: res.Root, ref: -1, refType: -1}
+	for i, n := range res.Fields {
+		kp, err := newPlan(n, n.Name, rb.Field(i))
+		if err != nil {
+			return nil, err
+		}
+		p.kids = append(p.kids, kp)
+	}
+	return p, nil
+}
+
+func newPlan(n *schema.Node, key string, b array.Builder) (*plan, error) {
+	p := &plan{node: n, key: key, b: b, elem: b, ref: -1, refType: -1}
+	if n.Repeated {
+		lb, ok := b.(*array.ListBuilder)
+		if !ok {
+			return nil, fmt.Errorf("%s: builder %T is not a list builder", n.Path, b)
+		}
+		p.list, p.elem = lb, lb.ValueBuilder()
+	}
+	if !arrow.TypeEqual(p.elem.Type(), n.Leaf()) {
+		return nil, fmt.Errorf("%s: builder type %s does not match schema type %s", n.Path, p.elem.Type(), n.Leaf())
+	}
+	switch n.Kind {
+	case schema.Struct, schema.Choice:
+		st, ok := p.elem.(*array.StructBuilder)
+		if !ok {
+			return nil, fmt.Errorf("%s: builder %T is not a struct builder", n.Path, p.elem)
+		}
+		if n.Kind == schema.Choice && n.Repeated {
+			return nil, fmt.Errorf("%s: repeated choice elements are not supported", n.Path)
+		}
+		p.st = st
+		for i, c := range n.Children {
+			ck := c.Name
+			if n.Kind == schema.Choice {
+				ck = key + strings.ToUpper(c.Name[:1]) + c.Name[1:]
+			}
+			kp, err := newPlan(c, ck, st.FieldBuilder(i))
+			if err != nil {
+				return nil, err
+			}
+			p.kids = append(p.kids, kp)
+			switch {
+			case c.Derived != schema.NotDerived:
+			case c.Name == "reference" && n.FHIRType == "Reference":
+				p.ref = i
+			case c.Name == "type" && n.FHIRType == "Reference":
+				p.refType = i
+			}
+		}
+	}
+	return p, nil
+}
+
+// slot holds the JSON value found for one child of the struct being converted.
+type slot struct {
+	v      int32 // node index, -1 when absent
+	choice int32 // for a Choice child: which type
+}
+
+// converter converts lines; one per Worker.
+type converter struct {
+	tree    jtree
+	isType  func(string) bool
+	slots   []slot
+	path    []byte // JSON path of the value being emitted: name[0].given
+	pe      []byte // the _primitiveExtensions object being built
+	compact bytes.Buffer
+	b64     []byte
+}
+
+// convert appends the resource in line as one row of p's builders, or appends nothing and fails.
+func (c *converter) convert(p *plan, line []byte) error {
+	root, err := c.tree.parse(line)
+	if err != nil {
+		return fmt.Errorf("parse %s: %w", p.node.Path, err)
+	}
+	if c.tree.nodes[root].kind != jObject {
+		return fmt.Errorf("parse %s: not a JSON object", p.node.Path)
+	}
+	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
+	if err := c.object(p, root, false); err != nil {
+		return err
+	}
+	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
+	if err := c.object(p, root, true); err != nil {
+		return fmt.Errorf("%w (after a successful check: the batch is inconsistent)", err)
+	}
+	return nil
+}
+
+// object converts the members of a JSON object into the children of struct plan p (whose own validity the
+// caller appends). With emit false it only checks.
+func (c *converter) object(p *plan, obj int32, emit bool) error {
+	base := len(c.slots)
+	for range p.kids {
+		c.slots = append(c.slots, slot{v: -1})
+	}
+	defer func() { c.slots = c.slots[:base] }()
+	members := c.tree.children(obj)
+	for i := 0; i < len(members); i += 2 {
+		key, err := c.tree.text(members[i])
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.node.Path, err)
+		}
+		m, ok := p.node.Lookup(key)
+		if !ok {
+			if p.key != "" || string(key) != "resourceType" {
+				return fmt.Errorf("%s: unexpected element %s", p.node.Path, safeName(key))
+			}
+			continue // the root's resourceType: the table is the type
+		}
+		v := members[i+1]
+		if m.Under {
+			if emit {
+				c.primitiveExtension(key[1:], v)
+			}
+			continue
+		}
+		c.slots[base+m.Child] = slot{v: v, choice: int32(m.Choice)}
+	}
+	for i, kp := range p.kids {
+		s := c.slots[base+i]
+		var err error
+		switch {
+		case kp.node.Derived != schema.NotDerived:
+			if emit {
+				c.derived(p, kp, base)
+			}
+		case s.v < 0 || c.tree.nodes[s.v].kind == jNull:
+			if emit {
+				kp.b.AppendNull()
+			}
+		case kp.node.Kind == schema.Choice:
+			err = c.choice(kp, int(s.choice), s.v, emit)
+		default:
+			mark := len(c.path)
+			c.pushKey(kp.key, emit)
+			err = c.column(kp, s.v, emit)
+			c.path = c.path[:mark]
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *converter) pushKey(key string, emit bool) {
+	if !emit {
+		return
+	}
+	if len(c.path) > 0 {
+		c.path = append(c.path, '.')
+	}
+	c.path = append(c.path, key...)
+}
+
+func (c *converter) choice(p *plan, which int, v int32, emit bool) error {
+	if emit {
+		p.st.Append(true)
+	}
+	for i, kp := range p.kids {
+		if i != which {
+			if emit {
+				kp.b.AppendNull()
+			}
+			continue
+		}
+		mark := len(c.path)
+		c.pushKey(kp.key, emit)
+		err := c.column(kp, v, emit)
+		c.path = c.path[:mark]
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// column converts the JSON value of one element: a list when the node is repeated.
+func (c *converter) column(p *plan, v int32, emit bool) error {
+	if !p.node.Repeated {
+		return c.item(p, v, emit)
+	}
+	if c.tree.nodes[v].kind != jArray {
+		return fmt.Errorf("%s: expected a JSON array", p.node.Path)
+	}
+	if emit {
+		p.list.Append(true)
+	}
+	mark := len(c.path)
+	for i, e := range c.tree.children(v) {
+		if emit {
+			c.path = append(c.path[:mark], '[')
+			c.path = strconv.AppendInt(c.path, int64(i), 10)
+			c.path = append(c.path, ']')
+		}
+		if c.tree.nodes[e].kind == jNull {
+			if emit {
+				p.elem.AppendNull()
+			}
+			continue
+		}
+		if err := c.item(p, e, emit); err != nil {
+			c.path = c.path[:mark]
+			return err
+		}
+	}
+	c.path = c.path[:mark]
+	return nil
+}
+
+// item converts one non-null element value.
+func (c *converter) item(p *plan, v int32, emit bool) error {
+	n := &c.tree.nodes[v]
+	switch p.node.Kind {
+	case schema.Struct:
+		if n.kind != jObject {
+			return fmt.Errorf("%s: expected a JSON object", p.node.Path)
+		}
+		if emit {
+			p.st.Append(true)
+		}
+		return c.object(p, v, emit)
+	case schema.JSON:
+		if emit {
+			c.compact.Reset()
+			if err := json.Compact(&c.compact, c.tree.raw(v)); err != nil {
+				return fmt.Errorf("%s: %w", p.node.Path, errMalformed)
+			}
+			p.elem.(*array.StringBuilder).BinaryBuilder.Append(c.compact.Bytes())
+		}
+		return nil
+	case schema.Primitive:
+		return c.primitive(p, v, emit)
+	}
+	return fmt.Errorf("%s: cannot convert a %s element", p.node.Path, p.node.Kind)
+}
+
+func (c *converter) primitive(p *plan, v int32, emit bool) error {
+	n := &c.tree.nodes[v]
+	path := p.node.Path
+	switch p.node.Scalar {
+	case schema.String:
+		if n.kind != jString {
+			return fmt.Errorf("%s: expected a JSON string", path)
+		}
+		s, err := c.tree.text(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if emit {
+			p.elem.(*array.StringBuilder).BinaryBuilder.Append(s)
+		}
+	case schema.Bool:
+		if n.kind != jTrue && n.kind != jFalse {
+			return fmt.Errorf("%s: expected a JSON boolean", path)
+		}
+		if emit {
+			p.elem.(*array.BooleanBuilder).Append(n.kind == jTrue)
+		}
+	case schema.Int:
+		if n.kind != jNumber {
+			return fmt.Errorf("%s: expected a JSON number", path)
+		}
+		i, err := parseInteger(c.tree.raw(v))
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if emit {
+			p.elem.(*array.Int64Builder).Append(i)
+		}
+	case schema.Float:
+		if n.kind != jNumber {
+			return fmt.Errorf("%s: expected a JSON number", path)
+		}
+		f, err := parseDecimal(c.tree.raw(v))
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if emit {
+			p.elem.(*array.Float64Builder).Append(f)
+		}
+	case schema.Timestamp:
+		if n.kind != jString {
+			return fmt.Errorf("%s: expected a JSON string", path)
+		}
+		s, err := c.tree.text(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		ts, err := parseInstant(s)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if emit {
+			p.elem.(*array.TimestampBuilder).Append(ts)
+		}
+	case schema.Binary:
+		if n.kind != jString {
+			return fmt.Errorf("%s: expected a JSON string", path)
+		}
+		s, err := c.tree.text(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if c.b64, err = decodeBase64(c.b64[:0], s); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if emit {
+			p.elem.(*array.BinaryBuilder).Append(c.b64)
+		}
+	default:
+		return fmt.Errorf("%s: unknown scalar kind %d", path, p.node.Scalar)
+	}
+	return nil
+}
+
+// primitiveExtension records the "_name" companion v of a primitive element at the current path: one entry per
+// array item (skipping nulls) when v is an array, else one entry.
+func (c *converter) primitiveExtension(name []byte, v int32) {
+	mark := len(c.path)
+	c.pushKey(string(name), true)
+	if c.tree.nodes[v].kind == jArray {
+		m2 := len(c.path)
+		for i, e := range c.tree.children(v) {
+			if c.tree.nodes[e].kind == jNull {
+				continue
+			}
+			c.path = append(c.path[:m2], '[')
+			c.path = strconv.AppendInt(c.path, int64(i), 10)
+			c.path = append(c.path, ']')
+			c.addPrimitiveExtension(e)
+		}
+	} else if c.tree.nodes[v].kind != jNull {
+		c.addPrimitiveExtension(v)
+	}
+	c.path = c.path[:mark]
+}
+
+func (c *converter) addPrimitiveExtension(v int32) {
+	if len(c.pe) == 0 {
+		c.pe = append(c.pe, '{')
+	} else {
+		c.pe = append(c.pe, ',')
+	}
+	c.pe = strconv.AppendQuote(c.pe, string(c.path)) // element names, dots and indices: ASCII, JSON-safe
+	c.pe = append(c.pe, ':')
+	c.compact.Reset()
+	if err := json.Compact(&c.compact, c.tree.raw(v)); err != nil {
+		c.pe = append(c.pe, "null"...) // cannot happen: the tree parsed
+		return
+	}
+	c.pe = append(c.pe, c.compact.Bytes()...)
+}
+
+// derived appends a computed column of struct p whose member slots start at base.
+func (c *converter) derived(p, kp *plan, base int) {
+	sb := kp.elem.(*array.StringBuilder)
+	switch kp.node.Derived {
+	case schema.PrimitiveExtensions:
+		if len(c.pe) == 0 {
+			sb.AppendNull()
+			return
+		}
+		c.pe = append(c.pe, '}')
+		sb.BinaryBuilder.Append(c.pe)
+		c.pe = c.pe[:0]
+		return
+	case schema.ReferenceType, schema.ReferenceID:
+		var ref, typ string
+		if p.ref >= 0 {
+			ref = c.slotString(base + p.ref)
+		}
+		if p.refType >= 0 {
+			typ = c.slotString(base + p.refType)
+		}
+		rt, id := parseReference(ref, typ, c.isType)
+		val := rt
+		if kp.node.Derived == schema.ReferenceID {
+			val = id
+		}
+		if val == "" {
+			sb.AppendNull()
+		} else {
+			sb.Append(val)
+		}
+		return
+	}
+	sb.AppendNull()
+}
+
+func (c *converter) slotString(i int) string {
+	v := c.slots[i].v
+	if v < 0 || c.tree.nodes[v].kind != jString {
+		return ""
+	}
+	s, err := c.tree.text(v)
+	if err != nil {
+		return ""
+	}
+	return string(s)
+}
+
+// parseReference derives the resource type and logical id a Reference.reference points at, for joins:
+// "Type/id", "Type/id/_history/v" and absolute URLs ending so give (Type, id) when Type is an R4 resource type;
+// "urn:uuid:X" and "urn:oid:X" give id X and the Reference's type element; "#frag" gives id frag and no type.
+// Anything else (conditional references, unknown types) gives "", "".
+func parseReference(ref, typeElem string, isType func(string) bool) (typ, id string) {
+	switch {
+	case ref == "":
+		return "", ""
+	case ref[0] == '#':
+		return "", ref[1:]
+	case strings.HasPrefix(ref, "urn:uuid:"):
+		return typeElem, ref[len("urn:uuid:"):]
+	case strings.HasPrefix(ref, "urn:oid:"):
+		return typeElem, ref[len("urn:oid:"):]
+	}
+	if strings.ContainsAny(ref, "?#") {
+		return "", ""
+	}
+	segs := strings.Split(ref, "/")
+	n := len(segs)
+	if n >= 4 && segs[n-2] == "_history" {
+		segs, n = segs[:n-2], n-2
+	}
+	if n < 2 || segs[n-1] == "" || !isType(segs[n-2]) {
+		return "", ""
+	}
+	return segs[n-2], segs[n-1]
+}
+
+func parseInteger(raw []byte) (int64, error) {
+	i, err := strconv.ParseInt(string(raw), 10, 64)
+	if err == nil {
+		return i, nil
+	}
+	// A JSON number such as 1.0 or 1e2 with an integral value.
+	f, ferr := strconv.ParseFloat(string(raw), 64)
+	if ferr != nil || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+		return 0, errors.New("invalid integer")
+	}
+	return int64(f), nil
+}
+
+// parseDecimal parses a FHIR decimal; one out of float64's range becomes ±Inf or 0 rather than failing.
+func parseDecimal(raw []byte) (float64, error) {
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return 0, errors.New("invalid decimal")
+	}
+	return f, nil
+}
+
+// parseInstant parses a FHIR instant (RFC 3339 with seconds and a zone) into UTC microseconds. A leap second
+// (:60) is read as the first instant of the next minute.
+func parseInstant(s []byte) (arrow.Timestamp, error) {
+	t, err := time.Parse(time.RFC3339Nano, string(s))
+	if err != nil && len(s) >= 19 && string(s[17:19]) == "60" {
+		fixed := append([]byte(nil), s...)
+		fixed[17], fixed[18] = '5', '9'
+		t, err = time.Parse(time.RFC3339Nano, string(fixed))
+		t = t.Add(time.Second)
+	}
+	if err != nil {
+		return 0, errors.New("invalid instant")
+	}
+	return arrow.Timestamp(t.UnixMicro()), nil
+}
+
+// decodeBase64 decodes standard base64, ignoring whitespace (allowed by FHIR) and tolerating missing padding.
+func decodeBase64(dst, s []byte) ([]byte, error) {
+	if bytes.ContainsAny(s, " \t\r\n") {
+		clean := make([]byte, 0, len(s))
+		for _, b := range s {
+			if b != ' ' && b != '\t' && b != '\r' && b != '\n' {
+				clean = append(clean, b)
+			}
+		}
+		s = clean
+	}
+	enc := base64.StdEncoding
+	if len(s)%4 != 0 {
+		enc = base64.RawStdEncoding
+	}
+	n := enc.DecodedLen(len(s))
+	if cap(dst) < n {
+		dst = make([]byte, n)
+	}
+	dst = dst[:n]
+	m, err := enc.Decode(dst, s)
+	if err != nil {
+		return dst[:0], errors.New("invalid base64")
+	}
+	return dst[:m], nil
+}
+
+// safeName returns an unexpected JSON key for an error message when it looks like an element name, else a
+// placeholder: keys come from the data and must not smuggle values into logs.
+func safeName(key []byte) string {
+	if len(key) == 0 || len(key) > 64 {
+		return "(a JSON key)"
+	}
+	for _, b := range key {
+		if !(b == '_' || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') || (b >= '0' && b <= '9')) {
+			return "(a JSON key)"
+		}
+	}
+	return string(key)
+}

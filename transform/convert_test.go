@@ -1,0 +1,433 @@
+package transform
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/fhirlake/fhirlake/schema"
+)
+
+var (
+	regOnce sync.Once
+	regVal  *schema.Registry
+	regErr  error
+)
+
+// testRegistry builds the default registry once for the package's tests.
+func testRegistry(t testing.TB) *schema.Registry {
+	t.Helper()
+	regOnce.Do(func() { regVal, regErr = schema.New(schema.Options{}) })
+	if regErr != nil {
+		t.Fatalf("schema.New: %v", regErr)
+	}
+	return regVal
+}
+
+func isR4Type(s string) bool {
+	switch s {
+	case "Patient", "Practitioner", "Organization", "Observation", "Location":
+		return true
+	}
+	return false
+}
+
+func TestParseReference(t *testing.T) {
+	tests := []struct {
+		name, ref, typeElem string
+		wantType, wantID    string
+	}{
+		{name: "relative", ref: "Patient/123", wantType: "Patient", wantID: "123"},
+		{name: "versioned", ref: "Patient/123/_history/2", wantType: "Patient", wantID: "123"},
+		{name: "absolute", ref: "http://example.org/fhir/Observation/abc.1", wantType: "Observation", wantID: "abc.1"},
+		{name: "absolute versioned", ref: "https://x.org/r4/Organization/o1/_history/7", wantType: "Organization", wantID: "o1"},
+		{name: "urn uuid with type", ref: "urn:uuid:0b5b-11", typeElem: "Practitioner", wantType: "Practitioner", wantID: "0b5b-11"},
+		{name: "urn uuid without type", ref: "urn:uuid:0b5b-11", wantID: "0b5b-11"},
+		{name: "urn oid", ref: "urn:oid:1.2.3", wantID: "1.2.3"},
+		{name: "fragment", ref: "#p1", wantID: "p1"},
+		{name: "fragment ignores type", ref: "#p1", typeElem: "Patient", wantID: "p1"},
+		{name: "bare hash", ref: "#"},
+		{name: "unknown type", ref: "Foo/1"},
+		{name: "conditional", ref: "Patient?identifier=x|1"},
+		{name: "trailing slash", ref: "Patient/"},
+		{name: "single segment", ref: "Patient"},
+		{name: "empty", ref: ""},
+		{name: "type element alone", typeElem: "Patient"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			gotType, gotID := parseReference(tt.ref, tt.typeElem, isR4Type)
+			if gotType != tt.wantType || gotID != tt.wantID {
+				t.Errorf("parseReference(%q, %q) = %q, %q; want %q, %q", tt.ref, tt.typeElem, gotType, gotID, tt.wantType, tt.wantID)
+			}
+		})
+	}
+}
+
+func TestParseInstant(t *testing.T) {
+	tests := []struct {
+		name, in string
+		want     time.Time
+		wantErr  bool
+	}{
+		{name: "offset", in: "2013-04-03T15:30:10+01:00", want: time.Date(2013, 4, 3, 14, 30, 10, 0, time.UTC)},
+		{name: "zulu fraction", in: "2015-02-07T13:28:17.239Z", want: time.Date(2015, 2, 7, 13, 28, 17, 239e6, time.UTC)},
+		{name: "nanoseconds truncate to micro", in: "2015-02-07T13:28:17.123456789Z", want: time.Date(2015, 2, 7, 13, 28, 17, 123456e3, time.UTC)},
+		{name: "leap second", in: "2016-12-31T23:59:60Z", want: time.Date(2017, 1, 1, 0, 0, 0, 0, time.UTC)},
+		{name: "date only", in: "2015-02-07", wantErr: true},
+		{name: "no zone", in: "2015-02-07T13:28:17", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseInstant([]byte(tt.in))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("parseInstant(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
+			}
+			if err == nil && got != arrow.Timestamp(tt.want.UnixMicro()) {
+				t.Errorf("parseInstant(%q) = %d, want %d", tt.in, got, tt.want.UnixMicro())
+			}
+		})
+	}
+}
+
+func TestDecodeBase64(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+		wantErr        bool
+	}{
+		{name: "padded", in: "aGVsbG8=", want: "hello"},
+		{name: "whitespace", in: "aGVs\n bG8=", want: "hello"},
+		{name: "unpadded", in: "aGVsbG8", want: "hello"},
+		{name: "empty", in: "", want: ""},
+		{name: "bad", in: "a$b=", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := decodeBase64(nil, []byte(tt.in))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("decodeBase64(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
+			}
+			if err == nil && string(got) != tt.want {
+				t.Errorf("decodeBase64(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseNumbers(t *testing.T) {
+	ints := []struct {
+		name, in string
+		want     int64
+		wantErr  bool
+	}{
+		{name: "plain", in: "42", want: 42},
+		{name: "negative", in: "-7", want: -7},
+		{name: "beyond int32", in: "4294967295", want: 4294967295},
+		{name: "integral decimal", in: "3.0", want: 3},
+		{name: "fraction", in: "3.5", wantErr: true},
+	}
+	for _, tt := range ints {
+		t.Run("int "+tt.name, func(t *testing.T) {
+			got, err := parseInteger([]byte(tt.in))
+			if (err != nil) != tt.wantErr || (err == nil && got != tt.want) {
+				t.Errorf("parseInteger(%q) = %d, %v; want %d, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+	decs := []struct {
+		name, in string
+		want     float64
+		wantErr  bool
+	}{
+		{name: "plain", in: "1.50", want: 1.5},
+		{name: "exponent", in: "1e-3", want: 0.001},
+		{name: "garbage", in: "1.2.3", wantErr: true},
+	}
+	for _, tt := range decs {
+		t.Run("decimal "+tt.name, func(t *testing.T) {
+			got, err := parseDecimal([]byte(tt.in))
+			if (err != nil) != tt.wantErr || (err == nil && got != tt.want) {
+				t.Errorf("parseDecimal(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestJTree(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr bool
+	}{
+		{name: "object", in: `{"a":[1,-2.5e3,true,false,null,"x\"y"],"b":{}}`},
+		{name: "whitespace", in: " { \"a\" : [ ] } "},
+		{name: "truncated", in: `{"a":[1,2`, wantErr: true},
+		{name: "trailing garbage", in: `{"a":1}x`, wantErr: true},
+		{name: "missing colon", in: `{"a" 1}`, wantErr: true},
+		{name: "bare key", in: `{a:1}`, wantErr: true},
+		{name: "bad literal", in: `{"a":tru}`, wantErr: true},
+		{name: "control char in string", in: "{\"a\":\"x\ty\"}", wantErr: true},
+		{name: "unterminated string", in: `{"a":"x`, wantErr: true},
+		{name: "too deep", in: strings.Repeat("[", maxJSONDepth+1) + strings.Repeat("]", maxJSONDepth+1), wantErr: true},
+		{name: "empty", in: "", wantErr: true},
+	}
+	var tr jtree
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, err := tr.parse([]byte(tt.in))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("parse error = %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if got := string(tr.raw(root)); got != strings.TrimSpace(tt.in) {
+				t.Errorf("root span = %q", got)
+			}
+		})
+	}
+	root, err := tr.parse([]byte(`{"k\u0041":"v\n","n":[1,{"x":null}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kids := tr.children(root)
+	if len(kids) != 4 {
+		t.Fatalf("root has %d children, want 4 (2 members)", len(kids))
+	}
+	if k, _ := tr.text(kids[0]); string(k) != "kA" {
+		t.Errorf("unescaped key = %q, want kA", k)
+	}
+	if v, _ := tr.text(kids[1]); string(v) != "v\n" {
+		t.Errorf("unescaped value = %q", v)
+	}
+	if arr := tr.children(kids[3]); len(arr) != 2 || string(tr.raw(arr[1])) != `{"x":null}` {
+		t.Errorf("array children wrong: %d", len(arr))
+	}
+}
+
+// newTestTable binds a record builder for typ the way a Worker does, for tests that call the converter directly
+// (without the Validator).
+func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *table) {
+	t.Helper()
+	reg := testRegistry(t)
+	res, ok := reg.Resource(typ)
+	if !ok {
+		t.Fatalf("no resource %s", typ)
+	}
+	rb := array.NewRecordBuilder(mem, res.Schema)
+	t.Cleanup(rb.Release)
+	p, err := newRootPlan(res, rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &converter{isType: func(s string) bool { _, ok := reg.Resource(s); return ok }}
+	return c, &table{res: res, rb: rb, plan: p}
+}
+
+// TestConvertAtomic feeds shapes the Validator would reject straight to the converter: each must fail naming the
+// element path, without the value, and leave no partial row.
+func TestConvertAtomic(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	c, tab := newTestTable(t, mem, "Patient")
+	good := `{"resourceType":"Patient","id":"p1","name":[{"family":"Chalmers","given":["Peter"]}]}`
+	tests := []struct {
+		name     string
+		line     string
+		wantPath string
+	}{
+		{name: "late wrong primitive", line: `{"resourceType":"Patient","id":"p2","name":[{"family":"SecretName"}],"birthDate":19741225}`, wantPath: "Patient.birthDate"},
+		{name: "wrong type in list", line: `{"resourceType":"Patient","name":[{"given":["Ok",7]}]}`, wantPath: "Patient.name.given"},
+		{name: "single where array", line: `{"resourceType":"Patient","name":{"family":"SecretName"}}`, wantPath: "Patient.name"},
+		{name: "unknown element", line: `{"resourceType":"Patient","active":true,"hairColour":"SecretValue"}`, wantPath: "Patient"},
+		{name: "bad instant", line: `{"resourceType":"Patient","meta":{"lastUpdated":"SecretValue"}}`, wantPath: "Patient.meta.lastUpdated"},
+		{name: "bad boolean in choice", line: `{"resourceType":"Patient","deceasedBoolean":"SecretValue"}`, wantPath: "Patient.deceasedBoolean"},
+		{name: "bad base64", line: `{"resourceType":"Patient","photo":[{"data":"Secret$Value"}]}`, wantPath: "Patient.photo.data"},
+		{name: "malformed", line: `{"resourceType":"Patient","id":"SecretValue"`, wantPath: "Patient"},
+	}
+	if err := c.convert(tab.plan, []byte(good)); err != nil {
+		t.Fatalf("convert good line: %v", err)
+	}
+	tab.rows++
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := c.convert(tab.plan, []byte(tt.line))
+			if err == nil {
+				t.Fatal("convert: no error")
+			}
+			if !strings.Contains(err.Error(), tt.wantPath) {
+				t.Errorf("error %q does not name %s", err, tt.wantPath)
+			}
+			if strings.Contains(err.Error(), "Secret") || strings.Contains(err.Error(), "1974") {
+				t.Errorf("error %q holds a value", err)
+			}
+			if tab.rowsMisaligned() {
+				t.Errorf("a failed row left values behind")
+			}
+		})
+	}
+	if err := c.convert(tab.plan, []byte(good)); err != nil {
+		t.Fatalf("convert good line after failures: %v", err)
+	}
+	tab.rows++
+	rec := tab.rb.NewRecord()
+	defer rec.Release()
+	if rec.NumRows() != 2 {
+		t.Fatalf("record has %d rows, want 2", rec.NumRows())
+	}
+	for row := 0; row < 2; row++ {
+		got, err := rowJSON(tab.res, rec, row)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var src map[string]any
+		if err := decodeJSON([]byte(good), &src); err != nil {
+			t.Fatal(err)
+		}
+		if d := jsonDiff("Patient", src, got); d != "" {
+			t.Errorf("row %d: %s", row, d)
+		}
+	}
+}
+
+func TestConvertValues(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	c, tab := newTestTable(t, mem, "Observation")
+	line := `{"resourceType":"Observation","id":"o1","meta":{"lastUpdated":"2020-01-02T03:04:05.678+02:00"},` +
+		`"status":"final","_status":{"extension":[{"url":"http://x/e","valueString":"s"}]},` +
+		`"code":{"coding":[{"system":"http://loinc.org","code":"1-8"}],"text":"caf\u00e9 \"x\""},` +
+		`"subject":{"reference":"Patient/p1/_history/3","display":"P"},` +
+		`"performer":[{"reference":"urn:uuid:abc","type":"Practitioner"},{"reference":"#c1"},{"identifier":{"value":"9"}}],` +
+		`"effectiveDateTime":"2020-01",` +
+		`"valueQuantity":{"value":1.50,"unit":"mg","_code":{"id":"q"}},` +
+		`"component":[{"code":{"text":"a"},"valueString":"x","_valueString":{"id":"v"}},{"code":{"text":"b"},"valueInteger":3}],` +
+		`"extension":[{"url":"http://x/y","valueDecimal":1.000}],` +
+		`"contained":[{"resourceType":"Patient","id":"c1","birthDate":"2000"}]}`
+	if err := c.convert(tab.plan, []byte(line)); err != nil {
+		t.Fatalf("convert: %v", err)
+	}
+	rec := tab.rb.NewRecord()
+	defer rec.Release()
+	got, err := rowJSON(tab.res, rec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var src map[string]any
+	if err := decodeJSON([]byte(line), &src); err != nil {
+		t.Fatal(err)
+	}
+	if d := jsonDiff("Observation", src, got); d != "" {
+		t.Errorf("round trip: %s", d)
+	}
+	col := func(name string) arrow.Array {
+		for i, f := range rec.Schema().Fields() {
+			if f.Name == name {
+				return rec.Column(i)
+			}
+		}
+		t.Fatalf("no column %s", name)
+		return nil
+	}
+	field := func(a arrow.Array, name string) arrow.Array {
+		st := a.(*array.Struct)
+		for i, f := range st.DataType().(*arrow.StructType).Fields() {
+			if f.Name == name {
+				return st.Field(i)
+			}
+		}
+		t.Fatalf("no field %s", name)
+		return nil
+	}
+	str := func(a arrow.Array, i int) string {
+		if a.IsNull(i) {
+			return "<null>"
+		}
+		return a.(*array.String).Value(i)
+	}
+	subject := col("subject")
+	if g := str(field(subject, "reference"), 0); g != "Patient/p1/_history/3" {
+		t.Errorf("subject.reference = %q", g)
+	}
+	if g, h := str(field(subject, "referenceType"), 0), str(field(subject, "referenceId"), 0); g != "Patient" || h != "p1" {
+		t.Errorf("subject referenceType, referenceId = %q, %q", g, h)
+	}
+	perf := col("performer").(*array.List).ListValues()
+	wantPerf := [][2]string{{"Practitioner", "abc"}, {"<null>", "c1"}, {"<null>", "<null>"}}
+	for i, w := range wantPerf {
+		if g, h := str(field(perf, "referenceType"), i), str(field(perf, "referenceId"), i); g != w[0] || h != w[1] {
+			t.Errorf("performer[%d] referenceType, referenceId = %q, %q; want %q, %q", i, g, h, w[0], w[1])
+		}
+	}
+	if g := str(field(col("effective"), "dateTime"), 0); g != "2020-01" {
+		t.Errorf("effective.dateTime = %q, want verbatim 2020-01", g)
+	}
+	if g := field(field(col("value"), "quantity"), "value").(*array.Float64).Value(0); g != 1.5 {
+		t.Errorf("value.quantity.value = %v", g)
+	}
+	if g := col("meta").(*array.Struct).Field(3).(*array.Timestamp).Value(0); g != arrow.Timestamp(time.Date(2020, 1, 2, 1, 4, 5, 678e6, time.UTC).UnixMicro()) {
+		t.Errorf("meta.lastUpdated = %v", g)
+	}
+	if g := str(field(col("code"), "text"), 0); g != `café "x"` {
+		t.Errorf("code.text = %q", g)
+	}
+	wantPE := `{"status":{"extension":[{"url":"http://x/e","valueString":"s"}]},"valueQuantity.code":{"id":"q"},"component[0].valueString":{"id":"v"}}`
+	if g := str(col(schema.PrimitiveExtensionsColumn), 0); g != wantPE {
+		t.Errorf("_primitiveExtensions = %s\nwant %s", g, wantPE)
+	}
+	ext := col("extension").(*array.List).ListValues()
+	if g := str(ext, 0); g != `{"url":"http://x/y","valueDecimal":1.000}` {
+		t.Errorf("extension[0] = %s, want the original JSON", g)
+	}
+	if g := str(col("contained").(*array.List).ListValues(), 0); g != `{"resourceType":"Patient","id":"c1","birthDate":"2000"}` {
+		t.Errorf("contained[0] = %s", g)
+	}
+}
+
+func TestConvertPrimitiveArrays(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	c, tab := newTestTable(t, mem, "Patient")
+	line := `{"resourceType":"Patient","birthDate":"1974","_birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},` +
+		`"name":[{"family":"A"},{"given":[null,"Jim"],"_given":[{"extension":[{"url":"v","valueCode":"x"}]},null]}]}`
+	if err := c.convert(tab.plan, []byte(line)); err != nil {
+		t.Fatalf("convert: %v", err)
+	}
+	rec := tab.rb.NewRecord()
+	defer rec.Release()
+	pe := rec.Column(len(rec.Columns()) - 1).(*array.String).Value(0)
+	want := `{"birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},"name[1].given[0]":{"extension":[{"url":"v","valueCode":"x"}]}}`
+	if pe != want {
+		t.Errorf("_primitiveExtensions = %s\nwant %s", pe, want)
+	}
+	got, err := rowJSON(tab.res, rec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var src map[string]any
+	if err := decodeJSON([]byte(line), &src); err != nil {
+		t.Fatal(err)
+	}
+	if d := jsonDiff("Patient", src, got); d != "" {
+		t.Errorf("round trip: %s", d)
+	}
+}
+
+func TestSafeName(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{name: "element", in: "hairColour", want: "hairColour"},
+		{name: "value-like", in: "John Smith", want: "(a JSON key)"},
+		{name: "long", in: strings.Repeat("a", 65), want: "(a JSON key)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := safeName([]byte(tt.in)); got != tt.want {
+				t.Errorf("safeName(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}

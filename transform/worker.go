@@ -1,0 +1,185 @@
+package transform
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"github.com/fhirlake/fhirlake/schema"
+)
+
+// DefaultBatchRows is Options.BatchRows when it is 0.
+const DefaultBatchRows = 8192
+
+// Options tune a Worker. The zero value works.
+type Options struct {
+	// BatchRows is the number of pending rows of one type at which Full reports true; 0 means DefaultBatchRows.
+	BatchRows int
+	// Allocator backs the record builders; nil means memory.DefaultAllocator.
+	Allocator memory.Allocator
+}
+
+// Result is the outcome of one line. Valid lines have been appended as one row of their type's batch.
+type Result struct {
+	ResourceType string
+	Known        bool
+	ID           string
+	Valid        bool
+	Issues       []Issue
+}
+
+// Worker validates lines and converts the valid ones into per-type Arrow record batches. It is not safe for
+// concurrent use: run one per goroutine.
+type Worker struct {
+	reg    *schema.Registry
+	opts   Options
+	val    *Validator
+	conv   converter
+	tables map[string]*table
+}
+
+// table is the pending batch of one resource type.
+type table struct {
+	res    *schema.Resource
+	rb     *array.RecordBuilder
+	plan   *plan
+	rows   int
+	broken error // set when a row failed after its check pass: the builders may be misaligned
+}
+
+// NewWorker returns a Worker converting into the schemas of reg.
+func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
+	if reg == nil {
+		return nil, errors.New("new worker: nil schema registry")
+	}
+	if opts.BatchRows == 0 {
+		opts.BatchRows = DefaultBatchRows
+	}
+	if opts.BatchRows < 0 {
+		return nil, fmt.Errorf("new worker: BatchRows %d is negative", opts.BatchRows)
+	}
+	if opts.Allocator == nil {
+		opts.Allocator = memory.DefaultAllocator
+	}
+	v, err := NewValidator()
+	if err != nil {
+		return nil, fmt.Errorf("new worker: %w", err)
+	}
+	w := &Worker{reg: reg, opts: opts, val: v, tables: make(map[string]*table)}
+	w.conv.isType = func(t string) bool { _, ok := reg.Resource(t); return ok }
+	return w, nil
+}
+
+// Process validates one line and, when it is a valid resource, appends it as one row of its type's batch.
+// An invalid line is an outcome (Result.Valid false, with Issues), not an error. The error is for internal
+// failures only (a validated resource that does not fit its schema, an Arrow failure) and should stop the run;
+// it names the resource type and element path, never a value.
+func (w *Worker) Process(line []byte) (Result, error) {
+	vd := w.val.Validate(line)
+	r := Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Valid: len(vd.Issues) == 0, Issues: vd.Issues}
+	if !r.Valid {
+		return r, nil
+	}
+	t, err := w.table(vd.ResourceType)
+	if err != nil {
+		return r, err
+	}
+	if t.broken != nil {
+		return r, t.broken
+	}
+	if err := w.conv.convert(t.plan, line); err != nil {
+		err = fmt.Errorf("convert %s: %w", vd.ResourceType, err)
+		if t.rowsMisaligned() {
+			t.broken = err
+		}
+		return r, err
+	}
+	t.rows++
+	return r, nil
+}
+
+func (w *Worker) table(typ string) (*table, error) {
+	if t, ok := w.tables[typ]; ok {
+		return t, nil
+	}
+	res, ok := w.reg.Resource(typ)
+	if !ok {
+		return nil, fmt.Errorf("convert %s: the validator accepted a type the schema registry does not know", typ)
+	}
+	rb := array.NewRecordBuilder(w.opts.Allocator, res.Schema)
+	p, err := newRootPlan(res, rb)
+	if err != nil {
+		rb.Release()
+		return nil, fmt.Errorf("convert %s: bind builders: %w", typ, err)
+	}
+	t := &table{res: res, rb: rb, plan: p}
+	w.tables[typ] = t
+	return t, nil
+}
+
+// rowsMisaligned reports whether a column holds more or fewer values than the table has rows.
+func (t *table) rowsMisaligned() bool {
+	for _, f := range t.rb.Fields() {
+		if f.Len() != t.rows {
+			return true
+		}
+	}
+	return false
+}
+
+// Full reports whether some type has at least Options.BatchRows pending rows.
+func (w *Worker) Full() bool {
+	for _, t := range w.tables {
+		if t.rows >= w.opts.BatchRows {
+			return true
+		}
+	}
+	return false
+}
+
+// Pending returns the number of rows appended and not yet flushed, over all types.
+func (w *Worker) Pending() int {
+	n := 0
+	for _, t := range w.tables {
+		n += t.rows
+	}
+	return n
+}
+
+// Flush returns one record per resource type with at least minRows pending rows (minRows <= 0: every type with
+// a pending row), in type order, and starts new batches for them. Each record's schema is the registry's schema
+// of its type. The caller releases the records.
+func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
+	minRows = max(minRows, 1)
+	types := make([]string, 0, len(w.tables))
+	for typ, t := range w.tables {
+		if t.rows >= minRows {
+			types = append(types, typ)
+		}
+	}
+	slices.Sort(types)
+	recs := make([]arrow.Record, 0, len(types))
+	for _, typ := range types {
+		t := w.tables[typ]
+		if t.broken != nil || t.rowsMisaligned() {
+			for _, r := range recs {
+				r.Release()
+			}
+			return nil, fmt.Errorf("flush %s: columns do not hold %d rows", typ, t.rows)
+		}
+		recs = append(recs, t.rb.NewRecord())
+		t.rows = 0
+	}
+	return recs, nil
+}
+
+// Release frees the pending batches. The Worker must not be used afterwards.
+func (w *Worker) Release() {
+	for typ, t := range w.tables {
+		t.rb.Release()
+		delete(w.tables, typ)
+	}
+}
