@@ -85,8 +85,10 @@ func New(svc *healthcare.Service, opts Options) *Client {
 	return &Client{svc: svc, opts: opts}
 }
 
-// Start starts the export r asks for and returns its Handle. It retries a start the service refused with 429 or 503
-// (nothing was started), a bounded number of times, and nothing else: a start is not idempotent.
+// Start starts the export r asks for and returns its Handle. It retries, a bounded number of times, a start the
+// service refused with 429 or 503 (nothing was started) and, for the bulk kinds only, a start whose connection
+// dropped: that may leave an orphan export, but its files carry their own export id. A store export is not retried on
+// a dropped connection, since an orphan would write into the same destination.
 func (c *Client) Start(ctx context.Context, r Request) (Handle, error) {
 	if err := r.Validate(); err != nil {
 		return Handle{}, err
@@ -99,12 +101,12 @@ func (c *Client) Start(ctx context.Context, r Request) (Handle, error) {
 		if err != nil {
 			return Handle{}, err
 		}
-		err = c.retryStart(ctx, func() error {
+		err = c.retryStart(ctx, r.Kind, func() error {
 			h.Operation, err = c.startStore(ctx, r)
 			return err
 		})
 	default:
-		err = c.retryStart(ctx, func() error {
+		err = c.retryStart(ctx, r.Kind, func() error {
 			h.Operation, err = c.startBulk(ctx, r)
 			return err
 		})
@@ -115,15 +117,20 @@ func (c *Client) Start(ctx context.Context, r Request) (Handle, error) {
 	return h, nil
 }
 
-// retryStart runs start again while the service refuses it with 429 or 503.
-func (c *Client) retryStart(ctx context.Context, start func() error) error {
+// retryStart runs start again while it fails in a way Start may retry (see Start).
+func (c *Client) retryStart(ctx context.Context, kind Kind, start func() error) error {
 	for attempt := 0; ; attempt++ {
 		err := start()
 		if err == nil {
 			return nil
 		}
+		if ctx.Err() != nil {
+			return err
+		}
 		code, retryAfter := c.statusOf(err)
-		if (code != http.StatusTooManyRequests && code != http.StatusServiceUnavailable) || attempt >= c.opts.MaxRetries {
+		retry := code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable ||
+			(code == 0 && kind != KindStore && transient(err))
+		if !retry || attempt >= c.opts.MaxRetries {
 			return err
 		}
 		d := c.delay(attempt, retryAfter)
