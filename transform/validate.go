@@ -130,6 +130,9 @@ func (v *Validator) Validate(line []byte) (vd Verdict) {
 	if issue, ok := precheck(line, sh); !ok {
 		if issue.Code == codeTooLong && json.Valid(line) {
 			vd.ResourceType, vd.Known, vd.ID = v.header(line)
+			if vd.Known {
+				issue.Path = vd.ResourceType
+			}
 		}
 		vd.Issues = []Issue{issue}
 		return vd
