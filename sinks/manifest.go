@@ -53,6 +53,9 @@ type Totals struct {
 	Valid    int64 `json:"valid"`
 	Rejected int64 `json:"rejected"`
 	Rows     int64 `json:"rows"` // Parquet rows written
+	// Unparsed counts the rejected lines whose resourceType is missing, unknown to R4 or unreadable
+	// (_rejects/_unparsed.ndjson); they are part of Rejected and of no resource type's counts.
+	Unparsed int64 `json:"unparsed"`
 }
 
 // ResourceStats are the counts and files of one resource type.
