@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -11,13 +12,21 @@ import (
 	"github.com/fhirlake/fhirlake/schema"
 )
 
-// DefaultBatchRows is Options.BatchRows when it is 0.
-const DefaultBatchRows = 8192
+// Defaults of Options.
+const (
+	DefaultBatchRows  = 8192
+	DefaultBatchBytes = 256 << 20
+)
 
 // Options tune a Worker. The zero value works.
 type Options struct {
 	// BatchRows is the number of pending rows of one type at which Full reports true; 0 means DefaultBatchRows.
 	BatchRows int
+	// BatchBytes is the Arrow memory held through the Worker's allocator at which Full reports true; 0 means
+	// DefaultBatchBytes. Wide types hold much more than their JSON: a StructureDefinition row takes about 7
+	// times its JSON size (every choice type of every ElementDefinition is a column), so rows alone do not
+	// bound memory.
+	BatchBytes int64
 	// Allocator backs the record builders; nil means memory.DefaultAllocator.
 	Allocator memory.Allocator
 }
@@ -36,6 +45,7 @@ type Result struct {
 type Worker struct {
 	reg    *schema.Registry
 	opts   Options
+	alloc  *countingAllocator
 	val    *Validator
 	conv   converter
 	tables map[string]*table
@@ -61,6 +71,12 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 	if opts.BatchRows < 0 {
 		return nil, fmt.Errorf("new worker: BatchRows %d is negative", opts.BatchRows)
 	}
+	if opts.BatchBytes == 0 {
+		opts.BatchBytes = DefaultBatchBytes
+	}
+	if opts.BatchBytes < 0 {
+		return nil, fmt.Errorf("new worker: BatchBytes %d is negative", opts.BatchBytes)
+	}
 	if opts.Allocator == nil {
 		opts.Allocator = memory.DefaultAllocator
 	}
@@ -68,7 +84,8 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new worker: %w", err)
 	}
-	w := &Worker{reg: reg, opts: opts, val: v, tables: make(map[string]*table)}
+	w := &Worker{reg: reg, opts: opts, alloc: &countingAllocator{Allocator: opts.Allocator}, val: v,
+		tables: make(map[string]*table)}
 	w.conv.isType = func(t string) bool { _, ok := reg.Resource(t); return ok }
 	return w, nil
 }
@@ -109,7 +126,7 @@ func (w *Worker) table(typ string) (*table, error) {
 	if !ok {
 		return nil, fmt.Errorf("convert %s: the validator accepted a type the schema registry does not know", typ)
 	}
-	rb := array.NewRecordBuilder(w.opts.Allocator, res.Schema)
+	rb := array.NewRecordBuilder(w.alloc, res.Schema)
 	p, err := newRootPlan(res, rb)
 	if err != nil {
 		rb.Release()
@@ -130,8 +147,12 @@ func (t *table) rowsMisaligned() bool {
 	return false
 }
 
-// Full reports whether some type has at least Options.BatchRows pending rows.
+// Full reports whether some type has at least Options.BatchRows pending rows, or the Worker holds at least
+// Options.BatchBytes of Arrow memory. A caller then flushes: Flush(0) bounds memory best.
 func (w *Worker) Full() bool {
+	if w.alloc.n.Load() >= w.opts.BatchBytes {
+		return true
+	}
 	for _, t := range w.tables {
 		if t.rows >= w.opts.BatchRows {
 			return true
@@ -139,6 +160,10 @@ func (w *Worker) Full() bool {
 	}
 	return false
 }
+
+// Bytes returns the Arrow memory allocated through the Worker and not yet freed: its pending batches plus the
+// flushed records that have not been released yet.
+func (w *Worker) Bytes() int64 { return w.alloc.n.Load() }
 
 // Pending returns the number of rows appended and not yet flushed, over all types.
 func (w *Worker) Pending() int {
@@ -182,4 +207,26 @@ func (w *Worker) Release() {
 		t.rb.Release()
 		delete(w.tables, typ)
 	}
+}
+
+// countingAllocator counts the bytes held through it. Records flushed by a Worker may be released on other
+// goroutines, hence the atomic.
+type countingAllocator struct {
+	memory.Allocator
+	n atomic.Int64
+}
+
+func (a *countingAllocator) Allocate(size int) []byte {
+	a.n.Add(int64(size))
+	return a.Allocator.Allocate(size)
+}
+
+func (a *countingAllocator) Reallocate(size int, b []byte) []byte {
+	a.n.Add(int64(size - len(b)))
+	return a.Allocator.Reallocate(size, b)
+}
+
+func (a *countingAllocator) Free(b []byte) {
+	a.n.Add(-int64(len(b)))
+	a.Allocator.Free(b)
 }

@@ -465,3 +465,44 @@ func TestWorkerR4Examples(t *testing.T) {
 	}
 	t.Logf("r4-examples: %d lines, %d rows, rejected %v", rt.lines, rt.rows, rt.rejected)
 }
+
+func TestWorkerBytes(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	w, err := NewWorker(testRegistry(t), Options{BatchBytes: 1 << 20, Allocator: mem})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Full() || w.Bytes() != 0 {
+		t.Fatalf("new worker: Full %v, Bytes %d", w.Full(), w.Bytes())
+	}
+	line := []byte(`{"resourceType":"ExplanationOfBenefit","id":"e","status":"active","type":{"text":"t"},"use":"claim",` +
+		`"patient":{"reference":"Patient/p"},"created":"2020","insurer":{"reference":"Organization/o"},` +
+		`"provider":{"reference":"Organization/o"},"outcome":"complete",` +
+		`"insurance":[{"focal":true,"coverage":{"reference":"Coverage/c"}}]}`)
+	rows := 0
+	for !w.Full() {
+		res, err := w.Process(line)
+		if err != nil || !res.Valid {
+			t.Fatalf("Process: valid %v, issues %v, err %v", res.Valid, res.Issues, err)
+		}
+		if rows++; rows > 100000 {
+			t.Fatal("never Full")
+		}
+	}
+	if w.Bytes() < 1<<20 || w.Bytes() != int64(mem.CurrentAlloc()) {
+		t.Errorf("Bytes() = %d, allocator holds %d, BatchBytes 1 MiB", w.Bytes(), mem.CurrentAlloc())
+	}
+	recs, err := w.Flush(0)
+	if err != nil || len(recs) != 1 || recs[0].NumRows() != int64(rows) {
+		t.Fatalf("Flush(0): %d records, %v; want 1 of %d rows", len(recs), err, rows)
+	}
+	recs[0].Release()
+	if w.Full() {
+		t.Errorf("Full after flushing and releasing: Bytes %d", w.Bytes())
+	}
+	w.Release()
+	if w.Bytes() != 0 {
+		t.Errorf("Bytes() = %d after Release", w.Bytes())
+	}
+}
