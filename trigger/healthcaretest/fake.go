@@ -8,8 +8,14 @@
 //   - fhirStores.export: {uriPrefix}/{Type}, one object per resource type, polled with datasets.operations.get;
 //   - fhir/$export and fhir/Group/{id}/$export: {export_id}_{Type}.ndjson under the store's bulkExportGcsDestination,
 //     polled with fhirStores.operations (getFhirOperationStatus, deleteFhirOperation);
-//   - organizeOutputBy=Patient: {export_id}_Patient.ndjson holds Patient blocks (see patientBlock) and
-//     {export_id}_Group.ndjson the Group.
+//   - organizeOutputBy=Patient: {export_id}_Patient.ndjson holds one block per Patient member, in member order: the
+//     Patient, then every resource referencing it, then every resource that the Patient or those reference (one hop,
+//     not transitive); each part grouped by type name, store order within a type; resources repeat across blocks and
+//     the exported Group is in none. References count wherever they appear, as "Type/id" (relative, absolute or
+//     versioned) or as Synthea's "urn:uuid:{id}" (resolved by id). _type and _since filter a block but never drop its
+//     Patient. {export_id}_Group.ndjson holds the Group; other members go to per-type files. Over
+//     ../shared/data/synthea-100 this gives exactly the resources, per block, of synthea-group-by-patient (only the
+//     order of referenced resources within a type is the service's own). Resources are written verbatim.
 //
 // It honours _type and _since (against meta.lastUpdated), checks what the service checks (Prefer: respond-async, a
 // _since to the second with a zone, known types, an existing Group), completes after a number of polls and a delay,
