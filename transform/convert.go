@@ -292,14 +292,12 @@ func newPlan(n *schema.Node, key string, b array.Builder) (*plan, error) {
 		}
 		p.list, p.elem = lb, lb.ValueBuilder()
 	}
-	if !arrow.TypeEqual(p.elem.Type(), n.Leaf()) {
-		return nil, fmt.Errorf("%s: builder type %s does not match schema type %s", n.Path, p.elem.Type(), n.Leaf())
-	}
 	switch n.Kind {
 	case schema.Struct, schema.Choice:
+		// Checked field by field below: StructBuilder.Type() rebuilds the whole subtree's type.
 		st, ok := p.elem.(*array.StructBuilder)
-		if !ok {
-			return nil, fmt.Errorf("%s: builder %T is not a struct builder", n.Path, p.elem)
+		if !ok || st.NumField() != len(n.Children) {
+			return nil, fmt.Errorf("%s: builder %T does not match the schema's struct", n.Path, p.elem)
 		}
 		if n.Kind == schema.Choice && n.Repeated {
 			return nil, fmt.Errorf("%s: repeated choice elements are not supported", n.Path)
@@ -322,6 +320,10 @@ func newPlan(n *schema.Node, key string, b array.Builder) (*plan, error) {
 			case c.Name == "type" && n.FHIRType == "Reference":
 				p.refType = i
 			}
+		}
+	default:
+		if !arrow.TypeEqual(p.elem.Type(), n.Leaf()) {
+			return nil, fmt.Errorf("%s: builder type %s does not match schema type %s", n.Path, p.elem.Type(), n.Leaf())
 		}
 	}
 	return p, nil

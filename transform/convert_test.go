@@ -1,6 +1,9 @@
 package transform
 
 import (
+	"bytes"
+	"encoding/json"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -429,5 +432,87 @@ func TestSafeName(t *testing.T) {
 				t.Errorf("safeName(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
+	}
+}
+
+// benchLines reads the synthea excerpt: a mix of all 19 synthea types.
+func benchLines(b *testing.B) ([][]byte, int) {
+	b.Helper()
+	data, err := os.ReadFile("testdata/synthea-excerpt.ndjson")
+	if err != nil {
+		b.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
+	return lines, len(data)
+}
+
+// BenchmarkConvert measures conversion alone (no validation) into builders flushed every DefaultBatchRows rows.
+func BenchmarkConvert(b *testing.B) {
+	lines, size := benchLines(b)
+	w, err := NewWorker(testRegistry(b), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Release()
+	types := make([]string, len(lines))
+	for i, l := range lines {
+		var hdr struct{ ResourceType string }
+		if err := json.Unmarshal(l, &hdr); err != nil {
+			b.Fatal(err)
+		}
+		types[i] = hdr.ResourceType
+	}
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j, l := range lines {
+			tab, err := w.table(types[j])
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := w.conv.convert(tab.plan, l); err != nil {
+				b.Fatal(err)
+			}
+			tab.rows++
+		}
+		if w.Pending() >= DefaultBatchRows {
+			recs, err := w.Flush(0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, r := range recs {
+				r.Release()
+			}
+		}
+	}
+}
+
+// BenchmarkProcess measures validation and conversion together, as the pipeline runs them.
+func BenchmarkProcess(b *testing.B) {
+	lines, size := benchLines(b)
+	w, err := NewWorker(testRegistry(b), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Release()
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, l := range lines {
+			if _, err := w.Process(l); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if w.Pending() >= DefaultBatchRows {
+			recs, err := w.Flush(0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, r := range recs {
+				r.Release()
+			}
+		}
 	}
 }
