@@ -8,6 +8,7 @@ require (
 	github.com/apache/arrow/go/v17 v17.0.0
 	github.com/fsouza/fake-gcs-server v1.56.1
 	github.com/google/fhir/go v0.7.4
+	github.com/klauspost/compress v1.19.2
 	gocloud.dev v0.47.0
 	golang.org/x/sync v0.24.0
 	google.golang.org/api v0.311.0
@@ -52,7 +53,6 @@ require (
 	github.com/gorilla/mux v1.8.1 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/klauspost/asmfmt v1.3.2 // indirect
-	github.com/klauspost/compress v1.19.2 // indirect
 	github.com/klauspost/cpuid/v2 v2.4.0 // indirect
 	github.com/minio/asm2plan9s v0.0.0-20200509001527-cdd76441f9d8 // indirect
 	github.com/minio/c2goasm v0.0.0-20190812172519-36a3d3bbc4f3 // indirect

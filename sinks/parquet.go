@@ -95,6 +95,7 @@ type part struct {
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
 func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, opts ParquetOptions) *Table {
+	usePooledZstd()
 	opts = opts.withDefaults()
 	return &Table{
 		b:      b,
