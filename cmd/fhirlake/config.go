@@ -1,0 +1,110 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// convertConfig is everything `fhirlake convert` needs. It comes from the environment (FHIRLAKE_*), then flags,
+// and is validated before any work starts.
+type convertConfig struct {
+	In             string // "" means the sample embedded in the binary
+	Out            string
+	Workers        int
+	MaxLineBytes   int
+	RecursionDepth int
+	Log            logConfig
+}
+
+type logConfig struct {
+	Format string // "json", "text" or "auto" (json unless stderr is a terminal)
+	Level  string // debug, info, warn, error
+}
+
+// envDefaults maps each flag to the environment variable that sets its default.
+var envDefaults = map[string]string{
+	"in":              "FHIRLAKE_IN",
+	"out":             "FHIRLAKE_OUT",
+	"workers":         "FHIRLAKE_WORKERS",
+	"max-line-bytes":  "FHIRLAKE_MAX_LINE_BYTES",
+	"recursion-depth": "FHIRLAKE_RECURSION_DEPTH",
+	"log-format":      "FHIRLAKE_LOG_FORMAT",
+	"log-level":       "FHIRLAKE_LOG_LEVEL",
+}
+
+func parseConvertConfig(args []string, getenv func(string) string, stderr io.Writer) (convertConfig, error) {
+	var c convertConfig
+	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.In, "in", "", "source: a directory, file:///dir, gs://bucket/prefix or mem://; empty: the embedded sample")
+	fs.StringVar(&c.Out, "out", "./fhirlake-demo", "destination: a directory, file:///dir, gs://bucket/prefix or mem://")
+	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines (0: one per CPU)")
+	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
+	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
+	addLogFlags(fs, &c.Log)
+	if err := applyEnv(fs, getenv); err != nil {
+		return c, err
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return c, c.validate()
+}
+
+func addLogFlags(fs *flag.FlagSet, c *logConfig) {
+	fs.StringVar(&c.Format, "log-format", "auto", "log format: json, text or auto (json unless stderr is a terminal)")
+	fs.StringVar(&c.Level, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// applyEnv sets each flag's value from its environment variable, so that flags given later override it.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		name, ok := envDefaults[f.Name]
+		if !ok {
+			return
+		}
+		if v := getenv(name); v != "" {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func (c convertConfig) validate() error {
+	var errs []error
+	if c.Out == "" {
+		errs = append(errs, errors.New("--out is required"))
+	}
+	if c.Workers < 0 {
+		errs = append(errs, fmt.Errorf("--workers must be 0 or more, not %d", c.Workers))
+	}
+	if c.MaxLineBytes < 1024 {
+		errs = append(errs, fmt.Errorf("--max-line-bytes must be at least 1024, not %d", c.MaxLineBytes))
+	}
+	if c.RecursionDepth < 1 {
+		errs = append(errs, fmt.Errorf("--recursion-depth must be at least 1, not %d", c.RecursionDepth))
+	}
+	return errors.Join(append(errs, c.Log.validate())...)
+}
+
+func (c logConfig) validate() error {
+	var errs []error
+	switch c.Format {
+	case "json", "text", "auto":
+	default:
+		errs = append(errs, fmt.Errorf("--log-format must be json, text or auto, not %q", c.Format))
+	}
+	if _, err := parseLevel(c.Level); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/memblob"
+
+	"github.com/fhirlake/fhirlake/pipeline"
+	"github.com/fhirlake/fhirlake/reader"
+	"github.com/fhirlake/fhirlake/sinks"
+)
+
+// sample is one Synthea patient with everything that references it, one file per resource type.
+// `fhirlake convert` reads it when no --in is given, so that the command works on a fresh machine.
+//
+//go:embed sample/*.ndjson
+var sample embed.FS
+
+const sampleName = "embedded:sample"
+
+func convertCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	c, err := parseConvertConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "fhirlake convert: %v\n", err)
+		return 2
+	}
+	log := newLogger(c.Log, stderr)
+	if err := convert(ctx, c, log, stdout); err != nil {
+		log.Error("convert failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.Writer) error {
+	src, err := openSource(ctx, c.In)
+	if err != nil {
+		return err
+	}
+	defer src.Bucket.Close()
+	dst, err := openSink(ctx, c.Out)
+	if err != nil {
+		return err
+	}
+	defer dst.Bucket.Close()
+
+	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", c.Workers)
+	start := time.Now()
+	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
+		Workers:        c.Workers,
+		MaxLineBytes:   c.MaxLineBytes,
+		RecursionDepth: c.RecursionDepth,
+		Progress: func(p pipeline.Progress) {
+			log.Info("progress",
+				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
+				"lines", p.Lines, "rejected", p.Rejected,
+				"mb_read", mb(p.BytesRead), "mb_total", mb(p.BytesTotal),
+				"elapsed", p.Elapsed.Round(time.Millisecond).String())
+		},
+	})
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	log.Info("convert finished", "lines", m.Totals.Lines, "valid", m.Totals.Valid,
+		"rejected", m.Totals.Rejected, "rows", m.Totals.Rows, "elapsed", elapsed.Round(time.Millisecond).String())
+	return printSummary(stdout, m, elapsed)
+}
+
+// openSource opens the input location; "" is the embedded sample.
+func openSource(ctx context.Context, loc string) (pipeline.Source, error) {
+	if loc == "" {
+		b, err := sampleBucket(ctx)
+		if err != nil {
+			return pipeline.Source{}, err
+		}
+		return pipeline.Source{Bucket: b, Name: sampleName}, nil
+	}
+	b, prefix, err := reader.OpenBucket(ctx, loc)
+	if err != nil {
+		return pipeline.Source{}, fmt.Errorf("open input %s: %w", loc, err)
+	}
+	return pipeline.Source{Bucket: b, Prefix: prefix, Name: sourceName(loc)}, nil
+}
+
+// sourceName is how the manifest names a source: absolute for local paths, so that runs from different working
+// directories agree.
+func sourceName(loc string) string {
+	if strings.Contains(loc, "://") {
+		return loc
+	}
+	if abs, err := filepath.Abs(loc); err == nil {
+		return abs
+	}
+	return loc
+}
+
+func openSink(ctx context.Context, loc string) (pipeline.Sink, error) {
+	if !strings.Contains(loc, "://") {
+		if err := os.MkdirAll(loc, 0o755); err != nil {
+			return pipeline.Sink{}, fmt.Errorf("create output directory: %w", err)
+		}
+	}
+	b, prefix, err := reader.OpenBucket(ctx, loc)
+	if err != nil {
+		return pipeline.Sink{}, fmt.Errorf("open output %s: %w", loc, err)
+	}
+	return pipeline.Sink{Bucket: b, Prefix: prefix}, nil
+}
+
+func sampleBucket(ctx context.Context) (*blob.Bucket, error) {
+	b := memblob.OpenBucket(nil)
+	err := fs.WalkDir(sample, "sample", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := sample.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return b.WriteAll(ctx, d.Name(), data, nil)
+	})
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("load embedded sample: %w", err)
+	}
+	return b, nil
+}
+
+func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "resource type\trows\trejected\tfiles\t")
+	types := make([]string, 0, len(m.Resources))
+	for t := range m.Resources {
+		types = append(types, t)
+	}
+	sort.Strings(types)
+	var files int
+	for _, t := range types {
+		r := m.Resources[t]
+		files += len(r.Files)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t\n", t, r.Rows, r.Rejected, len(r.Files))
+	}
+	if m.Totals.Unparsed > 0 {
+		fmt.Fprintf(tw, "(unparsed)\t\t%d\t\t\n", m.Totals.Unparsed)
+	}
+	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t\n", m.Totals.Rows, m.Totals.Rejected, files)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var in int64
+	for _, i := range m.Inputs {
+		in += i.Bytes
+	}
+	secs := elapsed.Seconds()
+	_, err := fmt.Fprintf(w, "%d lines from %d objects (%.1f MB) in %.1fs: %.1f MB/s, %.0f resources/s\n",
+		m.Totals.Lines, len(m.Inputs), mb(in), secs, mb(in)/secs, float64(m.Totals.Lines)/secs)
+	return err
+}
+
+func mb(n int64) float64 { return float64(n) / 1e6 }

@@ -1,0 +1,578 @@
+// Package pipeline wires one conversion run: it lists the NDJSON objects of a source, reads them concurrently
+// (reader), validates and converts every line (transform), and writes Parquet tables, quarantined lines and the
+// run manifest (sinks). It sits between cmd/fhirlake (and later the trigger-driven worker) and the stage packages,
+// and it is the only place where those stages meet.
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+	"gocloud.dev/blob"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fhirlake/fhirlake/reader"
+	"github.com/fhirlake/fhirlake/schema"
+	"github.com/fhirlake/fhirlake/sinks"
+	"github.com/fhirlake/fhirlake/transform"
+)
+
+// ErrForeignOutput is returned when the output location already holds a published run of another source.
+// Replacing it would silently destroy somebody else's tables, so the caller must choose another location.
+var ErrForeignOutput = errors.New("output holds a run of another source")
+
+// Source is where the NDJSON comes from.
+type Source struct {
+	Bucket *blob.Bucket
+	Prefix string // objects under this prefix are read ("" is the whole bucket)
+	Name   string // how the manifest names the source, e.g. "gs://bucket/export/2026-11-25"
+	// Objects, when set, is the exact list to read (as an export reported it); otherwise the prefix is listed.
+	Objects []reader.Object
+}
+
+// Sink is where the tables, rejects and manifest go.
+type Sink struct {
+	Bucket *blob.Bucket
+	Prefix string // "" is the bucket root
+}
+
+// Options tune a run. The zero value works.
+type Options struct {
+	Workers        int // decoding goroutines; zero: GOMAXPROCS
+	Readers        int // objects read at once; zero: min(Workers, 4)
+	MaxLineBytes   int // zero: the reader's default (64 MiB)
+	RecursionDepth int // zero: the schema's default (2)
+	BatchRows      int // rows per Arrow record batch; zero: 8192
+	Parquet        sinks.ParquetOptions
+	Allocator      memory.Allocator // zero: memory.DefaultAllocator
+	RunID          string
+
+	// Progress, when set, is called about every ProgressEvery (zero: 5s) while the run goes, and once at the end.
+	Progress      func(Progress)
+	ProgressEvery time.Duration
+	Now           func() time.Time // zero: time.Now
+}
+
+// Progress is a snapshot of a running conversion. It holds counts only, never content.
+type Progress struct {
+	ObjectsDone, ObjectsTotal int
+	Lines, Rejected           int64
+	BytesRead, BytesTotal     int64 // compressed bytes of finished objects, of all objects
+	Elapsed                   time.Duration
+}
+
+const (
+	defaultBatchRows = 8192
+	// A batch of lines handed from a reader to a decoding worker. Small batches keep the hand-off cheap,
+	// bounded ones keep memory bounded: at most cap(work)+Workers batches are alive at once.
+	batchLines = 256
+	batchBytes = 4 << 20
+)
+
+// Run converts every object of src into dst and publishes the manifest last. It returns the manifest it published.
+//
+// A run into a location that already holds a manifest for the same source replaces it: the old manifest is removed
+// first (the output is unpublished while the run goes), and part files that the new run did not write are deleted
+// before the new manifest is written. A run into a location holding another source's manifest fails with
+// ErrForeignOutput.
+func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manifest, error) {
+	opts = opts.withDefaults()
+	started := opts.Now().UTC()
+
+	reg, err := schema.New(schema.Options{RecursionDepth: opts.RecursionDepth})
+	if err != nil {
+		return nil, fmt.Errorf("build schemas: %w", err)
+	}
+	if err := claimOutput(ctx, dst, src.Name); err != nil {
+		return nil, err
+	}
+	objects := src.Objects
+	if objects == nil {
+		if objects, err = reader.List(ctx, src.Bucket, src.Prefix); err != nil {
+			return nil, fmt.Errorf("list %s: %w", src.Name, err)
+		}
+	}
+
+	r := &run{
+		src:     src,
+		dst:     dst,
+		opts:    opts,
+		reg:     reg,
+		tables:  map[string]*sinks.Table{},
+		rejects: sinks.NewRejects(dst.Bucket, dst.Prefix),
+		inputs:  make([]sinks.Input, len(objects)),
+		stats:   map[string]*typeStats{},
+	}
+	for _, o := range objects {
+		r.bytesTotal += o.Size
+	}
+	if err := r.convert(ctx, objects, started); err != nil {
+		r.abort()
+		return nil, err
+	}
+	m, err := r.publish(ctx, started)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.Readers <= 0 {
+		o.Readers = min(o.Workers, 4)
+	}
+	if o.BatchRows <= 0 {
+		o.BatchRows = defaultBatchRows
+	}
+	if o.Allocator == nil {
+		o.Allocator = memory.DefaultAllocator
+	}
+	if o.Parquet.Allocator == nil {
+		o.Parquet.Allocator = o.Allocator
+	}
+	if o.ProgressEvery <= 0 {
+		o.ProgressEvery = 5 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// claimOutput refuses another source's output and unpublishes a previous run of the same source.
+func claimOutput(ctx context.Context, dst Sink, source string) error {
+	prev, err := sinks.ReadManifest(ctx, dst.Bucket, dst.Prefix)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read previous manifest: %w", err)
+	case prev.Source != source:
+		return fmt.Errorf("%w: it holds %q, this run reads %q", ErrForeignOutput, prev.Source, source)
+	}
+	if err := sinks.Unpublish(ctx, dst.Bucket, dst.Prefix); err != nil {
+		return fmt.Errorf("unpublish previous run: %w", err)
+	}
+	return nil
+}
+
+type run struct {
+	src  Source
+	dst  Sink
+	opts Options
+	reg  *schema.Registry
+
+	mu      sync.Mutex
+	tables  map[string]*sinks.Table
+	stats   map[string]*typeStats
+	rejects *sinks.Rejects
+	inputs  []sinks.Input
+
+	bytesTotal  int64
+	bytesRead   atomic.Int64
+	objectsDone atomic.Int64
+	lines       atomic.Int64
+	rejected    atomic.Int64
+}
+
+type typeStats struct{ valid, rejected int64 }
+
+// batch is a run of lines of one object, copied out of the reader's buffer.
+type batch struct {
+	key   string
+	lines []line
+}
+
+type line struct {
+	number   int64
+	offset   int64
+	length   int64
+	oversize bool
+	bytes    []byte
+}
+
+func (r *run) convert(ctx context.Context, objects []reader.Object, started time.Time) error {
+	g, gctx := errgroup.WithContext(ctx)
+	work := make(chan batch, r.opts.Workers*2)
+
+	// Readers: a bounded number of objects at once, each cut into batches of lines.
+	g.Go(func() error {
+		defer close(work)
+		rg, rctx := errgroup.WithContext(gctx)
+		rg.SetLimit(r.opts.Readers)
+		for i, o := range objects {
+			rg.Go(func() error { return r.readObject(rctx, i, o, work) })
+		}
+		return rg.Wait()
+	})
+
+	// Decoders: one transform.Worker each, fed from all objects.
+	for range r.opts.Workers {
+		g.Go(func() error { return r.decode(gctx, work) })
+	}
+
+	stopProgress := r.reportProgress(gctx, len(objects), started)
+	err := g.Wait()
+	stopProgress()
+	return err
+}
+
+func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<- batch) error {
+	sc, closer, err := reader.Open(ctx, r.src.Bucket, o.Key, reader.Options{MaxLineBytes: r.opts.MaxLineBytes})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", o.Key, err)
+	}
+	defer closer.Close()
+
+	b := batch{key: o.Key}
+	var buf []byte
+	send := func() error {
+		if len(b.lines) == 0 {
+			return nil
+		}
+		select {
+		case work <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b = batch{key: o.Key}
+		buf = nil
+		return nil
+	}
+	for sc.Scan() {
+		l := sc.Line()
+		if buf == nil {
+			buf = make([]byte, 0, max(batchBytes, len(l.Bytes)))
+		} else if len(buf)+len(l.Bytes) > cap(buf) {
+			if err := send(); err != nil {
+				return err
+			}
+			buf = make([]byte, 0, max(batchBytes, len(l.Bytes)))
+		}
+		start := len(buf)
+		buf = append(buf, l.Bytes...)
+		b.lines = append(b.lines, line{
+			number: l.Number, offset: l.Offset, length: l.Length, oversize: l.Oversize,
+			bytes: buf[start:len(buf):len(buf)],
+		})
+		if len(b.lines) >= batchLines {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read %s: %w", o.Key, err)
+	}
+	if err := send(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.inputs[i] = sinks.Input{Object: o.Key, Lines: sc.Lines(), Bytes: o.Size}
+	r.mu.Unlock()
+	r.bytesRead.Add(o.Size)
+	r.objectsDone.Add(1)
+	return nil
+}
+
+func (r *run) decode(ctx context.Context, work <-chan batch) error {
+	w, err := transform.NewWorker(r.reg, transform.Options{BatchRows: r.opts.BatchRows, Allocator: r.opts.Allocator})
+	if err != nil {
+		return fmt.Errorf("start decoder: %w", err)
+	}
+	defer w.Release()
+	local := map[string]*typeStats{}
+	defer r.mergeStats(local)
+
+	for {
+		var b batch
+		var ok bool
+		select {
+		case b, ok = <-work:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if !ok {
+			return r.flush(ctx, w, 0)
+		}
+		for _, l := range b.lines {
+			if err := r.decodeLine(ctx, w, b.key, l, local); err != nil {
+				return err
+			}
+		}
+		if err := r.flush(ctx, w, r.opts.BatchRows); err != nil {
+			return err
+		}
+	}
+}
+
+func (r *run) decodeLine(ctx context.Context, w *transform.Worker, key string, l line, local map[string]*typeStats) error {
+	r.lines.Add(1)
+	if l.oversize {
+		r.rejected.Add(1)
+		statsFor(local, "").rejected++
+		rej := sinks.Reject{
+			Source: key, Line: l.number,
+			Issues: []sinks.Issue{{
+				Code:   "too-long",
+				Detail: fmt.Sprintf("line of %d bytes is over the %d-byte limit", l.length, r.maxLineBytes()),
+			}},
+		}
+		return r.rejectStreamed(ctx, key, l, rej)
+	}
+	res, err := w.Process(l.bytes)
+	if err != nil {
+		return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
+	}
+	if res.Valid {
+		statsFor(local, res.ResourceType).valid++
+		return nil
+	}
+	r.rejected.Add(1)
+	typ := res.ResourceType
+	if !res.Known {
+		typ = ""
+	}
+	statsFor(local, typ).rejected++
+	rej := sinks.Reject{
+		Source: key, Line: l.number, ResourceType: res.ResourceType, Known: res.Known, ID: res.ID,
+		Issues: make([]sinks.Issue, len(res.Issues)), Raw: l.bytes,
+	}
+	for i, is := range res.Issues {
+		rej.Issues[i] = sinks.Issue{Path: is.Path, Code: is.Code, Detail: is.Detail}
+	}
+	if err := r.rejects.Write(ctx, rej, nil); err != nil {
+		return fmt.Errorf("quarantine %s line %d: %w", key, l.number, err)
+	}
+	return nil
+}
+
+// rejectStreamed quarantines a line too long to hold in memory by copying it from the source object.
+func (r *run) rejectStreamed(ctx context.Context, key string, l line, rej sinks.Reject) error {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(reader.CopyLine(ctx, r.src.Bucket, key, l.offset, l.length, pw))
+	}()
+	err := r.rejects.Write(ctx, rej, pr)
+	pr.CloseWithError(errors.New("quarantine ended"))
+	if err != nil {
+		return fmt.Errorf("quarantine %s line %d: %w", key, l.number, err)
+	}
+	return nil
+}
+
+func (r *run) maxLineBytes() int {
+	if r.opts.MaxLineBytes > 0 {
+		return r.opts.MaxLineBytes
+	}
+	return reader.DefaultMaxLineBytes
+}
+
+func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error {
+	recs, err := w.Flush(minRows)
+	if err != nil {
+		return fmt.Errorf("build record batches: %w", err)
+	}
+	defer func() {
+		for _, rec := range recs {
+			rec.Release()
+		}
+	}()
+	for _, rec := range recs {
+		t, err := r.table(rec.Schema())
+		if err != nil {
+			return err
+		}
+		if err := t.Write(ctx, rec); err != nil {
+			return fmt.Errorf("write %s: %w", resourceTypeOf(rec.Schema()), err)
+		}
+	}
+	return nil
+}
+
+func resourceTypeOf(s *arrow.Schema) string {
+	md := s.Metadata()
+	if i := md.FindKey(schema.MetaResourceType); i >= 0 {
+		return md.Values()[i]
+	}
+	return ""
+}
+
+func (r *run) table(s *arrow.Schema) (*sinks.Table, error) {
+	typ := resourceTypeOf(s)
+	if typ == "" {
+		return nil, errors.New("record batch without a resource type in its schema metadata")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.tables[typ]
+	if !ok {
+		t = sinks.NewTable(r.dst.Bucket, r.dst.Prefix, typ, s, r.opts.Parquet)
+		r.tables[typ] = t
+	}
+	return t, nil
+}
+
+func statsFor(m map[string]*typeStats, typ string) *typeStats {
+	s, ok := m[typ]
+	if !ok {
+		s = &typeStats{}
+		m[typ] = s
+	}
+	return s
+}
+
+func (r *run) mergeStats(local map[string]*typeStats) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for typ, s := range local {
+		t := statsFor(r.stats, typ)
+		t.valid += s.valid
+		t.rejected += s.rejected
+	}
+}
+
+func (r *run) abort() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.tables {
+		t.Abort()
+	}
+	r.rejects.Abort()
+}
+
+// publish closes every sink, removes what an earlier run left behind, and writes the manifest last.
+func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, error) {
+	m := &sinks.Manifest{
+		FHIRVersion:   schema.FHIRVersion,
+		SchemaVersion: schema.Version,
+		RunID:         r.opts.RunID,
+		Started:       started,
+		Source:        r.src.Name,
+		Inputs:        r.inputs,
+	}
+	resources := map[string]*sinks.ResourceStats{}
+	resource := func(typ string) *sinks.ResourceStats {
+		rs, ok := resources[typ]
+		if !ok {
+			rs = &sinks.ResourceStats{}
+			resources[typ] = rs
+		}
+		return rs
+	}
+	keep := map[string]bool{}
+	types := make([]string, 0, len(r.tables))
+	for typ := range r.tables {
+		types = append(types, typ)
+	}
+	sort.Strings(types)
+	var closeErr error
+	for _, typ := range types {
+		files, err := r.tables[typ].Close(ctx)
+		if err != nil {
+			closeErr = errors.Join(closeErr, fmt.Errorf("close %s table: %w", typ, err))
+			continue
+		}
+		rs := resource(typ)
+		for _, f := range files {
+			keep[f.Key] = true
+			rs.Rows += f.Rows
+			rs.Files = append(rs.Files, f)
+		}
+	}
+	rejectFiles, err := r.rejects.Close(ctx)
+	if err != nil {
+		closeErr = errors.Join(closeErr, fmt.Errorf("close rejects: %w", err))
+	}
+	if closeErr != nil {
+		r.abort()
+		return nil, closeErr
+	}
+	for _, f := range rejectFiles {
+		keep[f.Key] = true
+	}
+	m.Rejects = rejectFiles
+
+	for typ, s := range r.stats {
+		if typ == "" {
+			m.Totals.Unparsed += s.rejected
+		} else {
+			rs := resource(typ)
+			rs.Valid += s.valid
+			rs.Rejected += s.rejected
+		}
+		m.Totals.Valid += s.valid
+		m.Totals.Rejected += s.rejected
+	}
+	m.Resources = make(map[string]sinks.ResourceStats, len(resources))
+	for typ, rs := range resources {
+		m.Resources[typ] = *rs
+		m.Totals.Rows += rs.Rows
+	}
+	for _, in := range r.inputs {
+		m.Totals.Lines += in.Lines
+	}
+	if m.Totals.Lines != m.Totals.Valid+m.Totals.Rejected {
+		return nil, fmt.Errorf("lines do not add up: %d read, %d valid + %d rejected",
+			m.Totals.Lines, m.Totals.Valid, m.Totals.Rejected)
+	}
+
+	if _, err := sinks.RemoveStale(ctx, r.dst.Bucket, r.dst.Prefix, keep); err != nil {
+		return nil, fmt.Errorf("remove stale output: %w", err)
+	}
+	m.Finished = r.opts.Now().UTC()
+	if err := sinks.WriteManifest(ctx, r.dst.Bucket, r.dst.Prefix, m); err != nil {
+		return nil, fmt.Errorf("publish manifest: %w", err)
+	}
+	return m, nil
+}
+
+func (r *run) reportProgress(ctx context.Context, total int, started time.Time) (stop func()) {
+	if r.opts.Progress == nil {
+		return func() {}
+	}
+	snapshot := func() Progress {
+		return Progress{
+			ObjectsDone: int(r.objectsDone.Load()), ObjectsTotal: total,
+			Lines: r.lines.Load(), Rejected: r.rejected.Load(),
+			BytesRead: r.bytesRead.Load(), BytesTotal: r.bytesTotal,
+			Elapsed: r.opts.Now().Sub(started),
+		}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(r.opts.ProgressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				r.opts.Progress(snapshot())
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+		r.opts.Progress(snapshot())
+	}
+}
