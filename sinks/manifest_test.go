@@ -28,7 +28,7 @@ func sampleManifest() *Manifest {
 		Source:        "gs://exports/2024-05-01",
 		Started:       time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC),
 		Finished:      time.Date(2024, 5, 1, 12, 3, 7, 250_000_000, time.UTC),
-		Totals:        Totals{Lines: 7, Valid: 5, Rejected: 2, Rows: 5},
+		Totals:        Totals{Lines: 7, Valid: 5, Rejected: 2, Rows: 5, Unparsed: 1},
 		Resources: map[string]ResourceStats{
 			"Patient": {Valid: 2, Rejected: 1, Rows: 2, Files: []File{
 				{Key: "Patient/part-00000.parquet", Rows: 2, Bytes: 4096},
