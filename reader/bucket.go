@@ -30,7 +30,9 @@ func OpenBucket(ctx context.Context, loc string) (b *blob.Bucket, prefix string,
 		return nil, "", err
 	}
 	if l.bucketURL == "" {
-		b, err = fileblob.OpenBucket(l.dir, nil)
+		// No ".attrs" sidecar per object: analysts list these directories, and we set no attributes
+		// that a local reader needs.
+		b, err = fileblob.OpenBucket(l.dir, &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
 	} else {
 		b, err = blob.OpenBucket(ctx, l.bucketURL)
 	}
