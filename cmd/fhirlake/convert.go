@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -61,7 +62,7 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 	}
 	defer dst.Bucket.Close()
 
-	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", c.Workers)
+	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", workers(c.Workers))
 	start := time.Now()
 	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
 		Workers:        c.Workers,
@@ -173,6 +174,13 @@ func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {
 	_, err := fmt.Fprintf(w, "%d lines from %d objects (%.1f MB) in %.1fs: %.1f MB/s, %.0f resources/s\n",
 		m.Totals.Lines, len(m.Inputs), mb(in), secs, mb(in)/secs, float64(m.Totals.Lines)/secs)
 	return err
+}
+
+func workers(n int) int {
+	if n > 0 {
+		return n
+	}
+	return runtime.GOMAXPROCS(0)
 }
 
 func mb(n int64) float64 { return float64(n) / 1e6 }
