@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -12,12 +13,24 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden schemas in testdata/")
 
+var (
+	registriesMu sync.Mutex
+	registries   = map[int]*Registry{}
+)
+
+// newRegistry returns the registry for opts, built once per depth for the package's tests.
 func newRegistry(t *testing.T, opts Options) *Registry {
 	t.Helper()
+	registriesMu.Lock()
+	defer registriesMu.Unlock()
+	if r, ok := registries[opts.RecursionDepth]; ok {
+		return r
+	}
 	r, err := New(opts)
 	if err != nil {
 		t.Fatalf("New(%+v): %v", opts, err)
 	}
+	registries[opts.RecursionDepth] = r
 	return r
 }
 
@@ -113,7 +126,11 @@ func walkFields(f arrow.Field, path string, fn func(string, arrow.Field)) {
 }
 
 func TestDeterministic(t *testing.T) {
-	a, b := newRegistry(t, Options{}), newRegistry(t, Options{RecursionDepth: DefaultRecursionDepth})
+	a := newRegistry(t, Options{})
+	b, err := New(Options{RecursionDepth: DefaultRecursionDepth})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, typ := range a.Types() {
 		ra, _ := a.Resource(typ)
 		rb, _ := b.Resource(typ)
