@@ -48,11 +48,12 @@ type Sink struct {
 
 // Options tune a run. The zero value works.
 type Options struct {
-	Workers        int // decoding goroutines; zero: GOMAXPROCS
-	Readers        int // objects read at once; zero: min(Workers, 4)
-	MaxLineBytes   int // zero: the reader's default (64 MiB)
-	RecursionDepth int // zero: the schema's default (2)
-	BatchRows      int // rows per Arrow record batch; zero: 8192
+	Workers        int   // decoding goroutines; zero: GOMAXPROCS
+	Readers        int   // objects read at once; zero: min(Workers, 4)
+	MaxLineBytes   int   // zero: the reader's default (64 MiB)
+	RecursionDepth int   // zero: the schema's default (2)
+	BatchRows      int   // rows per Arrow record batch; zero: 8192
+	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 64 MiB
 	Parquet        sinks.ParquetOptions
 	Allocator      memory.Allocator // zero: memory.DefaultAllocator
 	RunID          string
@@ -72,7 +73,8 @@ type Progress struct {
 }
 
 const (
-	defaultBatchRows = 8192
+	defaultBatchRows  = 8192
+	defaultBatchBytes = 64 << 20
 	// A batch of lines handed from a reader to a decoding worker. Small batches keep the hand-off cheap,
 	// bounded ones keep memory bounded: at most cap(work)+Workers batches are alive at once.
 	batchLines = 256
@@ -136,6 +138,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.BatchRows <= 0 {
 		o.BatchRows = defaultBatchRows
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = defaultBatchBytes
 	}
 	if o.Allocator == nil {
 		o.Allocator = memory.DefaultAllocator
@@ -289,7 +294,9 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 }
 
 func (r *run) decode(ctx context.Context, work <-chan batch) error {
-	w, err := transform.NewWorker(r.reg, transform.Options{BatchRows: r.opts.BatchRows, Allocator: r.opts.Allocator})
+	w, err := transform.NewWorker(r.reg, transform.Options{
+		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: r.opts.Allocator,
+	})
 	if err != nil {
 		return fmt.Errorf("start decoder: %w", err)
 	}
@@ -313,8 +320,11 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 				return err
 			}
 		}
-		if err := r.flush(ctx, w, r.opts.BatchRows); err != nil {
-			return err
+		// A full batch of one type, or too much memory held over all types: hand everything to the sinks.
+		if w.Full() {
+			if err := r.flush(ctx, w, 0); err != nil {
+				return err
+			}
 		}
 	}
 }
