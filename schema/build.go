@@ -2,6 +2,7 @@ package schema
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -46,8 +47,8 @@ func (b *builder) resource(md protoreflect.MessageDescriptor) (*Resource, error)
 	}
 	root.Field = arrow.Field{Name: typ, Type: arrow.StructOf(fields...), Nullable: true}
 	meta := arrow.NewMetadata(
-		[]string{MetaSchemaVersion, MetaFHIRVersion, MetaResourceType},
-		[]string{Version, FHIRVersion, typ},
+		[]string{MetaSchemaVersion, MetaFHIRVersion, MetaResourceType, MetaRecursionDepth},
+		[]string{Version, FHIRVersion, typ, strconv.Itoa(b.depth)},
 	)
 	return &Resource{Type: typ, Schema: arrow.NewSchema(fields, &meta), Fields: children, Root: root}, nil
 }

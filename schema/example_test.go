@@ -30,6 +30,7 @@ func ExampleNew() {
 	// 146 resource types
 	// # fhir.resource_type = Patient
 	// # fhir.version = 4.0.1
+	// # fhirlake.recursion_depth = 2
 	// # fhirlake.schema_version = 1
 	// birthDate: utf8
 	// deceased: struct

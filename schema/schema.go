@@ -25,7 +25,8 @@
 //     ("birthDate", "name[0].given[1]", "component[2].valueString"), one entry per primitive value, whose
 //     values are the original "_x" JSON values (one array item each for repeated elements). It is null when
 //     the resource has none.
-//   - Every field is nullable. Schema metadata: fhirlake.schema_version, fhir.version, fhir.resource_type.
+//   - Every field is nullable. Schema metadata: fhirlake.schema_version, fhir.version, fhir.resource_type,
+//     fhirlake.recursion_depth.
 package schema
 
 import (
@@ -50,6 +51,9 @@ const (
 	MetaSchemaVersion = "fhirlake.schema_version"
 	MetaFHIRVersion   = "fhir.version"
 	MetaResourceType  = "fhir.resource_type"
+	// MetaRecursionDepth records Options.RecursionDepth (as resolved): tables built with different depths have
+	// different shapes under the same schema version.
+	MetaRecursionDepth = "fhirlake.recursion_depth"
 )
 
 // Options tune the schemas. The zero value gives the default shape.
@@ -63,6 +67,7 @@ type Options struct {
 type Registry struct {
 	types     []string
 	resources map[string]*Resource
+	depth     int
 }
 
 // Resource is the table of one resource type.
@@ -90,7 +95,7 @@ func New(opts Options) (*Registry, error) {
 		return nil, fmt.Errorf("build schemas: ContainedResource has %d oneofs, want 1", cr.Oneofs().Len())
 	}
 	oneof := cr.Oneofs().Get(0)
-	r := &Registry{resources: make(map[string]*Resource, oneof.Fields().Len())}
+	r := &Registry{resources: make(map[string]*Resource, oneof.Fields().Len()), depth: depth}
 	b := &builder{depth: depth}
 	for i := 0; i < oneof.Fields().Len(); i++ {
 		md := oneof.Fields().Get(i).Message()
@@ -110,6 +115,9 @@ func New(opts Options) (*Registry, error) {
 
 // Types returns every R4 resource type name, sorted.
 func (r *Registry) Types() []string { return slices.Clone(r.types) }
+
+// RecursionDepth returns the recursion depth the schemas were built with.
+func (r *Registry) RecursionDepth() int { return r.depth }
 
 // Resource returns the table of a resource type; ok is false for a name that is not an R4 resource type.
 func (r *Registry) Resource(resourceType string) (*Resource, bool) {

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -99,7 +100,7 @@ func TestAllTypes(t *testing.T) {
 		if _, ok := res.Root.Lookup([]byte("resourceType")); ok {
 			t.Errorf("%s has a resourceType column", typ)
 		}
-		for _, k := range []string{MetaSchemaVersion, MetaFHIRVersion, MetaResourceType} {
+		for _, k := range []string{MetaSchemaVersion, MetaFHIRVersion, MetaResourceType, MetaRecursionDepth} {
 			if _, ok := res.Schema.Metadata().GetValue(k); !ok {
 				t.Errorf("%s: metadata %s missing", typ, k)
 			}
@@ -323,8 +324,25 @@ func TestLookup(t *testing.T) {
 	}
 }
 
-func TestNegativeDepth(t *testing.T) {
+func TestDepthOption(t *testing.T) {
 	if _, err := New(Options{RecursionDepth: -1}); err == nil {
 		t.Fatal("New with depth -1: no error")
+	}
+	tests := []struct {
+		name  string
+		depth int
+		want  string
+	}{
+		{name: "default", depth: 0, want: "2"},
+		{name: "explicit", depth: 3, want: "3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRegistry(t, Options{RecursionDepth: tt.depth})
+			res, _ := r.Resource("Patient")
+			if got, _ := res.Schema.Metadata().GetValue(MetaRecursionDepth); got != tt.want || strconv.Itoa(r.RecursionDepth()) != tt.want {
+				t.Errorf("recursion depth metadata %q, RecursionDepth() %d; want %s", got, r.RecursionDepth(), tt.want)
+			}
+		})
 	}
 }
