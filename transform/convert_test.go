@@ -516,3 +516,53 @@ func BenchmarkProcess(b *testing.B) {
 		}
 	}
 }
+
+// FuzzConvert feeds arbitrary bytes straight to the converter (no Validator): it must never panic, and a line it
+// rejects must leave no partial row.
+func FuzzConvert(f *testing.F) {
+	data, err := os.ReadFile("testdata/hl7-examples.ndjson")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, l := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		if len(l) < 20000 {
+			f.Add(l)
+		}
+	}
+	f.Add([]byte(`{"resourceType":"Observation","valueQuantity":{"value":-},"status":"final"}`))
+	f.Add([]byte(`{"resourceType":"Observation","component":[{"valueString":"a\u00"}]}`))
+	f.Add([]byte(`{"resourceType":"Observation","_status":[null,{"id":"x"}],"issued":"2020-01-01T00:00:60Z"}`))
+	f.Add([]byte(`{"subject":{"reference":"urn:uuid:\"x"},"contained":[1,{"a":[]}],"extension":[null]}`))
+	reg := testRegistry(f)
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(f, 0)
+	w, err := NewWorker(reg, Options{Allocator: mem})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer w.Release()
+	types := []string{"Observation", "Patient", "QuestionnaireResponse"}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		for _, typ := range types {
+			tab, err := w.table(typ)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.conv.convert(tab.plan, line); err == nil {
+				tab.rows++
+			}
+			if tab.rowsMisaligned() {
+				t.Fatalf("%s: columns misaligned after convert", typ)
+			}
+		}
+		if w.Pending() > 100 {
+			recs, err := w.Flush(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range recs {
+				r.Release()
+			}
+		}
+	})
+}
