@@ -2,6 +2,7 @@ package transform
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,10 +21,11 @@ import (
 	rpb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
 )
 
-// Issue is one problem found in a line. Path is the FHIR element path ("Patient.birthDate",
-// "Observation.component[0].code"; "resourceType" for the line's type itself, "" when the line is not JSON at all).
-// Code is an OperationOutcome issue-type code (see Validate). Detail is human text that never holds a value from
-// the resource.
+// Issue is one problem found in a line. Path is the FHIR element path as google/fhir/go writes it
+// ("Patient.birthDate", "Observation.component[0].code", "Bundle.entry[0].resource.Patient.id" inside a nested
+// resource); "resourceType" for the line's type itself and "" when the line is not a JSON object at all. An unknown
+// element is reported at its parent's path, since its name is content. Code is an OperationOutcome issue-type code
+// (see Validate). Detail is human text that never holds a value from the resource.
 type Issue struct{ Path, Code, Detail string }
 
 // OperationOutcome issue-type codes used in Issue.Code.
@@ -67,7 +69,6 @@ type Validator struct {
 	known map[string]bool
 	// unmarshal is the library call; tests replace it to exercise the panic guard.
 	unmarshal func(line []byte, er errorreporter.ErrorReporter) (proto.Message, error)
-	col       collector
 }
 
 // NewValidator returns a Validator backed by a jsonformat R4 Unmarshaller that validates, in UTC.
@@ -102,8 +103,7 @@ func r4ResourceTypes() map[string]bool {
 // resourceType that is not an R4 type gets not-supported, and nesting deeper than 1000 levels gets too-long (the
 // library would recurse once per level). An object key starting with an upper-case letter ("BirthDate"), which the
 // library accepts as "birthDate", gets structure too, since the converter reads the original JSON and would lose
-// it. The library's own errors are then mapped by their class, never by their
-// diagnostics (which quote values):
+// it. The library's own errors are then mapped by their class, never by their diagnostics (which quote values):
 //
 //	invalid JSON in an element, expected array, unknown field,    -> structure
 //	  invalid (extension) field, multiple choice values,
@@ -171,19 +171,16 @@ func (v *Validator) header(line []byte) (string, bool, string) {
 
 // run calls the library and maps everything it reports; a panic inside it becomes an exception issue.
 func (v *Validator) run(line []byte, rt string) (issues []Issue) {
-	v.col = collector{root: rt}
 	defer func() {
 		if r := recover(); r != nil {
 			issues = []Issue{{Path: rt, Code: codeException, Detail: "validator failed unexpectedly"}}
 		}
 	}()
-	_, err := v.unmarshal(line, &v.col)
-	if err != nil {
-		v.col.addError(err, "")
+	col := &collector{root: rt}
+	if _, err := v.unmarshal(line, col); err != nil {
+		col.addError(err, "")
 	}
-	issues = v.col.issues
-	v.col = collector{}
-	return issues
+	return col.issues
 }
 
 // finish sorts, deduplicates and caps issues, giving every issue a path.
@@ -194,7 +191,7 @@ func finish(issues []Issue, rt string) []Issue {
 		}
 	}
 	slices.SortFunc(issues, func(a, b Issue) int {
-		return strings.Compare(a.Path+"\x00"+a.Code+"\x00"+a.Detail, b.Path+"\x00"+b.Code+"\x00"+b.Detail)
+		return cmp.Or(strings.Compare(a.Path, b.Path), strings.Compare(a.Code, b.Code), strings.Compare(a.Detail, b.Detail))
 	})
 	issues = slices.Compact(issues)
 	if len(issues) > maxIssues {

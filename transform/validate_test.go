@@ -687,3 +687,22 @@ func TestValidatePrimitives(t *testing.T) {
 	}
 	t.Logf("disagreements:\n%s", b.String())
 }
+
+// BenchmarkValidate measures throughput over the excerpts (HL7 and Synthea resources, valid and invalid).
+func BenchmarkValidate(b *testing.B) {
+	var lines [][]byte
+	size := 0
+	valEachLine(b, filepath.Join("testdata", "validate", "excerpts.ndjson"), func(_ int, line []byte) {
+		lines = append(lines, line)
+		size += len(line)
+	})
+	v := valNew(b)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, l := range lines {
+			v.Validate(l)
+		}
+	}
+	b.ReportMetric(float64(b.N*len(lines))/b.Elapsed().Seconds(), "lines/s")
+}
