@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/fhir/go/jsonformat/errorreporter"
@@ -332,6 +333,31 @@ func TestValidatePanicGuard(t *testing.T) {
 	}
 }
 
+// TestValidateMapError covers library errors that real input rarely reaches: unlisted details and paths holding
+// content must not come through.
+func TestValidateMapError(t *testing.T) {
+	tests := []struct {
+		name string
+		in   libError
+		want Issue
+	}{
+		{name: "unlisted detail is not echoed", in: libError{Path: "Patient.name", Details: "new text with ZqCanary"}, want: Issue{"Patient.name", "invalid", "invalid element"}},
+		{name: "path cut at a segment that is not a name", in: libError{Path: "Patient.contained[0].Zq Canary.id", Details: "expected ID"}, want: Issue{"Patient.contained[0]", "value", "expected ID"}},
+		{name: "unknown type without usable diagnostics", in: libError{Path: "Patient.contained[0].ZqCanary", Details: "unknown resource type", Diagnostics: "garbled"}, want: Issue{"resourceType", "not-supported", "unknown resource type"}},
+		{name: "required name that is not a name", in: libError{Path: "Patient", Details: `missing required field "a b"`}, want: Issue{"Patient", "required", "missing required element"}},
+		{name: "code mismatch without a type name", in: libError{Path: "Patient.gender", Details: "code type mismatch", Diagnostics: `"x" is not a Zq Canary`}, want: Issue{"Patient.gender", "code-invalid", "code outside its required value set"}},
+		{name: "code mismatch value imitating the suffix", in: libError{Path: "Patient.gender", Details: "code type mismatch", Diagnostics: `"a is not a B" is not a AdministrativeGenderCode`}, want: Issue{"Patient.gender", "code-invalid", "code outside its required value set (AdministrativeGenderCode)"}},
+		{name: "invalid characters drop the code point", in: libError{Path: "Patient.name[0].family", Details: "string contains invalid characters: U+0001"}, want: Issue{"Patient.name[0].family", "value", "string contains invalid characters"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mapError(tt.in); got != tt.want {
+				t.Errorf("mapError(%+v) = %+v, want %+v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestValidateIssueCap(t *testing.T) {
 	var b strings.Builder
 	b.WriteString(`{"resourceType":"Questionnaire","status":"draft","item":[`)
@@ -468,6 +494,43 @@ func TestValidateExcerpts(t *testing.T) {
 	valGolden(t, "excerpts.golden", b.String())
 	if rejected != 8 {
 		t.Errorf("%d excerpts rejected, want 8", rejected)
+	}
+}
+
+// TestValidateConcurrent runs one Validator per goroutine, as workers do, and expects the same verdicts as one
+// Validator run sequentially (the library shares caches between Unmarshallers).
+func TestValidateConcurrent(t *testing.T) {
+	var lines [][]byte
+	valEachLine(t, filepath.Join("testdata", "validate", "excerpts.ndjson"), func(_ int, line []byte) {
+		lines = append(lines, bytes.Clone(line))
+	})
+	seq := valNew(t)
+	want := make([]string, len(lines))
+	for i, l := range lines {
+		want[i] = valFormat("", seq.Validate(l))
+	}
+	const workers = 4
+	errs := make(chan string, workers*len(lines)*20)
+	var wg sync.WaitGroup
+	for w := range workers {
+		v := valNew(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := range 20 {
+				for i := range lines {
+					j := (i + w + round) % len(lines)
+					if got := valFormat("", v.Validate(lines[j])); got != want[j] {
+						errs <- fmt.Sprintf("worker %d line %d: got %s want %s", w, j+1, got, want[j])
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }
 
