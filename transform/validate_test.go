@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/fhir/go/jsonformat/errorreporter"
 	"google.golang.org/protobuf/proto"
@@ -544,11 +545,13 @@ func TestValidateR4Examples(t *testing.T) {
 	}
 	v := valNew(t)
 	var b strings.Builder
-	lines, rejected := 0, 0
+	lines, rejected, size := 0, 0, 0
 	types := map[string]bool{}
+	start := time.Now()
 	for _, f := range files {
 		valEachLine(t, f, func(n int, line []byte) {
 			lines++
+			size += len(line)
 			vd := v.Validate(line)
 			valCheck(t, line, vd)
 			types[vd.ResourceType] = true
@@ -565,6 +568,7 @@ func TestValidateR4Examples(t *testing.T) {
 			b.WriteString(valFormat(vd.ResourceType+"/"+vd.ID, vd))
 		})
 	}
+	logThroughput(t, lines, size, time.Since(start))
 	if lines != 5297 || len(types) != 140 {
 		t.Errorf("read %d lines of %d types, want 5297 of 140", lines, len(types))
 	}
@@ -581,10 +585,12 @@ func TestValidateSynthea(t *testing.T) {
 		t.Fatalf("no synthea files: %v", err)
 	}
 	v := valNew(t)
-	lines, rejected := 0, 0
+	lines, rejected, size := 0, 0, 0
+	start := time.Now()
 	for _, f := range files {
 		valEachLine(t, f, func(n int, line []byte) {
 			lines++
+			size += len(line)
 			vd := v.Validate(line)
 			valCheck(t, line, vd)
 			if len(vd.Issues) > 0 {
@@ -595,9 +601,16 @@ func TestValidateSynthea(t *testing.T) {
 			}
 		})
 	}
+	logThroughput(t, lines, size, time.Since(start))
 	if lines != 38483 || rejected != 0 {
 		t.Errorf("synthea-100: %d lines, %d rejected; want 38483 and 0", lines, rejected)
 	}
+}
+
+// logThroughput logs wall-clock throughput (reading included; the machine may be shared, so it is not asserted).
+func logThroughput(t *testing.T, lines, size int, d time.Duration) {
+	t.Logf("%d lines, %.1f MB in %v: %.0f lines/s, %.1f MB/s", lines, float64(size)/1e6, d.Round(time.Millisecond),
+		float64(lines)/d.Seconds(), float64(size)/1e6/d.Seconds())
 }
 
 // valOneLine turns a pretty-printed JSON file into one NDJSON line: it drops a UTF-8 BOM and replaces line breaks,
