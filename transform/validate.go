@@ -58,8 +58,11 @@ type Verdict struct {
 	// Known says whether ResourceType is an R4 resource type.
 	Known bool
 	// ID is the top-level id when it is a JSON string, else "".
-	ID     string
-	Issues []Issue
+	ID string
+	// Version is meta.versionId when it is a JSON string, else meta.lastUpdated when it is one, else "": with
+	// ResourceType and ID it identifies one version of a resource (pipeline deduplicates on it).
+	Version string
+	Issues  []Issue
 }
 
 // Validator validates FHIR R4 JSON resources with google/fhir/go jsonformat, with its extended validation
@@ -137,8 +140,8 @@ func (v *Validator) Validate(line []byte) (vd Verdict) {
 		vd.Issues = []Issue{issue}
 		return vd
 	}
-	rt, rtState, id := topLevel(line)
-	vd.ID = id
+	rt, rtState, id, version := topLevel(line)
+	vd.ID, vd.Version = id, version
 	switch rtState {
 	case rtMissing:
 		vd.Issues = []Issue{{Path: "resourceType", Code: codeStructure, Detail: "missing resourceType"}}
@@ -162,7 +165,7 @@ func (v *Validator) Validate(line []byte) (vd Verdict) {
 
 // header returns the resourceType, whether it is known and the id of a well-formed JSON object.
 func (v *Validator) header(line []byte) (string, bool, string) {
-	rt, state, id := topLevel(line)
+	rt, state, id, _ := topLevel(line)
 	if state != rtString {
 		return "", false, id
 	}
@@ -289,14 +292,14 @@ const (
 	rtString
 )
 
-// topLevel finds the top-level resourceType and id of a well-formed JSON object without decoding the rest. Like
-// the library's map decoding, the last of duplicate keys wins.
-func topLevel(b []byte) (rt string, state rtState, id string) {
+// topLevel finds the top-level resourceType, id and version (see Verdict.Version) of a well-formed JSON object
+// without decoding the rest. Like the library's map decoding, the last of duplicate keys wins.
+func topLevel(b []byte) (rt string, state rtState, id, version string) {
 	i := skipSpace(b, 0) + 1 // past '{'
 	for {
 		i = skipSpace(b, i)
 		if i >= len(b) || b[i] == '}' {
-			return rt, state, id
+			return rt, state, id, version
 		}
 		kEnd := stringEnd(b, i)
 		key := b[i:kEnd]
@@ -313,12 +316,49 @@ func topLevel(b []byte) (rt string, state rtState, id string) {
 			}
 		case keyIs(key, "id"):
 			id, _ = jsonString(val)
+		case keyIs(key, "meta"):
+			version = metaVersion(val)
 		}
 		i = skipSpace(b, vEnd)
 		if i < len(b) && b[i] == ',' {
 			i++
 		}
 	}
+}
+
+// metaVersion returns meta.versionId, else meta.lastUpdated, of the JSON value b (well-formed), "" when b is not
+// an object or holds neither as a string.
+func metaVersion(b []byte) string {
+	if len(b) == 0 || b[0] != '{' {
+		return ""
+	}
+	var versionID, lastUpdated string
+	i := 1
+	for {
+		i = skipSpace(b, i)
+		if i >= len(b) || b[i] == '}' {
+			break
+		}
+		kEnd := stringEnd(b, i)
+		key := b[i:kEnd]
+		i = skipSpace(b, kEnd) + 1 // past ':'
+		i = skipSpace(b, i)
+		vEnd := valueEnd(b, i)
+		switch {
+		case keyIs(key, "versionId"):
+			versionID, _ = jsonString(b[i:vEnd])
+		case keyIs(key, "lastUpdated"):
+			lastUpdated, _ = jsonString(b[i:vEnd])
+		}
+		i = skipSpace(b, vEnd)
+		if i < len(b) && b[i] == ',' {
+			i++
+		}
+	}
+	if versionID != "" {
+		return versionID
+	}
+	return lastUpdated
 }
 
 func skipSpace(b []byte, i int) int {

@@ -36,6 +36,7 @@ type Result struct {
 	ResourceType string
 	Known        bool
 	ID           string
+	Version      string // meta.versionId, else meta.lastUpdated, else "" (see Verdict.Version)
 	Valid        bool
 	Issues       []Issue
 }
@@ -94,28 +95,46 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 // An invalid line is an outcome (Result.Valid false, with Issues), not an error. The error is for internal
 // failures only (a validated resource that does not fit its schema, an Arrow failure) and should stop the run;
 // it names the resource type and element path, never a value.
+//
+// Process is Validate followed, for a valid line, by Append.
 func (w *Worker) Process(line []byte) (Result, error) {
-	vd := w.val.Validate(line)
-	r := Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Valid: len(vd.Issues) == 0, Issues: vd.Issues}
+	r := w.Validate(line)
 	if !r.Valid {
 		return r, nil
 	}
-	t, err := w.table(vd.ResourceType)
+	return r, w.Append(line, r)
+}
+
+// Validate validates one line without converting it. A caller that decides per line whether to keep a valid
+// resource (pipeline skips duplicates) calls Validate and then Append for the lines it keeps.
+func (w *Worker) Validate(line []byte) Result {
+	vd := w.val.Validate(line)
+	return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version,
+		Valid: len(vd.Issues) == 0, Issues: vd.Issues}
+}
+
+// Append converts line, which Validate found valid with result r, into one row of r.ResourceType's batch. Its
+// errors are Process's internal failures.
+func (w *Worker) Append(line []byte, r Result) error {
+	if !r.Valid {
+		return fmt.Errorf("convert %s: the line is not valid", r.ResourceType)
+	}
+	t, err := w.table(r.ResourceType)
 	if err != nil {
-		return r, err
+		return err
 	}
 	if t.broken != nil {
-		return r, t.broken
+		return t.broken
 	}
 	if err := w.conv.convert(t.plan, line); err != nil {
-		err = fmt.Errorf("convert %s: %w", vd.ResourceType, err)
+		err = fmt.Errorf("convert %s: %w", r.ResourceType, err)
 		if t.rowsMisaligned() {
 			t.broken = err
 		}
-		return r, err
+		return err
 	}
 	t.rows++
-	return r, nil
+	return nil
 }
 
 func (w *Worker) table(typ string) (*table, error) {
