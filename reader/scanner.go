@@ -2,8 +2,10 @@
 //
 // It is the first stage of a run: pipeline opens the source with OpenBucket, lists its objects with List, reads each
 // with Open and hands every Line to transform; a line over the size limit is reported as Oversize and can be copied
-// to quarantine with CopyLine without ever being held in memory. The reader knows nothing of FHIR beyond line
-// boundaries, and trusts no object name: a line's own resourceType decides where it goes.
+// to quarantine with CopyLine without ever being held in memory. A BlockScanner reads per-Patient objects
+// (Group/$export?organizeOutputBy=Patient) as blocks, each line placed in its Patient's block, and reports a
+// malformed block structure. The reader knows nothing of FHIR beyond line and block boundaries (it peeks at a
+// line's resourceType and a Patient's id, never decodes a resource), and trusts no object name.
 package reader
 
 import (
@@ -35,6 +37,9 @@ type Line struct {
 	Bytes    []byte // the line without CR/LF and without a leading UTF-8 BOM; valid until the next Scan
 	Oversize bool   // the line exceeded MaxLineBytes: Bytes is nil, Length is its full length
 	Length   int64  // length of the line in bytes, without terminator
+	// Unterminated says the line ended at the end of the stream without a line feed: the last line of an object
+	// written whole may lack one, a truncated object always does.
+	Unterminated bool
 }
 
 // Scanner reads lines from a stream with a bounded buffer. Memory is the read buffer plus at most one line up to
@@ -136,7 +141,9 @@ func (s *Scanner) next() (ok, blank bool) {
 				return false, false
 			}
 			// A final line without newline.
-			return true, s.emit(s.buf[s.r:s.w], s.w-s.r)
+			blank := s.emit(s.buf[s.r:s.w], s.w-s.r)
+			s.line.Unterminated = true
+			return true, blank
 		}
 		if int64(s.w-s.r) >= s.max+2 {
 			// Without its LF the line is already longer than the limit plus a CR.
@@ -170,6 +177,7 @@ func (s *Scanner) skipOversize() (ok, blank bool) {
 	start, num := s.off, s.num+1
 	var length int64
 	var last byte
+	var unterminated bool
 	blank = true
 	for {
 		seg := s.buf[s.r:s.w]
@@ -197,7 +205,8 @@ func (s *Scanner) skipOversize() (ok, blank bool) {
 				s.err = fmt.Errorf("read %s line %d: %w", s.key, num, s.rerr)
 				return false, false
 			}
-			break // a final line without newline
+			unterminated = true // a final line without newline
+			break
 		}
 		s.fill()
 	}
@@ -205,7 +214,7 @@ func (s *Scanner) skipOversize() (ok, blank bool) {
 		length--
 	}
 	s.num = num
-	s.line = Line{Key: s.key, Number: num, Offset: start, Oversize: true, Length: length}
+	s.line = Line{Key: s.key, Number: num, Offset: start, Oversize: true, Length: length, Unterminated: unterminated}
 	return true, blank
 }
 
