@@ -85,6 +85,9 @@ func parseLocation(loc string) (location, error) {
 type Object struct {
 	Key  string
 	Size int64
+	// Layout is how the object's lines are arranged when its producer says so (an export's own description);
+	// "" when unknown, and List never sets it.
+	Layout Layout
 }
 
 // List returns every object under prefix, sorted by key. It skips directories (and "dir/" placeholder objects),
