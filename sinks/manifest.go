@@ -13,6 +13,8 @@ import (
 
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
+
+	"github.com/fhirlake/fhirlake/schema"
 )
 
 // Manifest describes one published run: out/_manifest.json. It is written last; while it is absent the
@@ -32,6 +34,12 @@ type Manifest struct {
 	Inputs    []Input                  `json:"inputs"`
 	// Rejects lists the quarantine files (Rejects.Close), errors.ndjson among them.
 	Rejects []File `json:"rejects"`
+	// PatientLinks lists the files of the patient-link table (_patient_links/part-NNNNN.parquet) of a run that
+	// read per-Patient objects.
+	PatientLinks []File `json:"patient_links,omitempty"`
+	// BlockIssues are the structural problems of per-Patient objects (at most a bounded number per object;
+	// Totals.BlockIssues counts all). The lines concerned were still converted.
+	BlockIssues []BlockIssue `json:"block_issues,omitempty"`
 
 	// Optional, for runs started from an export or a message.
 
@@ -47,30 +55,53 @@ type Manifest struct {
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }
 
-// Totals are the counts of a whole run. Lines = Valid + Rejected; Rows = Valid once every valid line is written.
+// Totals are the counts of a whole run. Lines = Valid + Rejected; Rows = Valid - Duplicates once every valid line
+// is written.
 type Totals struct {
-	Lines    int64 `json:"lines"` // non-blank lines read
+	Lines    int64 `json:"lines"` // non-blank data lines read (per-Patient headers are not data)
 	Valid    int64 `json:"valid"`
 	Rejected int64 `json:"rejected"`
-	Rows     int64 `json:"rows"` // Parquet rows written
+	// Duplicates counts the valid lines of per-Patient objects not written because a resource with the same
+	// (type, id, meta.versionId or else meta.lastUpdated) was written already.
+	Duplicates int64 `json:"duplicates"`
+	Rows       int64 `json:"rows"`  // Parquet rows written
+	Links      int64 `json:"links"` // patient-link rows written
+	// BlockIssues counts the structural problems of per-Patient objects.
+	BlockIssues int64 `json:"block_issues"`
 	// Unparsed counts the rejected lines whose resourceType is missing, unknown to R4 or unreadable
 	// (_rejects/_unparsed.ndjson); they are part of Rejected and of no resource type's counts.
 	Unparsed int64 `json:"unparsed"`
 }
 
-// ResourceStats are the counts and files of one resource type.
+// ResourceStats are the counts and files of one resource type. Lines = Valid + Rejected; Rows = Valid -
+// Duplicates (the distinct rows written).
 type ResourceStats struct {
-	Valid    int64  `json:"valid"`
-	Rejected int64  `json:"rejected"`
-	Rows     int64  `json:"rows"`
-	Files    []File `json:"files"` // Table.Close
+	Lines      int64  `json:"lines"`
+	Valid      int64  `json:"valid"`
+	Rejected   int64  `json:"rejected"`
+	Duplicates int64  `json:"duplicates"` // valid lines skipped as already written (per-Patient objects)
+	Rows       int64  `json:"rows"`
+	Links      int64  `json:"links"` // patient-link rows pointing at this type's rows
+	Files      []File `json:"files"` // Table.Close
 }
 
 // Input is one object read.
 type Input struct {
 	Object string `json:"object"`
-	Lines  int64  `json:"lines"` // non-blank lines
+	Lines  int64  `json:"lines"` // non-blank data lines
 	Bytes  int64  `json:"bytes"` // object size
+	// Layout is how the object was read: "per-type" or "per-patient" (empty in manifests of older runs).
+	Layout string `json:"layout,omitempty"`
+	// Blocks and Headers count the Patient blocks and the Parameters header lines of a per-Patient object.
+	Blocks  int64 `json:"blocks,omitempty"`
+	Headers int64 `json:"headers,omitempty"`
+}
+
+// BlockIssue is one structural problem of a per-Patient object: where, and why. Reason holds no content.
+type BlockIssue struct {
+	Object string `json:"object"`
+	Line   int64  `json:"line"`
+	Reason string `json:"reason"`
 }
 
 // marshal is m as indented JSON with a final newline; nil lists and maps are written as empty ones.
@@ -144,10 +175,13 @@ func Unpublish(ctx context.Context, b *blob.Bucket, out string) error {
 	return nil
 }
 
-// ours matches, relative to out, the objects a run writes besides the manifest: part files and quarantine.
-var ours = regexp.MustCompile(`^(?:[A-Za-z][A-Za-z0-9]*/part-[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
+// ours matches, relative to out, the objects a run writes besides the manifest: part files (of resource types and
+// of the patient-link table) and quarantine. Other "_" directories are not ours.
+var ours = regexp.MustCompile(`^(?:(?:[A-Za-z][A-Za-z0-9]*|` + regexp.QuoteMeta(schema.LinksTable) +
+	`)/part-[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
 
-// RemoveStale deletes the objects of ours under out (<Type>/part-NNNNN.parquet and _rejects/*.ndjson) whose key,
+// RemoveStale deletes the objects of ours under out (<Type>/part-NNNNN.parquet, _patient_links/part-NNNNN.parquet
+// and _rejects/*.ndjson) whose key,
 // relative to out, is not in keep, and returns their relative keys in order. Other objects, the manifest among
 // them, are never touched.
 func RemoveStale(ctx context.Context, b *blob.Bucket, out string, keep map[string]bool) (removed []string, err error) {

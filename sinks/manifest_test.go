@@ -28,19 +28,23 @@ func sampleManifest() *Manifest {
 		Source:        "gs://exports/2024-05-01",
 		Started:       time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC),
 		Finished:      time.Date(2024, 5, 1, 12, 3, 7, 250_000_000, time.UTC),
-		Totals:        Totals{Lines: 7, Valid: 5, Rejected: 2, Rows: 5, Unparsed: 1},
+		Totals:        Totals{Lines: 7, Valid: 5, Rejected: 2, Duplicates: 1, Rows: 4, Links: 4, BlockIssues: 1, Unparsed: 1},
 		Resources: map[string]ResourceStats{
-			"Patient": {Valid: 2, Rejected: 1, Rows: 2, Files: []File{
+			"Patient": {Lines: 3, Valid: 2, Rejected: 1, Rows: 2, Links: 1, Files: []File{
 				{Key: "Patient/part-00000.parquet", Rows: 2, Bytes: 4096},
 			}},
-			"Observation": {Valid: 3, Rows: 3, Files: []File{
+			"Observation": {Lines: 3, Valid: 3, Duplicates: 1, Rows: 2, Links: 3, Files: []File{
 				{Key: "Observation/part-00000.parquet", Rows: 2, Bytes: 3000},
 				{Key: "Observation/part-00001.parquet", Rows: 1, Bytes: 2000},
 			}},
 		},
 		Inputs: []Input{
 			{Object: "2024-05-01/Observation.ndjson", Lines: 3, Bytes: 900},
-			{Object: "2024-05-01/Patient.ndjson", Lines: 4, Bytes: 1200},
+			{Object: "2024-05-01/Patient.ndjson", Lines: 4, Bytes: 1200, Layout: "per-patient", Blocks: 1, Headers: 1},
+		},
+		PatientLinks: []File{{Key: "_patient_links/part-00000.parquet", Rows: 4, Bytes: 900}},
+		BlockIssues: []BlockIssue{
+			{Object: "2024-05-01/Patient.ndjson", Line: 1, Reason: "the Parameters header names a Patient that does not follow in its block"},
 		},
 		Rejects: []File{
 			{Key: "_rejects/Patient.ndjson", Rows: 1, Bytes: 300},
@@ -224,11 +228,17 @@ func TestRemoveStale(t *testing.T) {
 				"run/Patient/part-1.parquet",
 				"run/Patient/sub/part-00000.parquet",
 				"run/_rejects/keep/x.ndjson",
+				"run/_patient_links/part-00000.parquet",
+				"run/_patient_links/part-00001.parquet",
+				"run/_patient_links/notes.parquet",
+				"run/_other/part-00000.parquet",
+				"run/_patient_links/sub/part-00000.parquet",
 				"runx/Patient/part-00000.parquet",
 				"other/Patient/part-00000.parquet",
 			},
-			keep:        []string{"Patient/part-00000.parquet", "_rejects/errors.ndjson"},
-			wantRemoved: []string{"Observation/part-00000.parquet", "Patient/part-00001.parquet", "_rejects/Patient.ndjson"},
+			keep: []string{"Patient/part-00000.parquet", "_rejects/errors.ndjson", "_patient_links/part-00000.parquet"},
+			wantRemoved: []string{"Observation/part-00000.parquet", "Patient/part-00001.parquet",
+				"_patient_links/part-00001.parquet", "_rejects/Patient.ndjson"},
 		},
 		{
 			name: "bucket root",
@@ -240,9 +250,10 @@ func TestRemoveStale(t *testing.T) {
 				"_manifest.json",
 				"input/Patient.ndjson",
 				"run/Patient/part-00000.parquet",
+				"_patient_links/part-00003.parquet",
 			},
 			keep:        []string{"Patient/part-00000.parquet"},
-			wantRemoved: []string{"Patient/part-00001.parquet", "_rejects/_unparsed.ndjson"},
+			wantRemoved: []string{"Patient/part-00001.parquet", "_patient_links/part-00003.parquet", "_rejects/_unparsed.ndjson"},
 		},
 		{
 			name:    "nothing stale",

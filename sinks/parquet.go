@@ -124,8 +124,8 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 		return t.err
 	case t.done:
 		return fmt.Errorf("write %s table: %w", t.typ, ErrClosed)
-	case !isTypeName(t.typ):
-		return fmt.Errorf("write table: resource type %q is not a valid name", t.typ)
+	case !isTableName(t.typ):
+		return fmt.Errorf("write table: %q is not a resource type or a table of ours", t.typ)
 	case !rec.Schema().Equal(t.schema):
 		return fmt.Errorf("write %s table: record schema differs from the table schema", t.typ)
 	case rec.NumRows() == 0:

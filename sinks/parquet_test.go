@@ -530,3 +530,45 @@ func TestTableRejectsWrongSchema(t *testing.T) {
 		t.Errorf("Write after Close = %v, want ErrClosed", err)
 	}
 }
+
+// TestTableNames: a Table writes resource types and the patient-link table, and refuses any other name.
+func TestTableNames(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		table   string
+		wantKey string // "" when Write must fail
+	}{
+		{name: "resource type", table: "Patient", wantKey: "out/Patient/part-00000.parquet"},
+		{name: "patient links", table: "_patient_links", wantKey: "out/_patient_links/part-00000.parquet"},
+		{name: "other underscore name", table: "_rejects"},
+		{name: "path", table: "a/b"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			mem := checkedAllocator(t)
+			b := memblob.OpenBucket(nil)
+			defer b.Close()
+			tbl := NewTable(b, "out", tt.table, testSchema(), ParquetOptions{Allocator: mem})
+			rec := testRecord(t, mem, 0, 2)
+			defer rec.Release()
+			err := tbl.Write(ctx, rec)
+			if tt.wantKey == "" {
+				if err == nil {
+					t.Fatalf("Write to table %q succeeded", tt.table)
+				}
+				tbl.Abort()
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			files, err := tbl.Close(ctx)
+			if err != nil || len(files) != 1 {
+				t.Fatalf("Close = %v, %v", files, err)
+			}
+			if ok, err := b.Exists(ctx, tt.wantKey); err != nil || !ok {
+				t.Errorf("%s not written (%v)", tt.wantKey, err)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@
 // pipeline feeds it; it imports nothing of ours beyond what the contract allows. Valid resources arrive as Arrow
 // records and go to one Parquet Table per resource type (OUT/<Type>/part-NNNNN.parquet); invalid lines go, exactly
 // as they were read, to quarantine NDJSON under OUT/_rejects with one reason line each in OUT/_rejects/errors.ndjson.
+// The patient-link table of per-Patient exports (schema.Links) is a Table too: OUT/_patient_links/part-NNNNN.parquet.
 // A run ends with RemoveStale (objects of an earlier run that this run did not write) and then WriteManifest:
 // OUT/_manifest.json is written last and is the publish point. A replacing run starts with Unpublish.
 //
@@ -21,6 +22,8 @@ import (
 	"strings"
 
 	"gocloud.dev/blob"
+
+	"github.com/fhirlake/fhirlake/schema"
 )
 
 // File is one object a sink committed.
@@ -71,6 +74,9 @@ func isTypeName(s string) bool {
 	}
 	return true
 }
+
+// isTableName reports whether s names a Table: a resource type, or the patient-link table.
+func isTableName(s string) bool { return isTypeName(s) || s == schema.LinksTable }
 
 // object is one blob being written under a context the package owns. Nothing reaches the bucket until commit;
 // abort cancels the context first, so the close that follows cannot commit.
