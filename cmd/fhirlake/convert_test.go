@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseConvertConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    convertConfig
+		wantErr string
+	}{
+		{
+			name: "defaults",
+			want: convertConfig{Out: "./fhirlake-demo", MaxLineBytes: 64 << 20, RecursionDepth: 2,
+				Log: logConfig{Format: "auto", Level: "info"}},
+		},
+		{
+			name: "environment",
+			env:  map[string]string{"FHIRLAKE_IN": "gs://b/x", "FHIRLAKE_WORKERS": "3", "FHIRLAKE_LOG_FORMAT": "json"},
+			want: convertConfig{In: "gs://b/x", Out: "./fhirlake-demo", Workers: 3, MaxLineBytes: 64 << 20,
+				RecursionDepth: 2, Log: logConfig{Format: "json", Level: "info"}},
+		},
+		{
+			name: "flags override the environment",
+			args: []string{"--workers", "5", "--out", "o", "--recursion-depth", "3"},
+			env:  map[string]string{"FHIRLAKE_WORKERS": "3", "FHIRLAKE_OUT": "elsewhere"},
+			want: convertConfig{Out: "o", Workers: 5, MaxLineBytes: 64 << 20, RecursionDepth: 3,
+				Log: logConfig{Format: "auto", Level: "info"}},
+		},
+		{name: "bad environment value", env: map[string]string{"FHIRLAKE_WORKERS": "many"}, wantErr: "FHIRLAKE_WORKERS"},
+		{name: "negative workers", args: []string{"--workers", "-1"}, wantErr: "--workers"},
+		{name: "tiny line limit", args: []string{"--max-line-bytes", "10"}, wantErr: "--max-line-bytes"},
+		{name: "zero depth", args: []string{"--recursion-depth", "0"}, wantErr: "--recursion-depth"},
+		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
+		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseConvertConfig(tt.args, env(tt.env), &bytes.Buffer{})
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one naming %s", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("config = %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestJSONLogsUseCloudLoggingKeys(t *testing.T) {
+	var buf bytes.Buffer
+	log := newLogger(logConfig{Format: "auto", Level: "info"}, &buf) // a buffer is not a terminal: JSON
+	log.Warn("careful", "object", "Patient.ndjson")
+	log.Debug("hidden")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
+		t.Fatalf("not one JSON line: %q: %v", buf.String(), err)
+	}
+	if rec["severity"] != "WARNING" || rec["message"] != "careful" || rec["object"] != "Patient.ndjson" {
+		t.Errorf("record = %v, want severity WARNING, message careful", rec)
+	}
+	if _, ok := rec[slog.LevelKey]; ok {
+		t.Errorf("record keeps slog's %q key: %v", slog.LevelKey, rec)
+	}
+}
+
+// TestConvertEmbeddedSample runs the README's first command as a user would, into a temporary directory.
+func TestConvertEmbeddedSample(t *testing.T) {
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"convert", "--out", out}, env(nil), &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
+	}
+	if !regexp.MustCompile(`(?m)^\s+total\s+126\s+0\s+10\s*$`).MatchString(stdout.String()) {
+		t.Errorf("summary lacks the total line of 126 rows, 0 rejects, 10 files:\n%s", stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "126 lines from 10 objects") {
+		t.Errorf("summary lacks the throughput line:\n%s", stdout.String())
+	}
+	if _, err := os.Stat(filepath.Join(out, "_manifest.json")); err != nil {
+		t.Errorf("no manifest: %v", err)
+	}
+	parts, _ := filepath.Glob(filepath.Join(out, "*", "part-*.parquet"))
+	if len(parts) != 10 {
+		t.Errorf("%d part files, want 10: %v", len(parts), parts)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil || rec["severity"] == nil || rec["message"] == nil {
+			t.Errorf("log line is not Cloud Logging JSON: %q", l)
+		}
+	}
+
+	// A second run of the same source replaces the first; exit code and output stay the same.
+	stdout.Reset()
+	if code := run(context.Background(), []string{"convert", "--out", out}, env(nil), &stdout, &stderr); code != 0 {
+		t.Fatalf("second run: exit %d", code)
+	}
+	if again, _ := filepath.Glob(filepath.Join(out, "*", "part-*.parquet")); len(again) != 10 {
+		t.Errorf("after a second run: %d part files, want 10", len(again))
+	}
+}
+
+func TestRunUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{name: "no command", args: nil, code: 2},
+		{name: "unknown command", args: []string{"frobnicate"}, code: 2},
+		{name: "help", args: []string{"help"}, code: 0},
+		{name: "convert help", args: []string{"convert", "-h"}, code: 0},
+		{name: "convert bad flag", args: []string{"convert", "--nope"}, code: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if got := run(context.Background(), tt.args, env(nil), &stdout, &stderr); got != tt.code {
+				t.Errorf("exit %d, want %d; stderr: %s", got, tt.code, stderr.String())
+			}
+		})
+	}
+}
