@@ -78,6 +78,11 @@ func isTypeName(s string) bool {
 // isTableName reports whether s names a Table: a resource type, or the patient-link table.
 func isTableName(s string) bool { return isTypeName(s) || s == schema.LinksTable }
 
+// writeBufferSize is the upload buffer of each open object (gcsblob's chunk size; GCS's default is 16 MiB). A run
+// over every R4 type holds about 150 objects open at once, so the default alone would be 2.4 GB; at 4 MiB it is
+// 600 MB, and each chunk is still a resumable, retried request.
+const writeBufferSize = 4 << 20
+
 // object is one blob being written under a context the package owns. Nothing reaches the bucket until commit;
 // abort cancels the context first, so the close that follows cannot commit.
 type object struct {
@@ -90,7 +95,7 @@ type object struct {
 // outlives the call that opened it. Callers tie each later call to its ctx with watch.
 func openObject(ctx context.Context, b *blob.Bucket, key, contentType string) (*object, error) {
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType})
+	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType, BufferSize: writeBufferSize})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("open %s for writing: %w", key, err)
