@@ -4,6 +4,10 @@
 // wires the stages together and is the only place that exits.
 //
 //	fhirlake convert [--in SRC] [--out DST] [--workers N] [--max-line-bytes N] [--recursion-depth N]
+//	fhirlake run --message JSON|@file           one message-driven run (a Cloud Run job with an override)
+//	fhirlake worker --subscription S            a Pub/Sub pull worker
+//	fhirlake serve --addr :8080                 a Pub/Sub push endpoint
+//	fhirlake demo [--out DIR]                   the whole path on in-process fakes
 package main
 
 import (
@@ -25,7 +29,11 @@ func main() {
 const usage = `usage: fhirlake <command> [flags]
 
 commands:
+  demo      run the whole message-driven path on in-process fakes (Pub/Sub, Cloud Storage, Healthcare API)
   convert   convert NDJSON objects (a directory, file://, gs:// or mem://) into Parquet tables
+  run       do the run one message asks for (--message JSON|@file)
+  worker    pull messages from a Pub/Sub subscription and do their runs
+  serve     receive Pub/Sub push messages over HTTP and do their runs
 
 Run 'fhirlake <command> -h' for the flags of a command.
 `
@@ -39,6 +47,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	switch args[0] {
 	case "convert":
 		return convertCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "run":
+		return runCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "worker":
+		return workerCmd(ctx, args[1:], getenv, stderr)
+	case "serve":
+		return serveCmd(ctx, args[1:], getenv, stderr)
+	case "demo":
+		return demoCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
