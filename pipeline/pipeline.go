@@ -2,6 +2,12 @@
 // (reader), validates and converts every line (transform), and writes Parquet tables, quarantined lines and the
 // run manifest (sinks). It sits between cmd/fhirlake (and later the trigger-driven worker) and the stage packages,
 // and it is the only place where those stages meet.
+//
+// Per-Patient objects (Group/$export?organizeOutputBy=Patient) are read in blocks (reader.BlockScanner). Their
+// resources go to the same per-type tables as any other, each distinct (type, id, meta.versionId or else
+// meta.lastUpdated) written once however many blocks hold it (keySet), and every (block, resource) pair becomes a
+// row of the patient-link table OUT/_patient_links. Batches of lines carry their block, so the blocks of one
+// object are decoded in parallel like any other lines.
 package pipeline
 
 import (
@@ -37,6 +43,7 @@ type Source struct {
 	Prefix string // objects under this prefix are read ("" is the whole bucket)
 	Name   string // how the manifest names the source, e.g. "gs://bucket/export/2026-11-25"
 	// Objects, when set, is the exact list to read (as an export reported it); otherwise the prefix is listed.
+	// An object's Layout, when set, is how its producer says it is arranged and wins over Options.Layout.
 	Objects []reader.Object
 }
 
@@ -57,6 +64,9 @@ type Options struct {
 	Parquet        sinks.ParquetOptions
 	Allocator      memory.Allocator // zero: memory.DefaultAllocator
 	RunID          string
+	// Layout of the objects whose own Layout is unknown; zero: reader.LayoutAuto, decided per object from its
+	// first lines.
+	Layout reader.Layout
 
 	// Progress, when set, is called about every ProgressEvery (zero: 5s) while the run goes, and once at the end.
 	Progress      func(Progress)
@@ -114,6 +124,8 @@ func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manife
 		rejects: sinks.NewRejects(dst.Bucket, dst.Prefix),
 		inputs:  make([]sinks.Input, len(objects)),
 		stats:   map[string]*typeStats{},
+		seen:    newKeySet(),
+		links:   sinks.NewTable(dst.Bucket, dst.Prefix, schema.LinksTable, schema.Links(), opts.Parquet),
 	}
 	for _, o := range objects {
 		r.bytesTotal += o.Size
@@ -185,6 +197,11 @@ type run struct {
 	stats   map[string]*typeStats
 	rejects *sinks.Rejects
 	inputs  []sinks.Input
+	links   *sinks.Table // the patient-link table
+	seen    *keySet      // resource versions written from per-Patient objects
+
+	blockIssues      []sinks.BlockIssue
+	blockIssuesTotal int64
 
 	bytesTotal  int64
 	bytesRead   atomic.Int64
@@ -193,12 +210,13 @@ type run struct {
 	rejected    atomic.Int64
 }
 
-type typeStats struct{ valid, rejected int64 }
+type typeStats struct{ valid, rejected, duplicates, links int64 }
 
 // batch is a run of lines of one object, copied out of the reader's buffer.
 type batch struct {
-	key   string
-	lines []line
+	key        string
+	perPatient bool // the object is read in Patient blocks: deduplicate, and link lines in a block
+	lines      []line
 }
 
 type line struct {
@@ -207,6 +225,10 @@ type line struct {
 	length   int64
 	oversize bool
 	bytes    []byte
+	// the line's Patient block (reader.BlockLine); block 0 is none
+	block    int64
+	patient  string
+	position int64
 }
 
 func (r *run) convert(ctx context.Context, objects []reader.Object, started time.Time) error {
@@ -241,6 +263,11 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 		return fmt.Errorf("open %s: %w", o.Key, err)
 	}
 	defer closer.Close()
+	layout := o.Layout
+	if layout == "" {
+		layout = r.opts.Layout
+	}
+	bs := reader.NewBlockScanner(sc, reader.BlockOptions{Layout: layout})
 
 	b := batch{key: o.Key}
 	var buf []byte
@@ -248,6 +275,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 		if len(b.lines) == 0 {
 			return nil
 		}
+		b.perPatient = bs.Layout() == reader.LayoutPatient
 		select {
 		case work <- b:
 		case <-ctx.Done():
@@ -257,8 +285,8 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 		buf = nil
 		return nil
 	}
-	for sc.Scan() {
-		l := sc.Line()
+	for bs.Scan() {
+		l := bs.Line()
 		if buf == nil {
 			buf = make([]byte, 0, max(batchBytes, len(l.Bytes)))
 		} else if len(buf)+len(l.Bytes) > cap(buf) {
@@ -272,6 +300,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 		b.lines = append(b.lines, line{
 			number: l.Number, offset: l.Offset, length: l.Length, oversize: l.Oversize,
 			bytes: buf[start:len(buf):len(buf)],
+			block: l.Block, patient: l.Patient, position: l.Position,
 		})
 		if len(b.lines) >= batchLines {
 			if err := send(); err != nil {
@@ -279,14 +308,21 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
+	if err := bs.Err(); err != nil {
 		return fmt.Errorf("read %s: %w", o.Key, err)
 	}
 	if err := send(); err != nil {
 		return err
 	}
+	in := sinks.Input{Object: o.Key, Lines: bs.Lines(), Bytes: o.Size, Layout: string(bs.Layout()),
+		Blocks: bs.Blocks(), Headers: bs.Headers()}
+	issues, total := bs.Issues()
 	r.mu.Lock()
-	r.inputs[i] = sinks.Input{Object: o.Key, Lines: sc.Lines(), Bytes: o.Size}
+	r.inputs[i] = in
+	for _, is := range issues {
+		r.blockIssues = append(r.blockIssues, sinks.BlockIssue{Object: is.Key, Line: is.Line, Reason: is.Reason})
+	}
+	r.blockIssuesTotal += total
 	r.mu.Unlock()
 	r.bytesRead.Add(o.Size)
 	r.objectsDone.Add(1)
@@ -301,6 +337,8 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 		return fmt.Errorf("start decoder: %w", err)
 	}
 	defer w.Release()
+	lk := newLinkBuilder(r.opts.Allocator)
+	defer lk.release()
 	local := map[string]*typeStats{}
 	defer r.mergeStats(local)
 
@@ -313,10 +351,13 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 			return ctx.Err()
 		}
 		if !ok {
+			if err := r.flushLinks(ctx, lk); err != nil {
+				return err
+			}
 			return r.flush(ctx, w, 0)
 		}
 		for _, l := range b.lines {
-			if err := r.decodeLine(ctx, w, b.key, l, local); err != nil {
+			if err := r.decodeLine(ctx, w, lk, b, l, local); err != nil {
 				return err
 			}
 		}
@@ -326,10 +367,16 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 				return err
 			}
 		}
+		if lk.rows >= r.opts.BatchRows {
+			if err := r.flushLinks(ctx, lk); err != nil {
+				return err
+			}
+		}
 	}
 }
 
-func (r *run) decodeLine(ctx context.Context, w *transform.Worker, key string, l line, local map[string]*typeStats) error {
+func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuilder, b batch, l line, local map[string]*typeStats) error {
+	key := b.key
 	r.lines.Add(1)
 	if l.oversize {
 		r.rejected.Add(1)
@@ -343,12 +390,21 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, key string, l
 		}
 		return r.rejectStreamed(ctx, key, l, rej)
 	}
-	res, err := w.Process(l.bytes)
-	if err != nil {
-		return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
-	}
+	res := w.Validate(l.bytes)
 	if res.Valid {
-		statsFor(local, res.ResourceType).valid++
+		st := statsFor(local, res.ResourceType)
+		st.valid++
+		// A resource of a per-Patient object is written once, whichever block (of whichever object) holds it
+		// first; a resource without an id cannot be told apart and is always written.
+		if b.perPatient && res.ID != "" && !r.seen.add(res.ResourceType, res.ID, res.Version) {
+			st.duplicates++
+		} else if err := w.Append(l.bytes, res); err != nil {
+			return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
+		}
+		if b.perPatient && l.block > 0 && res.ID != "" {
+			st.links++
+			lk.add(l.patient, res, l.position, key, l.number)
+		}
 		return nil
 	}
 	r.rejected.Add(1)
@@ -413,6 +469,19 @@ func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error
 	return nil
 }
 
+// flushLinks hands a decoder's pending link rows to the link table.
+func (r *run) flushLinks(ctx context.Context, lk *linkBuilder) error {
+	if lk.rows == 0 {
+		return nil
+	}
+	rec := lk.record()
+	defer rec.Release()
+	if err := r.links.Write(ctx, rec); err != nil {
+		return fmt.Errorf("write %s: %w", schema.LinksTable, err)
+	}
+	return nil
+}
+
 func resourceTypeOf(s *arrow.Schema) string {
 	md := s.Metadata()
 	if i := md.FindKey(schema.MetaResourceType); i >= 0 {
@@ -452,6 +521,8 @@ func (r *run) mergeStats(local map[string]*typeStats) {
 		t := statsFor(r.stats, typ)
 		t.valid += s.valid
 		t.rejected += s.rejected
+		t.duplicates += s.duplicates
+		t.links += s.links
 	}
 }
 
@@ -461,6 +532,7 @@ func (r *run) abort() {
 	for _, t := range r.tables {
 		t.Abort()
 	}
+	r.links.Abort()
 	r.rejects.Abort()
 }
 
@@ -503,6 +575,10 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 			rs.Files = append(rs.Files, f)
 		}
 	}
+	linkFiles, err := r.links.Close(ctx)
+	if err != nil {
+		closeErr = errors.Join(closeErr, fmt.Errorf("close %s table: %w", schema.LinksTable, err))
+	}
 	rejectFiles, err := r.rejects.Close(ctx)
 	if err != nil {
 		closeErr = errors.Join(closeErr, fmt.Errorf("close rejects: %w", err))
@@ -515,17 +591,32 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		keep[f.Key] = true
 	}
 	m.Rejects = rejectFiles
+	for _, f := range linkFiles {
+		keep[f.Key] = true
+		m.Totals.Links += f.Rows
+	}
+	m.PatientLinks = linkFiles
+	m.BlockIssues = r.blockIssues
+	m.Totals.BlockIssues = r.blockIssuesTotal
+	sort.SliceStable(m.BlockIssues, func(i, j int) bool {
+		a, b := m.BlockIssues[i], m.BlockIssues[j]
+		return a.Object < b.Object || a.Object == b.Object && a.Line < b.Line
+	})
 
 	for typ, s := range r.stats {
 		if typ == "" {
 			m.Totals.Unparsed += s.rejected
 		} else {
 			rs := resource(typ)
+			rs.Lines += s.valid + s.rejected
 			rs.Valid += s.valid
 			rs.Rejected += s.rejected
+			rs.Duplicates += s.duplicates
+			rs.Links += s.links
 		}
 		m.Totals.Valid += s.valid
 		m.Totals.Rejected += s.rejected
+		m.Totals.Duplicates += s.duplicates
 	}
 	m.Resources = make(map[string]sinks.ResourceStats, len(resources))
 	for typ, rs := range resources {
@@ -538,6 +629,10 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	if m.Totals.Lines != m.Totals.Valid+m.Totals.Rejected {
 		return nil, fmt.Errorf("lines do not add up: %d read, %d valid + %d rejected",
 			m.Totals.Lines, m.Totals.Valid, m.Totals.Rejected)
+	}
+	if m.Totals.Rows != m.Totals.Valid-m.Totals.Duplicates {
+		return nil, fmt.Errorf("rows do not add up: %d written, %d valid - %d duplicates",
+			m.Totals.Rows, m.Totals.Valid, m.Totals.Duplicates)
 	}
 
 	if _, err := sinks.RemoveStale(ctx, r.dst.Bucket, r.dst.Prefix, keep); err != nil {
