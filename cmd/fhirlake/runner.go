@@ -450,9 +450,11 @@ func (r *runner) recordLast(ctx context.Context, h *hold, m trigger.Message, tt 
 }
 
 // convertExport converts the export's objects into OUT/<run_id>.
-func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, handle trigger.Handle, out *trigger.Output) (*sinks.Manifest, error) {
-	src, err := r.openExportBucket(ctx, out.Bucket)
-	if err != nil {
+func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, handle trigger.Handle, out *trigger.Output) (_ *sinks.Manifest, err error) {
+	var src *blob.Bucket
+	if out.Bucket == "" { // an export with no output (nothing changed since): an empty run is published
+		src = memblob.OpenBucket(nil)
+	} else if src, err = r.openExportBucket(ctx, out.Bucket); err != nil {
 		return nil, fmt.Errorf("open export bucket %s: %w", out.Bucket, err)
 	}
 	defer src.Close()
