@@ -112,8 +112,10 @@ func startFakes(ctx context.Context, storeDir string, hopts healthcaretest.Optio
 	return f, nil
 }
 
-func (f *fakes) topic(id string) string        { return "projects/" + fakeProject + "/topics/" + id }
-func (f *fakes) subscription(id string) string { return "projects/" + fakeProject + "/subscriptions/" + id }
+func (f *fakes) topic(id string) string { return "projects/" + fakeProject + "/topics/" + id }
+func (f *fakes) subscription(id string) string {
+	return "projects/" + fakeProject + "/subscriptions/" + id
+}
 
 // openBucket opens a bucket of the fake Cloud Storage.
 func (f *fakes) openBucket(ctx context.Context, name string) (*blob.Bucket, error) {
