@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/fhirlake/fhirlake/reader"
 )
 
 // convertConfig is everything `fhirlake convert` needs. It comes from the environment (FHIRLAKE_*), then flags,
@@ -16,7 +18,30 @@ type convertConfig struct {
 	Workers        int
 	MaxLineBytes   int
 	RecursionDepth int
+	Layout         layoutFlag // "" is auto
 	Log            logConfig
+}
+
+// layoutFlag is --layout: per-type, per-patient or auto (kept as "", the zero value).
+type layoutFlag reader.Layout
+
+func (l *layoutFlag) String() string {
+	if *l == "" {
+		return string(reader.LayoutAuto)
+	}
+	return string(*l)
+}
+
+func (l *layoutFlag) Set(s string) error {
+	v, err := reader.ParseLayout(s)
+	if err != nil {
+		return err
+	}
+	if v == reader.LayoutAuto {
+		v = ""
+	}
+	*l = layoutFlag(v)
+	return nil
 }
 
 type logConfig struct {
@@ -31,6 +56,7 @@ var envDefaults = map[string]string{
 	"workers":         "FHIRLAKE_WORKERS",
 	"max-line-bytes":  "FHIRLAKE_MAX_LINE_BYTES",
 	"recursion-depth": "FHIRLAKE_RECURSION_DEPTH",
+	"layout":          "FHIRLAKE_LAYOUT",
 	"log-format":      "FHIRLAKE_LOG_FORMAT",
 	"log-level":       "FHIRLAKE_LOG_LEVEL",
 }
@@ -44,6 +70,7 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines (0: one per CPU)")
 	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
 	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
+	fs.Var(&c.Layout, "layout", "how objects are arranged: per-type, per-patient (Patient blocks) or auto (decided per object from its first lines)")
 	addLogFlags(fs, &c.Log)
 	if err := applyEnv(fs, getenv); err != nil {
 		return c, err

@@ -62,12 +62,14 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 	}
 	defer dst.Bucket.Close()
 
-	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", workers(c.Workers))
+	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", workers(c.Workers),
+		"layout", c.Layout.String())
 	start := time.Now()
 	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
 		Workers:        c.Workers,
 		MaxLineBytes:   c.MaxLineBytes,
 		RecursionDepth: c.RecursionDepth,
+		Layout:         reader.Layout(c.Layout),
 		Progress: func(p pipeline.Progress) {
 			log.Info("progress",
 				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
@@ -80,6 +82,9 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 		return err
 	}
 	elapsed := time.Since(start)
+	for _, is := range m.BlockIssues {
+		log.Warn("malformed Patient block", "object", is.Object, "line", is.Line, "reason", is.Reason)
+	}
 	log.Info("convert finished", "lines", m.Totals.Lines, "valid", m.Totals.Valid,
 		"rejected", m.Totals.Rejected, "rows", m.Totals.Rows, "elapsed", elapsed.Round(time.Millisecond).String())
 	return printSummary(stdout, m, elapsed)
@@ -165,6 +170,14 @@ func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {
 	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t\n", m.Totals.Rows, m.Totals.Rejected, files)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	var blocks int64
+	for _, i := range m.Inputs {
+		blocks += i.Blocks
+	}
+	if blocks > 0 || m.Totals.BlockIssues > 0 {
+		fmt.Fprintf(w, "per-Patient: %d blocks, %d duplicates written once, %d links, %d block issues\n",
+			blocks, m.Totals.Duplicates, m.Totals.Links, m.Totals.BlockIssues)
 	}
 	var in int64
 	for _, i := range m.Inputs {
