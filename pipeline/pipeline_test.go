@@ -308,6 +308,9 @@ func sharedDir(t *testing.T, name string) string {
 // TestSynthea100 is the core acceptance check on a real bulk export: 38,483 rows over 19 tables, no rejects,
 // every input line accounted for.
 func TestSynthea100(t *testing.T) {
+	if testing.Short() {
+		t.Skip("synthea-100 takes minutes under -race; skipped in -short")
+	}
 	dir := sharedDir(t, "synthea-100")
 	dst := memBucket(t)
 	m := runDir(t, dir, dst, pipeline.Options{})

@@ -538,6 +538,9 @@ func TestValidateConcurrent(t *testing.T) {
 // TestValidateR4Examples: the reference validator rejects exactly 17 of the 5,297 HL7 R4 examples; so must we,
 // each with at least one issue that has a path.
 func TestValidateR4Examples(t *testing.T) {
+	if testing.Short() {
+		t.Skip("r4-examples takes minutes under -race; the full run and the acceptance module cover it")
+	}
 	dir := valNeedData(t, "r4-examples")
 	files, err := filepath.Glob(filepath.Join(dir, "*.ndjson"))
 	if err != nil || len(files) == 0 {
@@ -579,6 +582,9 @@ func TestValidateR4Examples(t *testing.T) {
 }
 
 func TestValidateSynthea(t *testing.T) {
+	if testing.Short() {
+		t.Skip("synthea-100 takes minutes under -race; the full run and the acceptance module cover it")
+	}
 	dir := valNeedData(t, "synthea-100")
 	files, err := filepath.Glob(filepath.Join(dir, "*.ndjson"))
 	if err != nil || len(files) == 0 {
