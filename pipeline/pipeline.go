@@ -68,6 +68,10 @@ type Options struct {
 	// first lines.
 	Layout reader.Layout
 
+	// Annotate, when set, is called with the finished manifest just before it is written, so that a caller adds
+	// what it knows (the export handle, the message, phase timings) in the one write that publishes the run.
+	Annotate func(*sinks.Manifest)
+
 	// Progress, when set, is called about every ProgressEvery (zero: 5s) while the run goes, and once at the end.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
@@ -639,6 +643,9 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		return nil, fmt.Errorf("remove stale output: %w", err)
 	}
 	m.Finished = r.opts.Now().UTC()
+	if r.opts.Annotate != nil {
+		r.opts.Annotate(m)
+	}
 	if err := sinks.WriteManifest(ctx, r.dst.Bucket, r.dst.Prefix, m); err != nil {
 		return nil, fmt.Errorf("publish manifest: %w", err)
 	}

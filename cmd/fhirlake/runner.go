@@ -362,27 +362,24 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 	}
 
 	start = r.now()
-	mf, err := r.convertExport(ctx, log, h, handle, out)
-	if err != nil {
-		return nil, err
-	}
-	timed("convert", start)
-
-	mf.Export, _ = json.Marshal(handle)
-	mf.TransactionTime = tt
-	mf.Message = m.Encode()
-	mf.PhaseSeconds = phase
-	if len(out.Errors) > 0 {
-		keys := make([]string, len(out.Errors))
-		for i, e := range out.Errors {
-			keys[i] = "gs://" + out.Bucket + "/" + e.Key
+	// The run's own fields go into the manifest in the one write that publishes the conversion.
+	annotate := func(mf *sinks.Manifest) {
+		timed("convert", start)
+		mf.Export, _ = json.Marshal(handle)
+		mf.TransactionTime = tt
+		mf.Message = m.Encode()
+		mf.PhaseSeconds = phase
+		if len(out.Errors) > 0 {
+			keys := make([]string, len(out.Errors))
+			for i, e := range out.Errors {
+				keys[i] = "gs://" + out.Bucket + "/" + e.Key
+			}
+			mf.Extra = map[string]json.RawMessage{}
+			mf.Extra["export_errors"], _ = json.Marshal(keys)
 		}
-		mf.Extra = map[string]json.RawMessage{}
-		mf.Extra["export_errors"], _ = json.Marshal(keys)
 	}
-	runOut := runPrefix(h.prefix, m.RunID)
-	// The conversion published its manifest; this one replaces it (one atomic object write) with the run's fields.
-	if err := sinks.WriteManifest(ctx, h.b, runOut, mf); err != nil {
+	mf, err := r.convertExport(ctx, log, h, handle, out, annotate)
+	if err != nil {
 		return nil, err
 	}
 	if err := h.save(ctx, func(s *sinks.RunState) {
@@ -394,6 +391,17 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
 	}
 	return mf, nil
+}
+
+// exportLayout is the reader's name for the layout an export reports; unknown is left to the contents.
+func exportLayout(l trigger.Layout) reader.Layout {
+	switch l {
+	case trigger.LayoutPatient:
+		return reader.LayoutPatient
+	case trigger.LayoutType:
+		return reader.LayoutType
+	}
+	return reader.LayoutAuto
 }
 
 // runPrefix is OUT/<run_id>.
@@ -450,7 +458,8 @@ func (r *runner) recordLast(ctx context.Context, h *hold, m trigger.Message, tt 
 }
 
 // convertExport converts the export's objects into OUT/<run_id>.
-func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, handle trigger.Handle, out *trigger.Output) (_ *sinks.Manifest, err error) {
+func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, handle trigger.Handle, out *trigger.Output,
+	annotate func(*sinks.Manifest)) (_ *sinks.Manifest, err error) {
 	var src *blob.Bucket
 	if out.Bucket == "" { // an export with no output (nothing changed since): an empty run is published
 		src = memblob.OpenBucket(nil)
@@ -460,10 +469,11 @@ func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, h
 	defer src.Close()
 	objs := make([]reader.Object, len(out.Objects))
 	for i, o := range out.Objects {
-		objs[i] = reader.Object{Key: o.Key, Size: o.Size}
+		objs[i] = reader.Object{Key: o.Key, Size: o.Size, Layout: exportLayout(o.Layout)}
 	}
 	opts := r.convert
 	opts.RunID = h.st.RunID
+	opts.Annotate = annotate
 	started := r.now()
 	opts.Progress = func(p pipeline.Progress) {
 		args := []any{"phase", "convert", "files_done", p.ObjectsDone, "files_total", p.ObjectsTotal,
