@@ -71,6 +71,10 @@ type Totals struct {
 	// Unparsed counts the rejected lines whose resourceType is missing, unknown to R4 or unreadable
 	// (_rejects/_unparsed.ndjson); they are part of Rejected and of no resource type's counts.
 	Unparsed int64 `json:"unparsed"`
+	// RejectedInputs counts the objects that could not be read to their end because their content is damaged
+	// (a corrupt or truncated gzip stream). Their lines before the damage are counted above; whatever followed it
+	// is lost. Inputs says which objects and why. A run with RejectedInputs > 0 is published but incomplete.
+	RejectedInputs int64 `json:"rejected_inputs"`
 }
 
 // ResourceStats are the counts and files of one resource type. Lines = Valid + Rejected; Rows = Valid -
@@ -95,6 +99,9 @@ type Input struct {
 	// Blocks and Headers count the Patient blocks and the Parameters header lines of a per-Patient object.
 	Blocks  int64 `json:"blocks,omitempty"`
 	Headers int64 `json:"headers,omitempty"`
+	// Error says why the object could not be read to its end (its content is damaged); Lines counts the lines
+	// read before. It never holds content. Empty when the object was read whole.
+	Error string `json:"error,omitempty"`
 }
 
 // BlockIssue is one structural problem of a per-Patient object: where, and why. Reason holds no content.

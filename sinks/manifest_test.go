@@ -28,10 +28,14 @@ func sampleManifest() *Manifest {
 		Source:        "gs://exports/2024-05-01",
 		Started:       time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC),
 		Finished:      time.Date(2024, 5, 1, 12, 3, 7, 250_000_000, time.UTC),
-		Totals:        Totals{Lines: 7, Valid: 5, Rejected: 2, Duplicates: 1, Rows: 4, Links: 4, BlockIssues: 1, Unparsed: 1},
+		Totals: Totals{Lines: 9, Valid: 7, Rejected: 2, Duplicates: 1, Rows: 6, Links: 4, BlockIssues: 1, Unparsed: 1,
+			RejectedInputs: 1},
 		Resources: map[string]ResourceStats{
 			"Patient": {Lines: 3, Valid: 2, Rejected: 1, Rows: 2, Links: 1, Files: []File{
 				{Key: "Patient/part-00000.parquet", Rows: 2, Bytes: 4096},
+			}},
+			"Practitioner": {Lines: 2, Valid: 2, Rows: 2, Files: []File{
+				{Key: "Practitioner/part-00000.parquet", Rows: 2, Bytes: 1500},
 			}},
 			"Observation": {Lines: 3, Valid: 3, Duplicates: 1, Rows: 2, Links: 3, Files: []File{
 				{Key: "Observation/part-00000.parquet", Rows: 2, Bytes: 3000},
@@ -41,6 +45,8 @@ func sampleManifest() *Manifest {
 		Inputs: []Input{
 			{Object: "2024-05-01/Observation.ndjson", Lines: 3, Bytes: 900},
 			{Object: "2024-05-01/Patient.ndjson", Lines: 4, Bytes: 1200, Layout: "per-patient", Blocks: 1, Headers: 1},
+			{Object: "2024-05-01/Practitioner.ndjson.gz", Lines: 2, Bytes: 700, Layout: "per-type",
+				Error: "truncated gzip stream: the object ends before its data does"},
 		},
 		PatientLinks: []File{{Key: "_patient_links/part-00000.parquet", Rows: 4, Bytes: 900}},
 		BlockIssues: []BlockIssue{
@@ -49,7 +55,7 @@ func sampleManifest() *Manifest {
 		Rejects: []File{
 			{Key: "_rejects/Patient.ndjson", Rows: 1, Bytes: 300},
 			{Key: "_rejects/_unparsed.ndjson", Rows: 1, Bytes: 12},
-			{Key: "_rejects/errors.ndjson", Rows: 2, Bytes: 250},
+			{Key: "_rejects/errors.ndjson", Rows: 3, Bytes: 400},
 		},
 		Export:          json.RawMessage(`{"kind":"bulk","status_url":"https://example.test/op/1"}`),
 		TransactionTime: "2024-05-01T11:59:00Z",

@@ -33,8 +33,11 @@ type Reject struct {
 
 // errorLine is one line of _rejects/errors.ndjson.
 type errorLine struct {
-	Source       string  `json:"source"`
-	Line         int64   `json:"line"`
+	Source string `json:"source"`
+	Line   int64  `json:"line"`
+	// Object marks the entry of an object that could not be read to its end (WriteInput): Line is where reading
+	// stopped, and nothing of it is quarantined.
+	Object       bool    `json:"object,omitempty"`
 	ResourceType string  `json:"resourceType"`
 	ID           string  `json:"id,omitempty"`
 	Issues       []Issue `json:"issues"`
@@ -71,6 +74,27 @@ func NewRejects(b *blob.Bucket, out string) *Rejects {
 // Write quarantines one line. The line's bytes come from raw when it is not nil (an oversize line, streamed
 // without holding it whole), else from rej.Raw.
 func (r *Rejects) Write(ctx context.Context, rej Reject, raw io.Reader) error {
+	return r.do(ctx, func() error { return r.write(ctx, rej, raw) },
+		func(err error) error { return fmt.Errorf("write reject of %s line %d: %w", rej.Source, rej.Line, err) })
+}
+
+// WriteInput records that the object source could not be read to its end, reading having stopped at line (a
+// corrupt or truncated gzip stream): one entry {source, line, object: true, issues} in errors.ndjson. Nothing is
+// quarantined, since no line of the damaged part can be told apart.
+func (r *Rejects) WriteInput(ctx context.Context, source string, line int64, issues []Issue) error {
+	write := func() error {
+		reason, err := encodeErrorLine(errorLine{Source: source, Line: line, Object: true, Issues: issues})
+		if err != nil {
+			return err
+		}
+		return r.append(ctx, errorsKey, bytes.NewReader(reason))
+	}
+	return r.do(ctx, write, func(err error) error { return fmt.Errorf("record rejected object %s: %w", source, err) })
+}
+
+// do runs write under the lock unless the quarantine has failed or is closed. A failure, wrapped by wrap, is
+// sticky.
+func (r *Rejects) do(ctx context.Context, write func() error, wrap func(error) error) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.err != nil {
@@ -81,10 +105,10 @@ func (r *Rejects) Write(ctx context.Context, rej Reject, raw io.Reader) error {
 	}
 	err := ctx.Err()
 	if err == nil {
-		err = r.write(ctx, rej, raw)
+		err = write()
 	}
 	if err != nil {
-		err = fmt.Errorf("write reject of %s line %d: %w", rej.Source, rej.Line, err)
+		err = wrap(err)
 		r.fail(err)
 		return err
 	}
@@ -92,7 +116,8 @@ func (r *Rejects) Write(ctx context.Context, rej Reject, raw io.Reader) error {
 }
 
 func (r *Rejects) write(ctx context.Context, rej Reject, raw io.Reader) error {
-	reason, err := encodeErrorLine(rej)
+	reason, err := encodeErrorLine(errorLine{Source: rej.Source, Line: rej.Line, ResourceType: rej.ResourceType,
+		ID: rej.ID, Issues: rej.Issues})
 	if err != nil {
 		return err
 	}
@@ -109,16 +134,15 @@ func (r *Rejects) write(ctx context.Context, rej Reject, raw io.Reader) error {
 	return r.append(ctx, errorsKey, bytes.NewReader(reason))
 }
 
-// encodeErrorLine is rej's line of errors.ndjson, newline included. HTML characters are not escaped.
-func encodeErrorLine(rej Reject) ([]byte, error) {
-	issues := rej.Issues
-	if issues == nil {
-		issues = []Issue{}
+// encodeErrorLine is e as a line of errors.ndjson, newline included. HTML characters are not escaped.
+func encodeErrorLine(e errorLine) ([]byte, error) {
+	if e.Issues == nil {
+		e.Issues = []Issue{}
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(errorLine{Source: rej.Source, Line: rej.Line, ResourceType: rej.ResourceType, ID: rej.ID, Issues: issues}); err != nil {
+	if err := enc.Encode(e); err != nil {
 		return nil, fmt.Errorf("encode reasons: %w", err)
 	}
 	return buf.Bytes(), nil

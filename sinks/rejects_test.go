@@ -29,6 +29,8 @@ func TestRejectsWritesQuarantine(t *testing.T) {
 		out     string
 		rejects []Reject
 		raws    []io.Reader // per reject; nil entries use Raw
+		// objects are recorded with WriteInput after the rejects
+		objects []errorLine
 		// want maps keys relative to out to their exact content
 		want map[string]string
 	}{
@@ -80,6 +82,22 @@ func TestRejectsWritesQuarantine(t *testing.T) {
 			},
 		},
 		{
+			name: "a damaged object beside a rejected line: an entry, nothing quarantined",
+			out:  "run",
+			rejects: []Reject{
+				{Source: "in/a.ndjson.gz", Line: 2, Issues: []Issue{{Code: "structure", Detail: "not a JSON object"}},
+					Raw: []byte(`[]`)},
+			},
+			objects: []errorLine{{Source: "in/a.ndjson.gz", Line: 41,
+				Issues: []Issue{{Code: "structure", Detail: "truncated gzip stream"}}}},
+			want: map[string]string{
+				"_rejects/_unparsed.ndjson": "[]\n",
+				"_rejects/errors.ndjson": `{"source":"in/a.ndjson.gz","line":2,"resourceType":"","issues":[{"path":"","code":"structure","detail":"not a JSON object"}]}
+{"source":"in/a.ndjson.gz","line":41,"object":true,"resourceType":"","issues":[{"path":"","code":"structure","detail":"truncated gzip stream"}]}
+`,
+			},
+		},
+		{
 			name: "nothing rejected",
 			out:  "run",
 		},
@@ -97,6 +115,11 @@ func TestRejectsWritesQuarantine(t *testing.T) {
 				}
 				if err := r.Write(ctx, rej, raw); err != nil {
 					t.Fatalf("Write %d: %v", i, err)
+				}
+			}
+			for _, o := range tc.objects {
+				if err := r.WriteInput(ctx, o.Source, o.Line, o.Issues); err != nil {
+					t.Fatalf("WriteInput %s: %v", o.Source, err)
 				}
 			}
 			files, err := r.Close(ctx)
