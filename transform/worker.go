@@ -29,7 +29,18 @@ type Options struct {
 	BatchBytes int64
 	// Allocator backs the record builders; nil means memory.DefaultAllocator.
 	Allocator memory.Allocator
+	// Validator chooses the validation path: ValidatorReference ("" too) validates every line with google/fhir/go
+	// jsonformat; ValidatorFast checks each line in one pass over its bytes against a plan compiled from the same
+	// descriptors and hands the lines it cannot vouch for (every invalid line among them) to the reference path,
+	// so verdicts and issues are the reference's.
+	Validator string
 }
+
+// Validation paths of Options.Validator.
+const (
+	ValidatorReference = "reference"
+	ValidatorFast      = "fast"
+)
 
 // Result is the outcome of one line. Valid lines have been appended as one row of their type's batch.
 type Result struct {
@@ -44,12 +55,15 @@ type Result struct {
 // Worker validates lines and converts the valid ones into per-type Arrow record batches. It is not safe for
 // concurrent use: run one per goroutine.
 type Worker struct {
-	reg    *schema.Registry
-	opts   Options
-	alloc  *countingAllocator
-	val    *Validator
-	conv   converter
-	tables map[string]*table
+	reg   *schema.Registry
+	opts  Options
+	alloc *countingAllocator
+	val   *Validator
+	fast  *fastValidator // nil on the reference path
+	// fastHits and fallbacks count the lines the fast validator vouched for and those it handed on.
+	fastHits, fallbacks int64
+	conv                converter
+	tables              map[string]*table
 }
 
 // table is the pending batch of one resource type.
@@ -87,6 +101,15 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 	}
 	w := &Worker{reg: reg, opts: opts, alloc: &countingAllocator{Allocator: opts.Allocator}, val: v,
 		tables: make(map[string]*table)}
+	switch opts.Validator {
+	case "", ValidatorReference:
+	case ValidatorFast:
+		if w.fast, err = newFastValidator(); err != nil {
+			return nil, fmt.Errorf("new worker: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("new worker: unknown validator %q (want %s or %s)", opts.Validator, ValidatorReference, ValidatorFast)
+	}
 	w.conv.isType = func(t string) bool { _, ok := reg.Resource(t); return ok }
 	return w, nil
 }
@@ -108,6 +131,13 @@ func (w *Worker) Process(line []byte) (Result, error) {
 // Validate validates one line without converting it. A caller that decides per line whether to keep a valid
 // resource (pipeline skips duplicates) calls Validate and then Append for the lines it keeps.
 func (w *Worker) Validate(line []byte) Result {
+	if w.fast != nil {
+		if vd, ok := w.fast.validate(line); ok {
+			w.fastHits++
+			return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version, Valid: true}
+		}
+		w.fallbacks++
+	}
 	vd := w.val.Validate(line)
 	return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version,
 		Valid: len(vd.Issues) == 0, Issues: vd.Issues}
@@ -165,6 +195,10 @@ func (t *table) rowsMisaligned() bool {
 	}
 	return false
 }
+
+// ValidatorStats returns how many lines the fast validator found valid on its own and how many it handed to the
+// reference path; both are 0 on the reference path.
+func (w *Worker) ValidatorStats() (fast, reference int64) { return w.fastHits, w.fallbacks }
 
 // Full reports whether some type has at least Options.BatchRows pending rows, or the Worker holds at least
 // Options.BatchBytes of Arrow memory. A caller then flushes: Flush(0) bounds memory best.
