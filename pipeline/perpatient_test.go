@@ -138,6 +138,9 @@ func perTypeCopy(t *testing.T, dir string) string {
 // 10,641 distinct rows in 17 tables plus 1 Group, 27 Patients, 10,655 links all pointing at rows, 14 duplicates;
 // the same tables as a per-type export of the same resources; the same output with 1 and 8 workers.
 func TestGroupByPatient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("three whole-data runs; skipped in -short (TestMalformedBlocks covers blocks, dedupe and links)")
+	}
 	dir := sharedDir(t, "synthea-group-by-patient")
 	dst1, dst8 := memBucket(t), memBucket(t)
 	m1 := runDir(t, dir, dst1, pipeline.Options{Workers: 1})

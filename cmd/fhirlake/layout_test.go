@@ -45,6 +45,9 @@ func TestLayoutFlag(t *testing.T) {
 
 // TestConvertPerPatient: auto reads the shared per-Patient export in blocks and the summary says so.
 func TestConvertPerPatient(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole-data run; skipped in -short")
+	}
 	in := filepath.Join("..", "..", "..", "shared", "data", "synthea-group-by-patient")
 	if _, err := os.Stat(in); err != nil {
 		t.Skipf("shared data absent: %v", err)
