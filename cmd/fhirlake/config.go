@@ -19,6 +19,7 @@ type convertConfig struct {
 	MaxLineBytes   int
 	RecursionDepth int
 	Layout         layoutFlag // "" is auto
+	Validator      string     // "" (reference), "reference" or "fast": transform.Options.Validator
 	Log            logConfig
 }
 
@@ -57,6 +58,7 @@ var envDefaults = map[string]string{
 	"max-line-bytes":  "FHIRLAKE_MAX_LINE_BYTES",
 	"recursion-depth": "FHIRLAKE_RECURSION_DEPTH",
 	"layout":          "FHIRLAKE_LAYOUT",
+	"validator":       "FHIRLAKE_VALIDATOR",
 	"log-format":      "FHIRLAKE_LOG_FORMAT",
 	"log-level":       "FHIRLAKE_LOG_LEVEL",
 }
@@ -66,10 +68,11 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 	fs := flag.NewFlagSet("convert", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.In, "in", "", "source: a directory, file:///dir, gs://bucket/prefix or mem://; empty: the embedded sample")
-	fs.StringVar(&c.Out, "out", "./fhirlake-demo", "destination: a directory, file:///dir, gs://bucket/prefix or mem://")
+	fs.StringVar(&c.Out, "out", "./fhirlake-out", "destination: a directory, file:///dir, gs://bucket/prefix or mem://")
 	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines (0: one per CPU)")
 	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
 	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
+	fs.StringVar(&c.Validator, "validator", "", "validation path: reference (google/fhir/go, the default) or fast (one pass over the bytes; the lines it cannot vouch for go to the reference)")
 	fs.Var(&c.Layout, "layout", "how objects are arranged: per-type, per-patient (Patient blocks) or auto (decided per object from its first lines)")
 	addLogFlags(fs, &c.Log)
 	if err := applyEnv(fs, getenv); err != nil {
@@ -119,6 +122,9 @@ func (c convertConfig) validate() error {
 	}
 	if c.RecursionDepth < 1 {
 		errs = append(errs, fmt.Errorf("--recursion-depth must be at least 1, not %d", c.RecursionDepth))
+	}
+	if c.Validator != "" && c.Validator != "reference" && c.Validator != "fast" {
+		errs = append(errs, fmt.Errorf("--validator must be reference or fast, not %q", c.Validator))
 	}
 	return errors.Join(append(errs, c.Log.validate())...)
 }

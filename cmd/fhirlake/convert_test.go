@@ -26,13 +26,13 @@ func TestParseConvertConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: convertConfig{Out: "./fhirlake-demo", MaxLineBytes: 64 << 20, RecursionDepth: 2,
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2,
 				Log: logConfig{Format: "auto", Level: "info"}},
 		},
 		{
 			name: "environment",
 			env:  map[string]string{"FHIRLAKE_IN": "gs://b/x", "FHIRLAKE_WORKERS": "3", "FHIRLAKE_LOG_FORMAT": "json"},
-			want: convertConfig{In: "gs://b/x", Out: "./fhirlake-demo", Workers: 3, MaxLineBytes: 64 << 20,
+			want: convertConfig{In: "gs://b/x", Out: "./fhirlake-out", Workers: 3, MaxLineBytes: 64 << 20,
 				RecursionDepth: 2, Log: logConfig{Format: "json", Level: "info"}},
 		},
 		{
