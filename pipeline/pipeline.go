@@ -67,6 +67,8 @@ type Options struct {
 	// Layout of the objects whose own Layout is unknown; zero: reader.LayoutAuto, decided per object from its
 	// first lines.
 	Layout reader.Layout
+	// Validator is transform.Options.Validator: "" or "reference" (google/fhir/go), or "fast".
+	Validator string
 
 	// Annotate, when set, is called with the finished manifest just before it is written, so that a caller adds
 	// what it knows (the export handle, the message, phase timings) in the one write that publishes the run.
@@ -336,6 +338,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 func (r *run) decode(ctx context.Context, work <-chan batch) error {
 	w, err := transform.NewWorker(r.reg, transform.Options{
 		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: r.opts.Allocator,
+		Validator: r.opts.Validator,
 	})
 	if err != nil {
 		return fmt.Errorf("start decoder: %w", err)

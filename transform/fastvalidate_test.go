@@ -111,3 +111,161 @@ func TestFastParity(t *testing.T) {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// fuzzSeeds are real resources (HL7 examples and Synthea) small enough to mutate quickly.
+func fuzzSeeds(t testing.TB) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for _, f := range []string{"hl7-examples.ndjson", "synthea-excerpt.ndjson"} {
+		valEachLine(t, filepath.Join("testdata", f), func(_ int, line []byte) {
+			if len(line) < 20000 {
+				out = append(out, line)
+			}
+		})
+	}
+	return out
+}
+
+// FuzzFastParity feeds arbitrary bytes to both paths: the fast validator must never accept what the reference
+// rejects, nor panic.
+func FuzzFastParity(f *testing.F) {
+	for _, l := range fuzzSeeds(f) {
+		f.Add(l)
+	}
+	fv, ref := newFast(f), valNew(f)
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var c parityCounts
+		parityCheck(t, fv, ref, "fuzz", line, &c)
+	})
+}
+
+// FuzzFastParityMutate mutates one value or key of a real resource in a way that keeps most of the line valid
+// JSON (replace it by a JSON string, raw text, null or nothing, prefix a key with "_", insert text after it), so
+// that the fuzzer explores FHIR rules rather than JSON syntax. The fast validator must never accept what the
+// reference rejects.
+func FuzzFastParityMutate(f *testing.F) {
+	seeds := fuzzSeeds(f)
+	for i := range seeds {
+		f.Add(uint16(i), uint32(i*7), uint8(i%7), "x")
+	}
+	f.Add(uint16(0), uint32(3), uint8(0), "Patient/1/_history/")
+	f.Add(uint16(1), uint32(11), uint8(1), "1e3")
+	f.Add(uint16(2), uint32(5), uint8(0), "2020-02-30")
+	fv, ref := newFast(f), valNew(f)
+	f.Fuzz(func(t *testing.T, seed uint16, at uint32, op uint8, text string) {
+		line := seeds[int(seed)%len(seeds)]
+		spans := tokenSpans(line)
+		if len(spans) == 0 {
+			return
+		}
+		sp := spans[int(at)%len(spans)]
+		var repl []byte
+		switch op % 7 {
+		case 0:
+			repl, _ = json.Marshal(text)
+		case 1:
+			repl = []byte(text)
+		case 2:
+			repl = []byte("null")
+		case 3:
+			repl = nil
+		case 4:
+			if line[sp[0]] != '"' {
+				return
+			}
+			repl = append([]byte(`"_`), line[sp[0]+1:sp[1]]...)
+		case 5:
+			repl = append(append([]byte(nil), line[sp[0]:sp[1]]...), text...)
+		case 6:
+			repl = []byte("[]")
+		}
+		mutated := make([]byte, 0, len(line)+len(repl))
+		mutated = append(append(append(mutated, line[:sp[0]]...), repl...), line[sp[1]:]...)
+		var c parityCounts
+		parityCheck(t, fv, ref, "mutated", mutated, &c)
+	})
+}
+
+// tokenSpans returns the byte spans of the strings, numbers and literals of a JSON line.
+func tokenSpans(b []byte) [][2]int {
+	var out [][2]int
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			end := stringEnd(b, i)
+			out = append(out, [2]int{i, end})
+			i = end - 1
+		case c == '-' || c >= '0' && c <= '9' || c == 't' || c == 'f' || c == 'n':
+			end := valueEnd(b, i)
+			out = append(out, [2]int{i, end})
+			i = end - 1
+		}
+	}
+	return out
+}
+
+// BenchmarkValidators reports MB/s per core of both validation paths on ../shared/data/synthea-100, validation
+// alone and validation plus conversion into Arrow (Worker.Process), on one goroutine. Run it with
+// -benchtime=1x or 2x: one pass over the data set takes seconds on the reference path.
+func BenchmarkValidators(b *testing.B) {
+	files, _ := filepath.Glob(filepath.Join(valData, "synthea-100", "*.ndjson"))
+	if len(files) == 0 {
+		b.Skip("../shared/data/synthea-100 not available")
+	}
+	var lines [][]byte
+	size := 0
+	for _, f := range files {
+		valEachLine(b, f, func(_ int, line []byte) {
+			lines = append(lines, line)
+			size += len(line)
+		})
+	}
+	reg := testRegistry(b)
+	for _, mode := range []string{ValidatorReference, ValidatorFast} {
+		b.Run("validate/"+mode, func(b *testing.B) {
+			w, err := NewWorker(reg, Options{Validator: mode})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer w.Release()
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				for _, l := range lines {
+					if !w.Validate(l).Valid {
+						b.Fatal("synthea-100 holds an invalid line")
+					}
+				}
+			}
+			fast, ref := w.ValidatorStats()
+			b.ReportMetric(float64(fast)/float64(max(fast+ref, 1)), "fast-share")
+		})
+	}
+	for _, mode := range []string{ValidatorReference, ValidatorFast} {
+		b.Run("process/"+mode, func(b *testing.B) {
+			w, err := NewWorker(reg, Options{Validator: mode})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer w.Release()
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				for _, l := range lines {
+					if _, err := w.Process(l); err != nil {
+						b.Fatal(err)
+					}
+					if w.Full() {
+						recs, err := w.Flush(0)
+						if err != nil {
+							b.Fatal(err)
+						}
+						for _, r := range recs {
+							r.Release()
+						}
+					}
+				}
+			}
+		})
+	}
+}

@@ -63,13 +63,14 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 	defer dst.Bucket.Close()
 
 	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", workers(c.Workers),
-		"layout", c.Layout.String())
+		"layout", c.Layout.String(), "validator", c.Validator)
 	start := time.Now()
 	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
 		Workers:        c.Workers,
 		MaxLineBytes:   c.MaxLineBytes,
 		RecursionDepth: c.RecursionDepth,
 		Layout:         reader.Layout(c.Layout),
+		Validator:      c.Validator,
 		Progress: func(p pipeline.Progress) {
 			log.Info("progress",
 				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
