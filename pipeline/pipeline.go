@@ -11,6 +11,8 @@
 package pipeline
 
 import (
+	"compress/flate"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -277,6 +279,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 
 	b := batch{key: o.Key}
 	var buf []byte
+	var last int64 // number of the last line read
 	send := func() error {
 		if len(b.lines) == 0 {
 			return nil
@@ -293,6 +296,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 	}
 	for bs.Scan() {
 		l := bs.Line()
+		last = l.Number
 		if buf == nil {
 			buf = make([]byte, 0, max(batchBytes, len(l.Bytes)))
 		} else if len(buf)+len(l.Bytes) > cap(buf) {
@@ -314,14 +318,24 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 			}
 		}
 	}
-	if err := bs.Err(); err != nil {
-		return fmt.Errorf("read %s: %w", o.Key, err)
+	readErr := bs.Err()
+	damage, isDamage := damageOf(ctx, readErr)
+	if readErr != nil && !isDamage {
+		return fmt.Errorf("read %s: %w", o.Key, readErr)
 	}
 	if err := send(); err != nil {
 		return err
 	}
 	in := sinks.Input{Object: o.Key, Lines: bs.Lines(), Bytes: o.Size, Layout: string(bs.Layout()),
 		Blocks: bs.Blocks(), Headers: bs.Headers()}
+	if isDamage {
+		// The lines before the damage are converted; the object is recorded as not read to its end.
+		in.Error = damage
+		issue := sinks.Issue{Code: "structure", Detail: "object not read to its end: " + damage}
+		if err := r.rejects.WriteInput(ctx, o.Key, last+1, []sinks.Issue{issue}); err != nil {
+			return fmt.Errorf("quarantine %s: %w", o.Key, err)
+		}
+	}
 	issues, total := bs.Issues()
 	r.mu.Lock()
 	r.inputs[i] = in
@@ -333,6 +347,29 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 	r.bytesRead.Add(o.Size)
 	r.objectsDone.Add(1)
 	return nil
+}
+
+// damageOf tells a read error that is the object's own content from a failure to read it. A gzip stream with a bad
+// header, corrupt data or a wrong checksum, or one that ends early, is damage: the object is rejected with the
+// reason and the run goes on. Anything else (network, permissions, cancellation) stops the run.
+//
+// A stream that ends early is the object's own: the storage clients resume a short read from its offset
+// (cloud.google.com/go/storage retries io.ErrUnexpectedEOF) and report what they cannot resume as their own error.
+func damageOf(ctx context.Context, err error) (reason string, ok bool) {
+	var corrupt flate.CorruptInputError
+	switch {
+	case err == nil || ctx.Err() != nil:
+		return "", false
+	case errors.Is(err, gzip.ErrHeader):
+		return "invalid gzip header", true
+	case errors.Is(err, gzip.ErrChecksum):
+		return "gzip checksum mismatch: corrupt data", true
+	case errors.As(err, &corrupt):
+		return fmt.Sprintf("corrupt gzip data at compressed byte %d", int64(corrupt)), true
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "truncated gzip stream: it ends before its data does", true
+	}
+	return "", false
 }
 
 func (r *run) decode(ctx context.Context, work <-chan batch) error {
@@ -632,6 +669,9 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	}
 	for _, in := range r.inputs {
 		m.Totals.Lines += in.Lines
+		if in.Error != "" {
+			m.Totals.RejectedInputs++
+		}
 	}
 	if m.Totals.Lines != m.Totals.Valid+m.Totals.Rejected {
 		return nil, fmt.Errorf("lines do not add up: %d read, %d valid + %d rejected",
