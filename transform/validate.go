@@ -70,6 +70,7 @@ type Verdict struct {
 // goroutine.
 type Validator struct {
 	known map[string]bool
+	dups  dupKeys
 	// unmarshal is the library call; tests replace it to exercise the panic guard.
 	unmarshal func(line []byte, er errorreporter.ErrorReporter) (proto.Message, error)
 }
@@ -102,7 +103,9 @@ func r4ResourceTypes() map[string]bool {
 // Validate checks one line (one JSON resource, no line terminator) and never panics.
 //
 // Before the library sees the line, Validate rejects, with code structure: a line that is not valid UTF-8, holds
-// a NUL byte, is not well-formed JSON, or is not a JSON object; a missing or non-string resourceType. A
+// a NUL byte, is not well-formed JSON, is not a JSON object, or has an object with two members of the same name
+// (the library would keep the last, other readers the first; a duplicate resourceType leaves the line without a
+// type); a missing or non-string resourceType. A
 // resourceType that is not an R4 type gets not-supported, and nesting deeper than 1000 levels gets too-long (the
 // library would recurse once per level). An object key starting with an upper-case letter ("BirthDate"), which the
 // library accepts as "birthDate", gets structure too, since the converter reads the original JSON and would lose
@@ -136,6 +139,17 @@ func (v *Validator) Validate(line []byte) (vd Verdict) {
 			if vd.Known {
 				issue.Path = vd.ResourceType
 			}
+		}
+		vd.Issues = []Issue{issue}
+		return vd
+	}
+	if dup, onType := v.dups.find(line); dup {
+		issue := Issue{Code: codeStructure, Detail: "an object has two members with the same name"}
+		if !onType {
+			vd.ResourceType, vd.Known, vd.ID = v.header(line)
+		}
+		if vd.Known {
+			issue.Path = vd.ResourceType
 		}
 		vd.Issues = []Issue{issue}
 		return vd
@@ -293,7 +307,8 @@ const (
 )
 
 // topLevel finds the top-level resourceType, id and version (see Verdict.Version) of a well-formed JSON object
-// without decoding the rest. Like the library's map decoding, the last of duplicate keys wins.
+// without decoding the rest. Like the library's map decoding, the last of duplicate keys wins (Validate rejects
+// such lines before it asks).
 func topLevel(b []byte) (rt string, state rtState, id, version string) {
 	i := skipSpace(b, 0) + 1 // past '{'
 	for {
