@@ -86,6 +86,11 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 	for _, is := range m.BlockIssues {
 		log.Warn("malformed Patient block", "object", is.Object, "line", is.Line, "reason", is.Reason)
 	}
+	for _, in := range m.Inputs {
+		if in.Error != "" {
+			log.Warn("object not read to its end", "object", in.Object, "lines_kept", in.Lines, "reason", in.Error)
+		}
+	}
 	log.Info("convert finished", "lines", m.Totals.Lines, "valid", m.Totals.Valid,
 		"rejected", m.Totals.Rejected, "rows", m.Totals.Rows, "elapsed", elapsed.Round(time.Millisecond).String())
 	return printSummary(stdout, m, elapsed)
@@ -171,6 +176,9 @@ func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {
 	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t\n", m.Totals.Rows, m.Totals.Rejected, files)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if n := m.Totals.RejectedInputs; n > 0 {
+		fmt.Fprintf(w, "%d objects damaged, not read to their end: the lines before the damage are converted, see the manifest's inputs\n", n)
 	}
 	var blocks int64
 	for _, i := range m.Inputs {
