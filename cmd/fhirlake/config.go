@@ -75,14 +75,8 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 	fs.StringVar(&c.Validator, "validator", "", "validation path: reference (google/fhir/go, the default) or fast (one pass over the bytes; the lines it cannot vouch for go to the reference)")
 	fs.Var(&c.Layout, "layout", "how objects are arranged: per-type, per-patient (Patient blocks) or auto (decided per object from its first lines)")
 	addLogFlags(fs, &c.Log)
-	if err := applyEnv(fs, getenv); err != nil {
+	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
-	}
-	if err := fs.Parse(args); err != nil {
-		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	return c, c.validate()
 }
@@ -92,11 +86,15 @@ func addLogFlags(fs *flag.FlagSet, c *logConfig) {
 	fs.StringVar(&c.Level, "log-level", "info", "log level: debug, info, warn or error")
 }
 
-// applyEnv sets each flag's value from its environment variable, so that flags given later override it.
-func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+// parseFlags sets each flag from its environment variable (envDefaults, then runEnv), then parses args, so that
+// flags override the environment. Every command parses this way.
+func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		name, ok := envDefaults[f.Name]
+		if !ok {
+			name, ok = runEnv[f.Name]
+		}
 		if !ok {
 			return
 		}
@@ -106,7 +104,16 @@ func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 			}
 		}
 	})
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return nil
 }
 
 func (c convertConfig) validate() error {

@@ -80,33 +80,6 @@ func addRunFlags(fs *flag.FlagSet, c *runConfig) {
 	addLogFlags(fs, &c.Log)
 }
 
-// parseFlags applies the environment, then args, to fs.
-func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := applyEnv(fs, getenv); err != nil {
-		return err
-	}
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		if name, ok := runEnv[f.Name]; ok {
-			if v := getenv(name); v != "" {
-				if err := f.Value.Set(v); err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", name, err))
-				}
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
-	}
-	return nil
-}
-
 func (c runConfig) validate() error {
 	var errs []error
 	if c.AllowStores == "" {
