@@ -18,7 +18,9 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -600,13 +602,8 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		return rs
 	}
 	keep := map[string]bool{}
-	types := make([]string, 0, len(r.tables))
-	for typ := range r.tables {
-		types = append(types, typ)
-	}
-	sort.Strings(types)
 	var closeErr error
-	for _, typ := range types {
+	for _, typ := range slices.Sorted(maps.Keys(r.tables)) {
 		files, err := r.tables[typ].Close(ctx)
 		if err != nil {
 			closeErr = errors.Join(closeErr, fmt.Errorf("close %s table: %w", typ, err))

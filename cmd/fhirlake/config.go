@@ -116,20 +116,27 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 	return nil
 }
 
+// conversionErrors checks the conversion flags that convert, run, worker and serve share.
+func conversionErrors(workers, maxLineBytes, recursionDepth int) []error {
+	var errs []error
+	if workers < 0 {
+		errs = append(errs, fmt.Errorf("--workers must be 0 or more, not %d", workers))
+	}
+	if maxLineBytes < 1024 {
+		errs = append(errs, fmt.Errorf("--max-line-bytes must be at least 1024, not %d", maxLineBytes))
+	}
+	if recursionDepth < 1 {
+		errs = append(errs, fmt.Errorf("--recursion-depth must be at least 1, not %d", recursionDepth))
+	}
+	return errs
+}
+
 func (c convertConfig) validate() error {
 	var errs []error
 	if c.Out == "" {
 		errs = append(errs, errors.New("--out is required"))
 	}
-	if c.Workers < 0 {
-		errs = append(errs, fmt.Errorf("--workers must be 0 or more, not %d", c.Workers))
-	}
-	if c.MaxLineBytes < 1024 {
-		errs = append(errs, fmt.Errorf("--max-line-bytes must be at least 1024, not %d", c.MaxLineBytes))
-	}
-	if c.RecursionDepth < 1 {
-		errs = append(errs, fmt.Errorf("--recursion-depth must be at least 1, not %d", c.RecursionDepth))
-	}
+	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
 	if c.Validator != "" && c.Validator != "reference" && c.Validator != "fast" {
 		errs = append(errs, fmt.Errorf("--validator must be reference or fast, not %q", c.Validator))
 	}

@@ -9,10 +9,11 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -159,13 +160,8 @@ func sampleBucket(ctx context.Context) (*blob.Bucket, error) {
 func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "resource type\trows\trejected\tfiles\t")
-	types := make([]string, 0, len(m.Resources))
-	for t := range m.Resources {
-		types = append(types, t)
-	}
-	sort.Strings(types)
 	var files int
-	for _, t := range types {
+	for _, t := range slices.Sorted(maps.Keys(m.Resources)) {
 		r := m.Resources[t]
 		files += len(r.Files)
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t\n", t, r.Rows, r.Rejected, len(r.Files))

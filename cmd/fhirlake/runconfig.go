@@ -94,15 +94,7 @@ func (c runConfig) validate() error {
 	if c.ExportDeadline <= 0 || c.PollFloor <= 0 || c.PollCap < c.PollFloor {
 		errs = append(errs, errors.New("--export-deadline and --poll-floor must be positive, --poll-cap at least --poll-floor"))
 	}
-	if c.Workers < 0 {
-		errs = append(errs, fmt.Errorf("--workers must be 0 or more, not %d", c.Workers))
-	}
-	if c.MaxLineBytes < 1024 {
-		errs = append(errs, fmt.Errorf("--max-line-bytes must be at least 1024, not %d", c.MaxLineBytes))
-	}
-	if c.RecursionDepth < 1 {
-		errs = append(errs, fmt.Errorf("--recursion-depth must be at least 1, not %d", c.RecursionDepth))
-	}
+	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
 	return errors.Join(append(errs, c.Log.validate())...)
 }
 
