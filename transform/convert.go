@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/fhirlake/fhirlake/schema"
 )
 
@@ -257,25 +259,31 @@ func (t *jtree) text(i int32) ([]byte, error) {
 	return t.str, nil
 }
 
-// plan binds a schema Node to the Arrow builder that receives its values. Plans are built once per resource type
-// per Worker; builders keep their identity across NewRecord, so a plan lives as long as its RecordBuilder.
+// plan binds a schema Node to the col that receives its values. Plans are built once per resource type per
+// Worker, with their cols, which start a new batch whenever a flush takes their arrays.
 type plan struct {
 	node *schema.Node
-	key  string        // JSON key: the element name, or for a choice child the full name ("valueQuantity")
-	b    array.Builder // the column's builder: a *array.ListBuilder when node.Repeated
-	list *array.ListBuilder
-	elem array.Builder // builder of one element: list's value builder, or b
-	st   *array.StructBuilder
+	key  string // JSON key: the element name, or for a choice child the full name ("valueQuantity")
+	col  *col   // the element's column: a list col when node.Repeated
+	elem *col   // the col of one element: col's element col, or col
 	kids []*plan
 	// In a Reference struct: kids indices of reference and type; -1 elsewhere.
 	ref, refType int
 }
 
-func newRootPlan(res *schema.Resource, rb *array.RecordBuilder) (*plan, error) {
+// newRootPlan binds res's fields to cols created from its schema, one per field in schema order.
+func newRootPlan(res *schema.Resource, mem memory.Allocator) (*plan, error) {
 	p := &plan{node: res.Root, ref: -1, refType: -1}
 	for i, n := range res.Fields {
-		kp, err := newPlan(n, n.Name, rb.Field(i))
+		c, err := newCol(res.Schema.Field(i).Type, mem)
 		if err != nil {
+			p.release()
+			return nil, fmt.Errorf("%s: %w", n.Path, err)
+		}
+		kp, err := newPlan(n, n.Name, c)
+		if err != nil {
+			c.release()
+			p.release()
 			return nil, err
 		}
 		p.kids = append(p.kids, kp)
@@ -283,50 +291,80 @@ func newRootPlan(res *schema.Resource, rb *array.RecordBuilder) (*plan, error) {
 	return p, nil
 }
 
-func newPlan(n *schema.Node, key string, b array.Builder) (*plan, error) {
-	p := &plan{node: n, key: key, b: b, elem: b, ref: -1, refType: -1}
+func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
+	p := &plan{node: n, key: key, col: c, elem: c, ref: -1, refType: -1}
 	if n.Repeated {
-		lb, ok := b.(*array.ListBuilder)
-		if !ok {
-			return nil, fmt.Errorf("%s: builder %T is not a list builder", n.Path, b)
+		if c.kind != colList {
+			return nil, fmt.Errorf("%s: column %s is not a list", n.Path, c.typ)
 		}
-		p.list, p.elem = lb, lb.ValueBuilder()
+		p.elem = c.kids[0]
 	}
 	switch n.Kind {
 	case schema.Struct, schema.Choice:
-		// Checked field by field below: StructBuilder.Type() rebuilds the whole subtree's type.
-		st, ok := p.elem.(*array.StructBuilder)
-		if !ok || st.NumField() != len(n.Children) {
-			return nil, fmt.Errorf("%s: builder %T does not match the schema's struct", n.Path, p.elem)
+		if p.elem.kind != colStruct || len(p.elem.kids) != len(n.Children) {
+			return nil, fmt.Errorf("%s: column %s does not match the schema's struct", n.Path, p.elem.typ)
 		}
 		if n.Kind == schema.Choice && n.Repeated {
 			return nil, fmt.Errorf("%s: repeated choice elements are not supported", n.Path)
 		}
-		p.st = st
-		for i, c := range n.Children {
-			ck := c.Name
+		for i, ch := range n.Children {
+			ck := ch.Name
 			if n.Kind == schema.Choice {
-				ck = key + strings.ToUpper(c.Name[:1]) + c.Name[1:]
+				ck = key + strings.ToUpper(ch.Name[:1]) + ch.Name[1:]
 			}
-			kp, err := newPlan(c, ck, st.FieldBuilder(i))
+			kp, err := newPlan(ch, ck, p.elem.kids[i])
 			if err != nil {
 				return nil, err
 			}
 			p.kids = append(p.kids, kp)
 			switch {
-			case c.Derived != schema.NotDerived:
-			case c.Name == "reference" && n.FHIRType == "Reference":
+			case ch.Derived != schema.NotDerived:
+			case ch.Name == "reference" && n.FHIRType == "Reference":
 				p.ref = i
-			case c.Name == "type" && n.FHIRType == "Reference":
+			case ch.Name == "type" && n.FHIRType == "Reference":
 				p.refType = i
 			}
 		}
 	default:
-		if !arrow.TypeEqual(p.elem.Type(), n.Leaf()) {
-			return nil, fmt.Errorf("%s: builder type %s does not match schema type %s", n.Path, p.elem.Type(), n.Leaf())
+		if !arrow.TypeEqual(p.elem.typ, n.Leaf()) {
+			return nil, fmt.Errorf("%s: column type %s does not match schema type %s", n.Path, p.elem.typ, n.Leaf())
 		}
 	}
 	return p, nil
+}
+
+// release frees the cols of a root plan.
+func (p *plan) release() {
+	for _, kp := range p.kids {
+		kp.col.release()
+	}
+}
+
+// record returns the root plan's first rows entries as a record of schema s and starts a new batch.
+func (p *plan) record(s *arrow.Schema, rows int, mem memory.Allocator) arrow.Record {
+	z := &zeros{mem: mem}
+	defer z.release()
+	cols := make([]arrow.Array, len(p.kids))
+	for i, kp := range p.kids {
+		d := kp.col.finish(rows, z)
+		cols[i] = array.MakeFromData(d)
+		d.Release()
+	}
+	rec := array.NewRecord(s, cols, int64(rows))
+	for _, c := range cols {
+		c.Release()
+	}
+	return rec
+}
+
+// materialised reports whether a root column holds entries past row rows.
+func (p *plan) materialised(rows int) bool {
+	for _, kp := range p.kids {
+		if kp.col.materialised(rows) {
+			return true
+		}
+	}
+	return false
 }
 
 // slot holds the JSON value found for one child of the struct being converted.
@@ -338,7 +376,9 @@ type slot struct {
 // converter converts lines; one per Worker.
 type converter struct {
 	tree    jtree
-	isType  func(string) bool
+	isType  func([]byte) bool // whether a name is an R4 resource type
+	refText, typeText []byte
+	lookups []schema.Member // per key node of the line: its member, found by the check pass; Child -1 for none
 	slots   []slot
 	path    []byte // JSON path of the value being emitted: name[0].given
 	pe      []byte // the _primitiveExtensions object being built
@@ -346,8 +386,9 @@ type converter struct {
 	b64     []byte
 }
 
-// convert appends the resource in line as one row of p's builders, or appends nothing and fails.
-func (c *converter) convert(p *plan, line []byte) error {
+// convert appends the resource in line as row t.rows of t's columns and counts it, or appends nothing and fails.
+func (c *converter) convert(t *table, line []byte) error {
+	p := t.plan
 	root, err := c.tree.parse(line)
 	if err != nil {
 		return fmt.Errorf("parse %s: %w", p.node.Path, err)
@@ -356,19 +397,22 @@ func (c *converter) convert(p *plan, line []byte) error {
 		return fmt.Errorf("parse %s: not a JSON object", p.node.Path)
 	}
 	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
-	if err := c.object(p, root, false); err != nil {
+	c.lookups = slices.Grow(c.lookups[:0], len(c.tree.nodes))[:len(c.tree.nodes)]
+	if err := c.object(p, root, false, 0); err != nil {
 		return err
 	}
 	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
-	if err := c.object(p, root, true); err != nil {
+	if err := c.object(p, root, true, t.rows); err != nil {
 		return fmt.Errorf("%w (after a successful check: the batch is inconsistent)", err)
 	}
+	t.rows++
 	return nil
 }
 
-// object converts the members of a JSON object into the children of struct plan p (whose own validity the
-// caller appends). With emit false it only checks.
-func (c *converter) object(p *plan, obj int32, emit bool) error {
+// object converts the members of a JSON object into the children of struct plan p at entry index at (the caller
+// marks the struct entry itself). With emit false it only checks. Absent and null members append nothing: their
+// cols pad them as nulls.
+func (c *converter) object(p *plan, obj int32, emit bool, at int) error {
 	base := len(c.slots)
 	for range p.kids {
 		c.slots = append(c.slots, slot{v: -1})
@@ -376,20 +420,29 @@ func (c *converter) object(p *plan, obj int32, emit bool) error {
 	defer func() { c.slots = c.slots[:base] }()
 	members := c.tree.children(obj)
 	for i := 0; i < len(members); i += 2 {
-		key, err := c.tree.text(members[i])
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.node.Path, err)
-		}
-		m, ok := p.node.Lookup(key)
-		if !ok {
-			if p.key != "" || string(key) != "resourceType" {
-				return fmt.Errorf("%s: unexpected element %s", p.node.Path, safeName(key))
+		m, ok := c.lookups[members[i]], true
+		if !emit {
+			// The check pass looks keys up and the emit pass reuses what it found.
+			key, err := c.tree.text(members[i])
+			if err != nil {
+				return fmt.Errorf("%s: %w", p.node.Path, err)
 			}
+			if m, ok = p.node.Lookup(key); ok {
+				c.lookups[members[i]] = m
+			} else {
+				if p.key != "" || string(key) != "resourceType" {
+					return fmt.Errorf("%s: unexpected element %s", p.node.Path, safeName(key))
+				}
+				c.lookups[members[i]] = schema.Member{Child: -1}
+			}
+		}
+		if m.Child < 0 {
 			continue // the root's resourceType: the table is the type
 		}
 		v := members[i+1]
 		if m.Under {
 			if emit {
+				key, _ := c.tree.text(members[i]) // the check pass read it
 				c.primitiveExtension(key[1:], v)
 			}
 			continue
@@ -402,18 +455,15 @@ func (c *converter) object(p *plan, obj int32, emit bool) error {
 		switch {
 		case kp.node.Derived != schema.NotDerived:
 			if emit {
-				c.derived(p, kp, base)
+				c.derived(p, kp, base, at)
 			}
 		case s.v < 0 || c.tree.nodes[s.v].kind == jNull:
-			if emit {
-				kp.b.AppendNull()
-			}
 		case kp.node.Kind == schema.Choice:
-			err = c.choice(kp, int(s.choice), s.v, emit)
+			err = c.choice(kp, int(s.choice), s.v, emit, at)
 		default:
 			mark := len(c.path)
 			c.pushKey(kp.key, emit)
-			err = c.column(kp, s.v, emit)
+			err = c.column(kp, s.v, emit, at)
 			c.path = c.path[:mark]
 		}
 		if err != nil {
@@ -433,63 +483,58 @@ func (c *converter) pushKey(key string, emit bool) {
 	c.path = append(c.path, key...)
 }
 
-func (c *converter) choice(p *plan, which int, v int32, emit bool) error {
+func (c *converter) choice(p *plan, which int, v int32, emit bool, at int) error {
+	if which < 0 || which >= len(p.kids) {
+		return fmt.Errorf("%s: choice type %d out of range", p.node.Path, which)
+	}
 	if emit {
-		p.st.Append(true)
+		p.elem.setStruct(at)
 	}
-	for i, kp := range p.kids {
-		if i != which {
-			if emit {
-				kp.b.AppendNull()
-			}
-			continue
-		}
-		mark := len(c.path)
-		c.pushKey(kp.key, emit)
-		err := c.column(kp, v, emit)
-		c.path = c.path[:mark]
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	kp := p.kids[which]
+	mark := len(c.path)
+	c.pushKey(kp.key, emit)
+	err := c.column(kp, v, emit, at)
+	c.path = c.path[:mark]
+	return err
 }
 
-// column converts the JSON value of one element: a list when the node is repeated.
-func (c *converter) column(p *plan, v int32, emit bool) error {
+// column converts the JSON value of one element at entry index at: a list when the node is repeated.
+func (c *converter) column(p *plan, v int32, emit bool, at int) error {
 	if !p.node.Repeated {
-		return c.item(p, v, emit)
+		return c.item(p, v, emit, at)
 	}
 	if c.tree.nodes[v].kind != jArray {
 		return fmt.Errorf("%s: expected a JSON array", p.node.Path)
 	}
+	start := 0
 	if emit {
-		p.list.Append(true)
+		start = p.col.beginList(at)
 	}
 	mark := len(c.path)
-	for i, e := range c.tree.children(v) {
+	items := c.tree.children(v)
+	for i, e := range items {
+		if c.tree.nodes[e].kind == jNull {
+			continue // a null element: its entry stays unmaterialised, a null
+		}
 		if emit {
 			c.path = append(c.path[:mark], '[')
 			c.path = strconv.AppendInt(c.path, int64(i), 10)
 			c.path = append(c.path, ']')
 		}
-		if c.tree.nodes[e].kind == jNull {
-			if emit {
-				p.elem.AppendNull()
-			}
-			continue
-		}
-		if err := c.item(p, e, emit); err != nil {
+		if err := c.item(p, e, emit, start+i); err != nil {
 			c.path = c.path[:mark]
 			return err
 		}
 	}
 	c.path = c.path[:mark]
+	if emit {
+		p.col.endList(at, start+len(items))
+	}
 	return nil
 }
 
-// item converts one non-null element value.
-func (c *converter) item(p *plan, v int32, emit bool) error {
+// item converts one non-null element value at entry index at of p's element col.
+func (c *converter) item(p *plan, v int32, emit bool, at int) error {
 	n := &c.tree.nodes[v]
 	switch p.node.Kind {
 	case schema.Struct:
@@ -497,25 +542,25 @@ func (c *converter) item(p *plan, v int32, emit bool) error {
 			return fmt.Errorf("%s: expected a JSON object", p.node.Path)
 		}
 		if emit {
-			p.st.Append(true)
+			p.elem.setStruct(at)
 		}
-		return c.object(p, v, emit)
+		return c.object(p, v, emit, at)
 	case schema.JSON:
 		if emit {
 			c.compact.Reset()
 			if err := json.Compact(&c.compact, c.tree.raw(v)); err != nil {
 				return fmt.Errorf("%s: %w", p.node.Path, errMalformed)
 			}
-			p.elem.(*array.StringBuilder).BinaryBuilder.Append(c.compact.Bytes())
+			p.elem.appendBinary(at, c.compact.Bytes())
 		}
 		return nil
 	case schema.Primitive:
-		return c.primitive(p, v, emit)
+		return c.primitive(p, v, emit, at)
 	}
 	return fmt.Errorf("%s: cannot convert a %s element", p.node.Path, p.node.Kind)
 }
 
-func (c *converter) primitive(p *plan, v int32, emit bool) error {
+func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 	n := &c.tree.nodes[v]
 	path := p.node.Path
 	switch p.node.Scalar {
@@ -528,14 +573,14 @@ func (c *converter) primitive(p *plan, v int32, emit bool) error {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if emit {
-			p.elem.(*array.StringBuilder).BinaryBuilder.Append(s)
+			p.elem.appendBinary(at, s)
 		}
 	case schema.Bool:
 		if n.kind != jTrue && n.kind != jFalse {
 			return fmt.Errorf("%s: expected a JSON boolean", path)
 		}
 		if emit {
-			p.elem.(*array.BooleanBuilder).Append(n.kind == jTrue)
+			p.elem.appendBool(at, n.kind == jTrue)
 		}
 	case schema.Int:
 		if n.kind != jNumber {
@@ -546,7 +591,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool) error {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if emit {
-			p.elem.(*array.Int64Builder).Append(i)
+			p.elem.appendFixed8(at, uint64(i))
 		}
 	case schema.Float:
 		if n.kind != jNumber {
@@ -557,7 +602,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool) error {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if emit {
-			p.elem.(*array.Float64Builder).Append(f)
+			p.elem.appendFixed8(at, math.Float64bits(f))
 		}
 	case schema.Timestamp:
 		if n.kind != jString {
@@ -572,7 +617,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool) error {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if emit {
-			p.elem.(*array.TimestampBuilder).Append(ts)
+			p.elem.appendFixed8(at, uint64(ts))
 		}
 	case schema.Binary:
 		if n.kind != jString {
@@ -586,7 +631,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool) error {
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		if emit {
-			p.elem.(*array.BinaryBuilder).Append(c.b64)
+			p.elem.appendBinary(at, c.b64)
 		}
 	default:
 		return fmt.Errorf("%s: unknown scalar kind %d", path, p.node.Scalar)
@@ -632,81 +677,88 @@ func (c *converter) addPrimitiveExtension(v int32) {
 	c.pe = append(c.pe, c.compact.Bytes()...)
 }
 
-// derived appends a computed column of struct p whose member slots start at base.
-func (c *converter) derived(p, kp *plan, base int) {
-	sb := kp.elem.(*array.StringBuilder)
+// derived appends a computed column of struct p, whose member slots start at base, at entry index at. A null
+// appends nothing.
+func (c *converter) derived(p, kp *plan, base, at int) {
 	switch kp.node.Derived {
 	case schema.PrimitiveExtensions:
 		if len(c.pe) == 0 {
-			sb.AppendNull()
 			return
 		}
 		c.pe = append(c.pe, '}')
-		sb.BinaryBuilder.Append(c.pe)
+		kp.elem.appendBinary(at, c.pe)
 		c.pe = c.pe[:0]
 		return
 	case schema.ReferenceType, schema.ReferenceID:
-		var ref, typ string
+		var ref, typ []byte
 		if p.ref >= 0 {
-			ref = c.slotString(base + p.ref)
+			ref = c.slotText(base+p.ref, &c.refText)
 		}
 		if p.refType >= 0 {
-			typ = c.slotString(base + p.refType)
+			typ = c.slotText(base+p.refType, &c.typeText)
 		}
 		rt, id := parseReference(ref, typ, c.isType)
 		val := rt
 		if kp.node.Derived == schema.ReferenceID {
 			val = id
 		}
-		if val == "" {
-			sb.AppendNull()
-		} else {
-			sb.Append(val)
+		if len(val) > 0 {
+			kp.elem.appendBinary(at, val)
 		}
-		return
 	}
-	sb.AppendNull()
 }
 
-func (c *converter) slotString(i int) string {
+// slotText returns the text of the string held in slot i, or nil; an escaped string is unescaped into *scratch,
+// so that two slots can be held at once.
+func (c *converter) slotText(i int, scratch *[]byte) []byte {
 	v := c.slots[i].v
 	if v < 0 || c.tree.nodes[v].kind != jString {
-		return ""
+		return nil
 	}
 	s, err := c.tree.text(v)
 	if err != nil {
-		return ""
+		return nil
 	}
-	return string(s)
+	if c.tree.nodes[v].escaped {
+		*scratch = append((*scratch)[:0], s...)
+		return *scratch
+	}
+	return s
 }
 
 // parseReference derives the resource type and logical id a Reference.reference points at, for joins:
 // "Type/id", "Type/id/_history/v" and absolute URLs ending so give (Type, id) when Type is an R4 resource type;
 // "urn:uuid:X" and "urn:oid:X" give id X and the Reference's type element; "#frag" gives id frag and no type.
 // Anything else (conditional references, unknown types) gives "", "".
-func parseReference(ref, typeElem string, isType func(string) bool) (typ, id string) {
+func parseReference(ref, typeElem []byte, isType func([]byte) bool) (typ, id []byte) {
 	switch {
-	case ref == "":
-		return "", ""
+	case len(ref) == 0:
+		return nil, nil
 	case ref[0] == '#':
-		return "", ref[1:]
-	case strings.HasPrefix(ref, "urn:uuid:"):
+		return nil, ref[1:]
+	case bytes.HasPrefix(ref, []byte("urn:uuid:")):
 		return typeElem, ref[len("urn:uuid:"):]
-	case strings.HasPrefix(ref, "urn:oid:"):
+	case bytes.HasPrefix(ref, []byte("urn:oid:")):
 		return typeElem, ref[len("urn:oid:"):]
+	case bytes.ContainsAny(ref, "?#"):
+		return nil, nil
 	}
-	if strings.ContainsAny(ref, "?#") {
-		return "", ""
+	s := ref
+	// Drop a trailing _history/v when at least Type/id comes before it.
+	if i := bytes.LastIndexByte(s, '/'); i >= 0 {
+		if j := bytes.LastIndexByte(s[:i], '/'); j >= 0 && string(s[j+1:i]) == "_history" && bytes.IndexByte(s[:j], '/') >= 0 {
+			s = s[:j]
+		}
 	}
-	segs := strings.Split(ref, "/")
-	n := len(segs)
-	if n >= 4 && segs[n-2] == "_history" {
-		segs, n = segs[:n-2], n-2
+	i := bytes.LastIndexByte(s, '/')
+	if i < 0 || i == len(s)-1 {
+		return nil, nil
 	}
-	if n < 2 || segs[n-1] == "" || !isType(segs[n-2]) {
-		return "", ""
+	t := s[bytes.LastIndexByte(s[:i], '/')+1 : i]
+	if !isType(t) {
+		return nil, nil
 	}
-	return segs[n-2], segs[n-1]
+	return t, s[i+1:]
 }
 
 func parseInteger(raw []byte) (int64, error) {

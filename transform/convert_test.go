@@ -63,7 +63,8 @@ func TestParseReference(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			gotType, gotID := parseReference(tt.ref, tt.typeElem, isR4Type)
+			typ, id := parseReference([]byte(tt.ref), []byte(tt.typeElem), func(b []byte) bool { return isR4Type(string(b)) })
+			gotType, gotID := string(typ), string(id)
 			if gotType != tt.wantType || gotID != tt.wantID {
 				t.Errorf("parseReference(%q, %q) = %q, %q; want %q, %q", tt.ref, tt.typeElem, gotType, gotID, tt.wantType, tt.wantID)
 			}
@@ -212,7 +213,7 @@ func TestJTree(t *testing.T) {
 	}
 }
 
-// newTestTable binds a record builder for typ the way a Worker does, for tests that call the converter directly
+// newTestTable binds the columns of typ the way a Worker does, for tests that call the converter directly
 // (without the Validator).
 func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *table) {
 	t.Helper()
@@ -221,14 +222,13 @@ func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *
 	if !ok {
 		t.Fatalf("no resource %s", typ)
 	}
-	rb := array.NewRecordBuilder(mem, res.Schema)
-	t.Cleanup(rb.Release)
-	p, err := newRootPlan(res, rb)
+	p, err := newRootPlan(res, mem)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &converter{isType: func(s string) bool { _, ok := reg.Resource(s); return ok }}
-	return c, &table{res: res, rb: rb, plan: p}
+	t.Cleanup(p.release)
+	c := &converter{isType: typeSet(reg)}
+	return c, &table{res: res, plan: p}
 }
 
 // TestConvertAtomic feeds shapes the Validator would reject straight to the converter: each must fail naming the
@@ -252,13 +252,12 @@ func TestConvertAtomic(t *testing.T) {
 		{name: "bad base64", line: `{"resourceType":"Patient","photo":[{"data":"Secret$Value"}]}`, wantPath: "Patient.photo.data"},
 		{name: "malformed", line: `{"resourceType":"Patient","id":"SecretValue"`, wantPath: "Patient"},
 	}
-	if err := c.convert(tab.plan, []byte(good)); err != nil {
+	if err := c.convert(tab, []byte(good)); err != nil {
 		t.Fatalf("convert good line: %v", err)
 	}
-	tab.rows++
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := c.convert(tab.plan, []byte(tt.line))
+			err := c.convert(tab, []byte(tt.line))
 			if err == nil {
 				t.Fatal("convert: no error")
 			}
@@ -273,11 +272,10 @@ func TestConvertAtomic(t *testing.T) {
 			}
 		})
 	}
-	if err := c.convert(tab.plan, []byte(good)); err != nil {
+	if err := c.convert(tab, []byte(good)); err != nil {
 		t.Fatalf("convert good line after failures: %v", err)
 	}
-	tab.rows++
-	rec := tab.rb.NewRecord()
+	rec := tab.record(mem)
 	defer rec.Release()
 	if rec.NumRows() != 2 {
 		t.Fatalf("record has %d rows, want 2", rec.NumRows())
@@ -311,10 +309,10 @@ func TestConvertValues(t *testing.T) {
 		`"component":[{"code":{"text":"a"},"valueString":"x","_valueString":{"id":"v"}},{"code":{"text":"b"},"valueInteger":3}],` +
 		`"extension":[{"url":"http://x/y","valueDecimal":1.000}],` +
 		`"contained":[{"resourceType":"Patient","id":"c1","birthDate":"2000"}]}`
-	if err := c.convert(tab.plan, []byte(line)); err != nil {
+	if err := c.convert(tab, []byte(line)); err != nil {
 		t.Fatalf("convert: %v", err)
 	}
-	rec := tab.rb.NewRecord()
+	rec := tab.record(mem)
 	defer rec.Release()
 	got, err := rowJSON(tab.res, rec, 0)
 	if err != nil {
@@ -397,10 +395,10 @@ func TestConvertPrimitiveArrays(t *testing.T) {
 	c, tab := newTestTable(t, mem, "Patient")
 	line := `{"resourceType":"Patient","birthDate":"1974","_birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},` +
 		`"name":[{"family":"A"},{"given":[null,"Jim"],"_given":[{"extension":[{"url":"v","valueCode":"x"}]},null]}]}`
-	if err := c.convert(tab.plan, []byte(line)); err != nil {
+	if err := c.convert(tab, []byte(line)); err != nil {
 		t.Fatalf("convert: %v", err)
 	}
-	rec := tab.rb.NewRecord()
+	rec := tab.record(mem)
 	defer rec.Release()
 	pe := rec.Column(len(rec.Columns()) - 1).(*array.String).Value(0)
 	want := `{"birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},"name[1].given[0]":{"extension":[{"url":"v","valueCode":"x"}]}}`
@@ -471,10 +469,9 @@ func BenchmarkConvert(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := w.conv.convert(tab.plan, l); err != nil {
+			if err := w.conv.convert(tab, l); err != nil {
 				b.Fatal(err)
 			}
-			tab.rows++
 		}
 		if w.Pending() >= DefaultBatchRows {
 			recs, err := w.Flush(0)
@@ -548,9 +545,7 @@ func FuzzConvert(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := w.conv.convert(tab.plan, line); err == nil {
-				tab.rows++
-			}
+			_ = w.conv.convert(tab, line) // counts the row when it converts
 			if tab.rowsMisaligned() {
 				t.Fatalf("%s: columns misaligned after convert", typ)
 			}
@@ -590,10 +585,9 @@ func TestConvertEveryType(t *testing.T) {
 			line += `,"extension":[{"url":"u","valueString":"s"}]`
 		}
 		line += "}"
-		if err := w.conv.convert(tab.plan, []byte(line)); err != nil {
+		if err := w.conv.convert(tab, []byte(line)); err != nil {
 			t.Fatalf("%s: %v", typ, err)
 		}
-		tab.rows++
 	}
 	recs, err := w.Flush(0)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
-	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/fhirlake/fhirlake/schema"
 )
@@ -69,10 +68,9 @@ type Worker struct {
 // table is the pending batch of one resource type.
 type table struct {
 	res    *schema.Resource
-	rb     *array.RecordBuilder
 	plan   *plan
 	rows   int
-	broken error // set when a row failed after its check pass: the builders may be misaligned
+	broken error // set when a row failed after its check pass: the columns may be misaligned
 }
 
 // NewWorker returns a Worker converting into the schemas of reg.
@@ -110,7 +108,7 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 	default:
 		return nil, fmt.Errorf("new worker: unknown validator %q (want %s or %s)", opts.Validator, ValidatorReference, ValidatorFast)
 	}
-	w.conv.isType = func(t string) bool { _, ok := reg.Resource(t); return ok }
+	w.conv.isType = typeSet(reg)
 	return w, nil
 }
 
@@ -156,14 +154,13 @@ func (w *Worker) Append(line []byte, r Result) error {
 	if t.broken != nil {
 		return t.broken
 	}
-	if err := w.conv.convert(t.plan, line); err != nil {
+	if err := w.conv.convert(t, line); err != nil {
 		err = fmt.Errorf("convert %s: %w", r.ResourceType, err)
 		if t.rowsMisaligned() {
 			t.broken = err
 		}
 		return err
 	}
-	t.rows++
 	return nil
 }
 
@@ -175,25 +172,23 @@ func (w *Worker) table(typ string) (*table, error) {
 	if !ok {
 		return nil, fmt.Errorf("convert %s: the validator accepted a type the schema registry does not know", typ)
 	}
-	rb := array.NewRecordBuilder(w.alloc, res.Schema)
-	p, err := newRootPlan(res, rb)
+	p, err := newRootPlan(res, w.alloc)
 	if err != nil {
-		rb.Release()
-		return nil, fmt.Errorf("convert %s: bind builders: %w", typ, err)
+		return nil, fmt.Errorf("convert %s: bind columns: %w", typ, err)
 	}
-	t := &table{res: res, rb: rb, plan: p}
+	t := &table{res: res, plan: p}
 	w.tables[typ] = t
 	return t, nil
 }
 
-// rowsMisaligned reports whether a column holds more or fewer values than the table has rows.
-func (t *table) rowsMisaligned() bool {
-	for _, f := range t.rb.Fields() {
-		if f.Len() != t.rows {
-			return true
-		}
-	}
-	return false
+// rowsMisaligned reports whether a column holds values past the table's rows: a row that failed half-way.
+func (t *table) rowsMisaligned() bool { return t.plan.materialised(t.rows) }
+
+// record returns the pending rows as a record and starts a new batch.
+func (t *table) record(mem memory.Allocator) arrow.Record {
+	rec := t.plan.record(t.res.Schema, t.rows, mem)
+	t.rows = 0
+	return rec
 }
 
 // ValidatorStats returns how many lines the fast validator found valid on its own and how many it handed to the
@@ -248,8 +243,7 @@ func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
 			}
 			return nil, fmt.Errorf("flush %s: columns do not hold %d rows", typ, t.rows)
 		}
-		recs = append(recs, t.rb.NewRecord())
-		t.rows = 0
+		recs = append(recs, t.record(w.alloc))
 	}
 	return recs, nil
 }
@@ -257,9 +251,18 @@ func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
 // Release frees the pending batches. The Worker must not be used afterwards.
 func (w *Worker) Release() {
 	for typ, t := range w.tables {
-		t.rb.Release()
+		t.plan.release()
 		delete(w.tables, typ)
 	}
+}
+
+// typeSet returns whether a name is a resource type of reg, without allocating.
+func typeSet(reg *schema.Registry) func([]byte) bool {
+	types := make(map[string]bool)
+	for _, t := range reg.Types() {
+		types[t] = true
+	}
+	return func(name []byte) bool { return types[string(name)] }
 }
 
 // countingAllocator counts the bytes held through it. Records flushed by a Worker may be released on other

@@ -1,0 +1,325 @@
+package transform
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/arrow/memory"
+)
+
+// This file builds the Arrow arrays of a batch. It replaces Arrow's builders for one reason: FHIR tables are wide
+// (ExplanationOfBenefit has 2,641 leaf columns, Observation 1,068) and sparse, and a builder needs a null appended
+// to every absent column of every row, which made null bookkeeping most of the conversion time. A col is built
+// lazily instead: it only materialises the entries up to the last value appended to it, and pads the rest with
+// nulls when a later value or the batch's end needs them (pad writes zero bits and repeats an offset, nothing per
+// entry for fixed-width values). A column without any value in a batch costs nothing at all: at the batch's end
+// it becomes an all-null array over one zeroed buffer shared by every such column of the flush.
+//
+// Buffers come from the Worker's allocator, so Worker.Bytes counts them and the records they end up in release
+// them; freshly grown memory is cleared, since padding relies on zeroed validity bits and values.
+
+// colKind is the physical layout of a col.
+type colKind uint8
+
+const (
+	colStruct colKind = iota // validity; kids are the fields
+	colList                  // validity, int32 offsets; kids[0] is the element
+	colBinary                // validity, int32 offsets, data: string and binary
+	colBool                  // validity, value bits
+	colFixed8                // validity, 8-byte values: int64, float64, timestamp
+)
+
+// col is one Arrow array under construction. Entries [0, n) are materialised; a parent that is longer treats the
+// rest as null. Offsets (colBinary, colList) hold n+1 entries once n > 0.
+type col struct {
+	kind  colKind
+	typ   arrow.DataType
+	mem   memory.Allocator
+	n     int // entries materialised
+	valid int // of which not null
+	bits  gbuf
+	vals  gbuf // colFixed8 values, colBool value bits, colBinary data
+	offs  gbuf
+	kids  []*col
+}
+
+// newCol returns the col tree for an Arrow type the schema package produces.
+func newCol(t arrow.DataType, mem memory.Allocator) (*col, error) {
+	c := &col{typ: t, mem: mem}
+	switch t := t.(type) {
+	case *arrow.StructType:
+		c.kind = colStruct
+		for _, f := range t.Fields() {
+			k, err := newCol(f.Type, mem)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", f.Name, err)
+			}
+			c.kids = append(c.kids, k)
+		}
+	case *arrow.ListType:
+		c.kind = colList
+		k, err := newCol(t.Elem(), mem)
+		if err != nil {
+			return nil, err
+		}
+		c.kids = []*col{k}
+	case *arrow.StringType, *arrow.BinaryType:
+		c.kind = colBinary
+	case *arrow.BooleanType:
+		c.kind = colBool
+	case *arrow.Int64Type, *arrow.Float64Type, *arrow.TimestampType:
+		c.kind = colFixed8
+	default:
+		return nil, fmt.Errorf("no column layout for Arrow type %s", t)
+	}
+	return c, nil
+}
+
+// gbuf is a growable buffer from an allocator; only its capacity is tracked, the col knows how much is used.
+type gbuf struct {
+	buf  *memory.Buffer
+	b    []byte // buf.Buf(): the whole capacity, zeroed where unused
+	hint int    // size the buffer reached in the last batch: the first reservation of the next one
+}
+
+// ensure makes at least size bytes available. Bitmaps and offsets are zeroed past what was written (pad relies on
+// it); values and string data are not (a null's value slot is undefined in Arrow, and the Go allocator zeroes
+// anyway).
+func (g *gbuf) ensure(mem memory.Allocator, size int) { g.grow(mem, size, true) }
+
+func (g *gbuf) ensureData(mem memory.Allocator, size int) { g.grow(mem, size, false) }
+
+func (g *gbuf) grow(mem memory.Allocator, size int, zero bool) {
+	if size <= len(g.b) {
+		return
+	}
+	if g.buf == nil {
+		g.buf = memory.NewResizableBuffer(mem)
+	}
+	old := len(g.b)
+	g.buf.Reserve(max(size, 2*old, g.hint, 64))
+	g.b = g.buf.Buf()
+	if zero {
+		clear(g.b[old:])
+	}
+}
+
+// take hands the first size bytes over as a buffer (the caller owns the reference) and starts afresh.
+func (g *gbuf) take(size int, z *zeros) *memory.Buffer {
+	if g.buf == nil {
+		return z.buffer(size)
+	}
+	b := g.buf
+	b.ResizeNoShrink(size)
+	g.hint = max(size, 64)
+	g.buf, g.b = nil, nil
+	return b
+}
+
+func (g *gbuf) release() {
+	if g.buf != nil {
+		g.buf.Release()
+		g.buf, g.b = nil, nil
+	}
+}
+
+func bitBytes(n int) int { return (n + 7) / 8 }
+
+func (c *col) offset(i int) int32 { return int32(binary.LittleEndian.Uint32(c.offs.b[4*i:])) }
+
+func (c *col) setOffset(i int, v int32) { binary.LittleEndian.PutUint32(c.offs.b[4*i:], uint32(v)) }
+
+// pad materialises null entries up to index i (exclusive).
+func (c *col) pad(i int) {
+	if c.n >= i {
+		return
+	}
+	c.bits.ensure(c.mem, bitBytes(i))
+	switch c.kind {
+	case colBinary, colList:
+		c.offs.ensure(c.mem, 4*(i+1))
+		if last := c.offset(c.n); last != 0 {
+			for j := c.n + 1; j <= i; j++ {
+				c.setOffset(j, last)
+			}
+		}
+	case colFixed8:
+		c.vals.ensureData(c.mem, 8*i)
+	case colBool:
+		c.vals.ensure(c.mem, bitBytes(i))
+	}
+	c.n = i
+}
+
+// markValid materialises entry i (after padding) as not null.
+func (c *col) markValid(i int) {
+	c.pad(i)
+	c.bits.ensure(c.mem, bitBytes(i+1))
+	c.bits.b[i>>3] |= 1 << (i & 7)
+	c.n = i + 1
+	c.valid++
+}
+
+// setStruct marks struct entry i present; its fields are appended at index i.
+func (c *col) setStruct(i int) { c.markValid(i) }
+
+func (c *col) appendBinary(i int, s []byte) {
+	c.pad(i)
+	c.offs.ensure(c.mem, 4*(i+2))
+	start := int(c.offset(i))
+	end := start + len(s)
+	if end > math.MaxInt32 {
+		// Cannot happen for a batch bounded by BatchBytes; keep the layout valid rather than wrap around.
+		s, end = nil, start
+	}
+	c.vals.ensureData(c.mem, end)
+	copy(c.vals.b[start:], s)
+	c.setOffset(i+1, int32(end))
+	c.markValid(i)
+}
+
+func (c *col) appendFixed8(i int, v uint64) {
+	c.pad(i)
+	c.vals.ensureData(c.mem, 8*(i+1))
+	binary.LittleEndian.PutUint64(c.vals.b[8*i:], v)
+	c.markValid(i)
+}
+
+func (c *col) appendBool(i int, v bool) {
+	c.pad(i)
+	c.vals.ensure(c.mem, bitBytes(i+1))
+	if v {
+		c.vals.b[i>>3] |= 1 << (i & 7)
+	}
+	c.markValid(i)
+}
+
+// beginList materialises list entry i as present and returns the index its first element takes in the element
+// col. The entry is provisional (empty) until endList gives its length, so that a failure in between is visible
+// as a materialised entry (Worker's misalignment check) rather than hidden.
+func (c *col) beginList(i int) int {
+	c.pad(i)
+	c.offs.ensure(c.mem, 4*(i+2))
+	start := c.offset(i)
+	c.setOffset(i+1, start)
+	c.markValid(i)
+	return int(start)
+}
+
+// endList closes list entry i at element index end (exclusive).
+func (c *col) endList(i, end int) { c.setOffset(i+1, int32(end)) }
+
+// finish returns the col's first length entries as Arrow data (the caller releases it) and starts a new batch.
+func (c *col) finish(length int, z *zeros) arrow.ArrayData {
+	if c.n == 0 {
+		return z.nulls(c.typ, length)
+	}
+	c.pad(length)
+	validity := c.bits.take(bitBytes(length), z)
+	var buffers []*memory.Buffer
+	var children []arrow.ArrayData
+	switch c.kind {
+	case colStruct:
+		buffers = []*memory.Buffer{validity}
+		for _, k := range c.kids {
+			children = append(children, k.finish(length, z))
+		}
+	case colList:
+		end := int(c.offset(length))
+		buffers = []*memory.Buffer{validity, c.offs.take(4*(length+1), z)}
+		children = []arrow.ArrayData{c.kids[0].finish(end, z)}
+	case colBinary:
+		end := int(c.offset(length))
+		buffers = []*memory.Buffer{validity, c.offs.take(4*(length+1), z), c.vals.take(end, z)}
+	case colBool:
+		buffers = []*memory.Buffer{validity, c.vals.take(bitBytes(length), z)}
+	case colFixed8:
+		buffers = []*memory.Buffer{validity, c.vals.take(8*length, z)}
+	}
+	d := array.NewData(c.typ, length, buffers, children, length-c.valid, 0)
+	for _, b := range buffers {
+		b.Release()
+	}
+	for _, ch := range children {
+		ch.Release()
+	}
+	c.n, c.valid = 0, 0
+	c.offs.release() // not taken by the kinds without offsets
+	c.vals.release()
+	return d
+}
+
+// release frees what the col holds.
+func (c *col) release() {
+	c.bits.release()
+	c.vals.release()
+	c.offs.release()
+	c.n, c.valid = 0, 0
+	for _, k := range c.kids {
+		k.release()
+	}
+}
+
+// materialised reports whether the col holds entries past index n: a row that failed half-way left values.
+func (c *col) materialised(n int) bool { return c.n > n }
+
+// zeros is one zeroed buffer shared by the all-null arrays (and the empty buffers) of one flush.
+type zeros struct {
+	mem memory.Allocator
+	buf *memory.Buffer
+}
+
+// buffer returns a reference to size zero bytes.
+func (z *zeros) buffer(size int) *memory.Buffer {
+	if z.buf == nil || z.buf.Len() < size {
+		if z.buf != nil {
+			z.buf.Release()
+		}
+		z.buf = memory.NewResizableBuffer(z.mem)
+		z.buf.Resize(max(size, 64))
+		clear(z.buf.Bytes())
+	}
+	s := memory.SliceBuffer(z.buf, 0, size) // retains z.buf until released
+	return s
+}
+
+// nulls returns an array of length nulls of type t.
+func (z *zeros) nulls(t arrow.DataType, length int) arrow.ArrayData {
+	var buffers []*memory.Buffer
+	var children []arrow.ArrayData
+	validity := z.buffer(bitBytes(length))
+	switch t := t.(type) {
+	case *arrow.StructType:
+		buffers = []*memory.Buffer{validity}
+		for _, f := range t.Fields() {
+			children = append(children, z.nulls(f.Type, length))
+		}
+	case *arrow.ListType:
+		buffers = []*memory.Buffer{validity, z.buffer(4 * (length + 1))}
+		children = []arrow.ArrayData{z.nulls(t.Elem(), 0)}
+	case *arrow.StringType, *arrow.BinaryType:
+		buffers = []*memory.Buffer{validity, z.buffer(4 * (length + 1)), z.buffer(0)}
+	case *arrow.BooleanType:
+		buffers = []*memory.Buffer{validity, z.buffer(bitBytes(length))}
+	default: // the 8-byte kinds: newCol accepted nothing else
+		buffers = []*memory.Buffer{validity, z.buffer(8 * length)}
+	}
+	d := array.NewData(t, length, buffers, children, length, 0)
+	for _, b := range buffers {
+		b.Release()
+	}
+	for _, ch := range children {
+		ch.Release()
+	}
+	return d
+}
+
+func (z *zeros) release() {
+	if z.buf != nil {
+		z.buf.Release()
+		z.buf = nil
+	}
+}
