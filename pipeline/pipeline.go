@@ -82,6 +82,51 @@ type Options struct {
 	Progress      func(Progress)
 	ProgressEvery time.Duration
 	Now           func() time.Time // zero: time.Now
+
+	// Timings, when set, accumulates where the run's goroutines spent their time (fhirlake bench reads it).
+	Timings *Timings
+}
+
+// Timings is the time a run's goroutines spent per phase, summed over goroutines, so a phase running on two
+// goroutines for a second counts two seconds. Its fields are updated atomically while the run goes.
+type Timings struct {
+	// Read is reading lines: fetching and decompressing objects and cutting them into lines, without the time a
+	// reader waits for a decoder to take its batch.
+	Read atomic.Int64
+	// Validate is deciding each line's verdict (transform.Worker.Validate).
+	Validate atomic.Int64
+	// Build is converting valid lines into Arrow builders and cutting record batches (Append, Flush).
+	Build atomic.Int64
+	// Write is encoding record batches into Parquet and uploading them (sinks.Table Write and Close), and
+	// quarantining rejected lines.
+	Write atomic.Int64
+}
+
+type phase int
+
+const (
+	phaseRead phase = iota
+	phaseValidate
+	phaseBuild
+	phaseWrite
+)
+
+// add adds the time elapsed since from to phase p; a nil Timings ignores it.
+func (t *Timings) add(p phase, from time.Time) {
+	if t == nil {
+		return
+	}
+	d := int64(time.Since(from))
+	switch p {
+	case phaseRead:
+		t.Read.Add(d)
+	case phaseValidate:
+		t.Validate.Add(d)
+	case phaseBuild:
+		t.Build.Add(d)
+	case phaseWrite:
+		t.Write.Add(d)
+	}
 }
 
 // Progress is a snapshot of a running conversion. It holds counts only, never content.
@@ -98,7 +143,7 @@ const (
 	// A batch of lines handed from a reader to a decoding worker. Small batches keep the hand-off cheap,
 	// bounded ones keep memory bounded: at most cap(work)+Workers batches are alive at once.
 	batchLines = 256
-	batchBytes = 4 << 20
+	batchBytes = 1 << 20
 )
 
 // Run converts every object of src into dst and publishes the manifest last. It returns the manifest it published.
@@ -209,6 +254,7 @@ type run struct {
 	inputs  []sinks.Input
 	links   *sinks.Table // the patient-link table
 	seen    *keySet      // resource versions written from per-Patient objects
+	bufs    sync.Pool    // *[]byte of batchBytes capacity: the line buffers of batches, reused
 
 	blockIssues      []sinks.BlockIssue
 	blockIssuesTotal int64
@@ -227,6 +273,7 @@ type batch struct {
 	key        string
 	perPatient bool // the object is read in Patient blocks: deduplicate, and link lines in a block
 	lines      []line
+	buf        []byte // holds the lines' bytes; back to run.bufs once the batch is decoded
 }
 
 type line struct {
@@ -268,6 +315,9 @@ func (r *run) convert(ctx context.Context, objects []reader.Object, started time
 }
 
 func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<- batch) error {
+	began := time.Now()
+	var waited time.Duration // blocked on handing batches over
+	defer func() { r.opts.Timings.add(phaseRead, began.Add(waited)) }()
 	sc, closer, err := reader.Open(ctx, r.src.Bucket, o.Key, reader.Options{MaxLineBytes: r.opts.MaxLineBytes})
 	if err != nil {
 		return fmt.Errorf("open %s: %w", o.Key, err)
@@ -287,11 +337,14 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 			return nil
 		}
 		b.perPatient = bs.Layout() == reader.LayoutPatient
+		b.buf = buf
+		t := time.Now()
 		select {
 		case work <- b:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		waited += time.Since(t)
 		b = batch{key: o.Key}
 		buf = nil
 		return nil
@@ -300,12 +353,12 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 		l := bs.Line()
 		last = l.Number
 		if buf == nil {
-			buf = make([]byte, 0, max(batchBytes, len(l.Bytes)))
+			buf = r.lineBuffer(len(l.Bytes))
 		} else if len(buf)+len(l.Bytes) > cap(buf) {
 			if err := send(); err != nil {
 				return err
 			}
-			buf = make([]byte, 0, max(batchBytes, len(l.Bytes)))
+			buf = r.lineBuffer(len(l.Bytes))
 		}
 		start := len(buf)
 		buf = append(buf, l.Bytes...)
@@ -349,6 +402,26 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 	r.bytesRead.Add(o.Size)
 	r.objectsDone.Add(1)
 	return nil
+}
+
+// lineBuffer returns an empty buffer for a batch whose first line has n bytes: a reused one of batchBytes when
+// the line fits.
+func (r *run) lineBuffer(n int) []byte {
+	if n > batchBytes {
+		return make([]byte, 0, n)
+	}
+	if p, ok := r.bufs.Get().(*[]byte); ok {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, batchBytes)
+}
+
+// recycle hands a decoded batch's buffer back for reuse; nothing may refer to its lines any more.
+func (r *run) recycle(b batch) {
+	if cap(b.buf) == batchBytes {
+		buf := b.buf[:0]
+		r.bufs.Put(&buf)
+	}
 }
 
 // damageOf tells a read error that is the object's own content from a failure to read it. A gzip stream with a bad
@@ -407,6 +480,7 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 				return err
 			}
 		}
+		r.recycle(b)
 		// A full batch of one type, or too much memory held over all types: hand everything to the sinks.
 		if w.Full() {
 			if err := r.flush(ctx, w, 0); err != nil {
@@ -436,7 +510,9 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 		}
 		return r.rejectStreamed(ctx, key, l, rej)
 	}
+	t := time.Now()
 	res := w.Validate(l.bytes)
+	r.opts.Timings.add(phaseValidate, t)
 	if res.Valid {
 		st := statsFor(local, res.ResourceType)
 		st.valid++
@@ -444,8 +520,13 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 		// first; a resource without an id cannot be told apart and is always written.
 		if b.perPatient && res.ID != "" && !r.seen.add(res.ResourceType, res.ID, res.Version) {
 			st.duplicates++
-		} else if err := w.Append(l.bytes, res); err != nil {
-			return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
+		} else {
+			t := time.Now()
+			err := w.Append(l.bytes, res)
+			r.opts.Timings.add(phaseBuild, t)
+			if err != nil {
+				return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
+			}
 		}
 		if b.perPatient && l.block > 0 && res.ID != "" {
 			st.links++
@@ -466,6 +547,8 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 	for i, is := range res.Issues {
 		rej.Issues[i] = sinks.Issue{Path: is.Path, Code: is.Code, Detail: is.Detail}
 	}
+	t = time.Now()
+	defer r.opts.Timings.add(phaseWrite, t)
 	if err := r.rejects.Write(ctx, rej, nil); err != nil {
 		return fmt.Errorf("quarantine %s line %d: %w", key, l.number, err)
 	}
@@ -494,10 +577,13 @@ func (r *run) maxLineBytes() int {
 }
 
 func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error {
+	t := time.Now()
 	recs, err := w.Flush(minRows)
+	r.opts.Timings.add(phaseBuild, t)
 	if err != nil {
 		return fmt.Errorf("build record batches: %w", err)
 	}
+	defer r.opts.Timings.add(phaseWrite, time.Now())
 	defer func() {
 		for _, rec := range recs {
 			rec.Release()
@@ -602,6 +688,7 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		return rs
 	}
 	keep := map[string]bool{}
+	closing := time.Now()
 	var closeErr error
 	for _, typ := range slices.Sorted(maps.Keys(r.tables)) {
 		files, err := r.tables[typ].Close(ctx)
@@ -624,6 +711,7 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	if err != nil {
 		closeErr = errors.Join(closeErr, fmt.Errorf("close rejects: %w", err))
 	}
+	r.opts.Timings.add(phaseWrite, closing)
 	if closeErr != nil {
 		r.abort()
 		return nil, closeErr
