@@ -8,6 +8,7 @@
 //	fhirlake worker --subscription S            a Pub/Sub pull worker
 //	fhirlake serve --addr :8080                 a Pub/Sub push endpoint
 //	fhirlake demo [--out DIR]                   the whole path on in-process fakes
+//	fhirlake bench [--in DIR] [--repeat N]      speed and memory of both validators, side by side
 package main
 
 import (
@@ -34,6 +35,7 @@ commands:
   run       do the run one message asks for (--message JSON|@file)
   worker    pull messages from a Pub/Sub subscription and do their runs
   serve     receive Pub/Sub push messages over HTTP and do their runs
+  bench     measure conversion speed and memory of both validators (--in DIR --repeat N)
 
 Run 'fhirlake <command> -h' for the flags of a command.
 `
@@ -55,6 +57,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return serveCmd(ctx, args[1:], getenv, stderr)
 	case "demo":
 		return demoCmd(ctx, args[1:], getenv, stdout, stderr)
+	case "bench":
+		return benchCmd(ctx, args[1:], getenv, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
