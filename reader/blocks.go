@@ -91,11 +91,11 @@ type BlockScanner struct {
 	block        int64
 	patient      string
 	pos          int64
-	headerAt     Line  // the header line (Number, Offset; Bytes not kept)
-	headerOpen   bool  // the current block was opened by a header
-	headerSeen   bool  // the header's Patient line was found in its block
-	last         Line  // the last data line (Bytes not kept)
-	lastComplete bool  // the last line, when unterminated, is a complete JSON object
+	headerAt     Line // the header line (Number, Offset; Bytes not kept)
+	headerOpen   bool // the current block was opened by a header
+	headerSeen   bool // the header's Patient line was found in its block
+	last         Line // the last data line (Bytes not kept)
+	lastComplete bool // the last line, when unterminated, is a complete JSON object
 
 	issues      []BlockIssue
 	issuesTotal int64
