@@ -299,7 +299,10 @@ func mergeTasks(ctx context.Context, dst Sink, plan *Plan, hash string, recs []*
 // Its cost: reading every task's key files (16 bytes per row written from per-Patient objects), and reading and
 // writing again the parts of the (task, type) pairs that hold a duplicate; in a per-Patient export those are the
 // shared types, a small part of the data. The rewritten parts' keys and bytes depend only on the records, so
-// concurrent merges write the same objects.
+// concurrent merges write the same objects, and each (task, type) rewritten is recorded (sinks.WriteRewritten)
+// before stale parts are removed, so that a merge after another takes the new parts instead of reading the removed
+// ones. (A merge that read an old part's list just before another merge removed it fails, and its retry finds the
+// run published.)
 func mergeDuplicates(ctx context.Context, dst Sink, plan *Plan, byTask []*sinks.TaskRecord, m *sinks.Manifest, opts Options) error {
 	types := map[string]bool{}
 	for _, r := range byTask {
@@ -354,12 +357,12 @@ func mergeDuplicates(ctx context.Context, dst Sink, plan *Plan, byTask []*sinks.
 				files = append(files, own...)
 				continue
 			}
-			rewritten, dropped, err := rewriteWithout(ctx, dst, typ, t, own, drop[t], opts)
+			rewritten, err := sinks.ReadRewritten(ctx, dst.Bucket, dst.Prefix, plan.RunID, t, typ)
+			if errors.Is(err, fs.ErrNotExist) {
+				rewritten, err = rewrite(ctx, dst, plan.RunID, typ, t, own, drop[t], opts)
+			}
 			if err != nil {
 				return err
-			}
-			if dropped != int64(len(drop[t])) {
-				return fmt.Errorf("merge %s duplicates of task %d: %d rows found of %d", typ, t, dropped, len(drop[t]))
 			}
 			files = append(files, rewritten...)
 		}
@@ -369,6 +372,22 @@ func mergeDuplicates(ctx context.Context, dst Sink, plan *Plan, byTask []*sinks.
 		m.Totals.Duplicates += dups
 	}
 	return nil
+}
+
+// rewrite writes task's parts of typ again without the rows of drop, and records the new parts before any of the
+// old ones is removed, so that a later merge finds them.
+func rewrite(ctx context.Context, dst Sink, runID, typ string, task int, files []sinks.File, drop map[sinks.Key]bool, opts Options) ([]sinks.File, error) {
+	rewritten, dropped, err := rewriteWithout(ctx, dst, typ, task, files, drop, opts)
+	if err != nil {
+		return nil, err
+	}
+	if dropped != int64(len(drop)) {
+		return nil, fmt.Errorf("merge %s duplicates of task %d: %d rows found of %d", typ, task, dropped, len(drop))
+	}
+	if err := sinks.WriteRewritten(ctx, dst.Bucket, dst.Prefix, runID, task, typ, rewritten); err != nil {
+		return nil, err
+	}
+	return rewritten, nil
 }
 
 // rewriteWithout copies the parts files of task's typ table into new parts without the rows whose key is in drop,

@@ -1,7 +1,9 @@
 package pipeline_test
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -187,6 +189,25 @@ func TestRunTasksPerPatient(t *testing.T) {
 	if rewritten == 0 {
 		t.Error("no part rewritten by the merge: the test does not cover duplicates across tasks")
 	}
+
+	// The merge is idempotent: unpublished and merged again (as a second task merging at once would), it writes
+	// the same objects, byte for byte.
+	before := snapshot(t, spread, "out/")
+	if err := sinks.Unpublish(ctx, spread, "out"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := pipeline.RunTask(ctx, src, pipeline.Sink{Bucket: spread, Prefix: "out"}, plan, 1,
+		pipeline.Options{Allocator: checked(t), Now: fixedClock(), Validator: "fast"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Resumed || res.Manifest == nil {
+		t.Fatalf("task run again: resumed %v, published %v", res.Resumed, res.Manifest != nil)
+	}
+	after := snapshot(t, spread, "out/")
+	if !maps.EqualFunc(before, after, bytes.Equal) {
+		t.Errorf("a second merge wrote other objects or bytes: %d objects before, %d after", len(before), len(after))
+	}
 	strip := func(ls []link) []link {
 		for i := range ls {
 			ls[i].Line = 0
@@ -226,4 +247,24 @@ func cmpLink(a, b link) int {
 		return 1
 	}
 	return int(a.Position - b.Position)
+}
+
+// snapshot is every object under prefix, by key.
+func snapshot(t *testing.T, b *blob.Bucket, prefix string) map[string][]byte {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string][]byte{}
+	it := b.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out[obj.Key], err = b.ReadAll(ctx, obj.Key); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

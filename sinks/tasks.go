@@ -200,3 +200,30 @@ func RecordsComplete(recs []*TaskRecord, tasks int, plan string) bool {
 	}
 	return n == tasks
 }
+
+// rewriteKey is where a merge records the parts it rewrote of one (task, type): a later merge (a retry, or a
+// second task merging) takes them from there, since the parts they replace may be gone.
+func rewriteKey(out, runID string, task int, typ string) string {
+	return runKey(out, runID, "tasks/"+strconv.Itoa(task)+".rewritten/"+typ+".json")
+}
+
+// WriteRewritten records the parts a merge wrote in place of task's parts of typ.
+func WriteRewritten(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string, files []File) error {
+	data, err := encodeJSON(files)
+	if err != nil {
+		return fmt.Errorf("encode rewritten %s parts of task %d: %w", typ, task, err)
+	}
+	if err := writeObject(ctx, b, rewriteKey(out, runID, task, typ), jsonType, data); err != nil {
+		return fmt.Errorf("record rewritten %s parts of task %d: %w", typ, task, err)
+	}
+	return nil
+}
+
+// ReadRewritten reads what WriteRewritten recorded. When there is nothing, the error wraps os.ErrNotExist.
+func ReadRewritten(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string) ([]File, error) {
+	var files []File
+	if err := readJSON(ctx, b, rewriteKey(out, runID, task, typ), &files); err != nil {
+		return nil, fmt.Errorf("read rewritten %s parts of task %d: %w", typ, task, err)
+	}
+	return files, nil
+}
