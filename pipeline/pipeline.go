@@ -8,6 +8,10 @@
 // meta.lastUpdated) written once however many blocks hold it (keySet), and every (block, resource) pair becomes a
 // row of the patient-link table OUT/_patient_links. Batches of lines carry their block, so the blocks of one
 // object are decoded in parallel like any other lines.
+//
+// A run can also be spread over the tasks of a Cloud Run job (plan.go, tasks.go): NewPlan cuts the objects into
+// byte-range splits assigned to tasks, RunTask converts one task's splits into parts of its own and a task record,
+// and the task that finds every record merges them and publishes.
 package pipeline
 
 import (

@@ -4,7 +4,8 @@
 // with Open and hands every Line to transform; a line over the size limit is reported as Oversize and can be copied
 // to quarantine with CopyLine without ever being held in memory. A BlockScanner reads per-Patient objects
 // (Group/$export?organizeOutputBy=Patient) as blocks, each line placed in its Patient's block, and reports a
-// malformed block structure. The reader knows nothing of FHIR beyond line and block boundaries (it peeks at a
+// malformed block structure. OpenSplit reads a byte range of an object (a Split) with a range read, so that one
+// object is spread over the tasks of a run: every line belongs to the split it starts in. The reader knows nothing of FHIR beyond line and block boundaries (it peeks at a
 // line's resourceType and a Patient's id, never decodes a resource), and trusts no object name.
 package reader
 
