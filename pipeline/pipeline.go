@@ -8,6 +8,10 @@
 // meta.lastUpdated) written once however many blocks hold it (keySet), and every (block, resource) pair becomes a
 // row of the patient-link table OUT/_patient_links. Batches of lines carry their block, so the blocks of one
 // object are decoded in parallel like any other lines.
+//
+// A run can also be spread over the tasks of a Cloud Run job (plan.go, tasks.go): NewPlan cuts the objects into
+// byte-range splits assigned to tasks, RunTask converts one task's splits into parts of its own and a task record,
+// and the task that finds every record merges them and publishes.
 package pipeline
 
 import (
@@ -259,6 +263,10 @@ type run struct {
 	blockIssues      []sinks.BlockIssue
 	blockIssuesTotal int64
 
+	// A task of a spread run (tasks.go): objects[i] is splits[i], and keys collects the dedupe keys it writes.
+	splits []reader.Split
+	keys   *taskKeys
+
 	bytesTotal  int64
 	bytesRead   atomic.Int64
 	objectsDone atomic.Int64
@@ -318,7 +326,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 	began := time.Now()
 	var waited time.Duration // blocked on handing batches over
 	defer func() { r.opts.Timings.add(phaseRead, began.Add(waited)) }()
-	sc, closer, err := reader.Open(ctx, r.src.Bucket, o.Key, reader.Options{MaxLineBytes: r.opts.MaxLineBytes})
+	sc, closer, err := r.open(ctx, i, o)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", o.Key, err)
 	}
@@ -395,7 +403,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 	r.mu.Lock()
 	r.inputs[i] = in
 	for _, is := range issues {
-		r.blockIssues = append(r.blockIssues, sinks.BlockIssue{Object: is.Key, Line: is.Line, Reason: is.Reason})
+		r.blockIssues = append(r.blockIssues, sinks.BlockIssue{Object: is.Key, Line: is.Line, Offset: is.Offset, Reason: is.Reason})
 	}
 	r.blockIssuesTotal += total
 	r.mu.Unlock()
@@ -502,7 +510,7 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 		r.rejected.Add(1)
 		statsFor(local, "").rejected++
 		rej := sinks.Reject{
-			Source: key, Line: l.number,
+			Source: key, Line: l.number, Offset: l.offset,
 			Issues: []sinks.Issue{{
 				Code:   "too-long",
 				Detail: fmt.Sprintf("line of %d bytes is over the %d-byte limit", l.length, r.maxLineBytes()),
@@ -527,6 +535,9 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 			if err != nil {
 				return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
 			}
+			if b.perPatient && res.ID != "" && r.keys != nil {
+				r.keys.add(res.ResourceType, res.ID, res.Version)
+			}
 		}
 		if b.perPatient && l.block > 0 && res.ID != "" {
 			st.links++
@@ -541,7 +552,7 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 	}
 	statsFor(local, typ).rejected++
 	rej := sinks.Reject{
-		Source: key, Line: l.number, ResourceType: res.ResourceType, Known: res.Known, ID: res.ID,
+		Source: key, Line: l.number, Offset: l.offset, ResourceType: res.ResourceType, Known: res.Known, ID: res.ID,
 		Issues: make([]sinks.Issue, len(res.Issues)), Raw: l.bytes,
 	}
 	for i, is := range res.Issues {
@@ -567,6 +578,15 @@ func (r *run) rejectStreamed(ctx context.Context, key string, l line, rej sinks.
 		return fmt.Errorf("quarantine %s line %d: %w", key, l.number, err)
 	}
 	return nil
+}
+
+// open opens input i: the whole object o, or in a task of a spread run its split.
+func (r *run) open(ctx context.Context, i int, o reader.Object) (*reader.Scanner, io.Closer, error) {
+	ropts := reader.Options{MaxLineBytes: r.opts.MaxLineBytes}
+	if r.splits != nil {
+		return reader.OpenSplit(ctx, r.src.Bucket, r.splits[i], ropts)
+	}
+	return reader.Open(ctx, r.src.Bucket, o.Key, ropts)
 }
 
 func (r *run) maxLineBytes() int {
@@ -670,6 +690,28 @@ func (r *run) abort() {
 
 // publish closes every sink, removes what an earlier run left behind, and writes the manifest last.
 func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, error) {
+	m, err := r.close(ctx, started)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkTotals(m); err != nil {
+		return nil, err
+	}
+	if _, err := sinks.RemoveStale(ctx, r.dst.Bucket, r.dst.Prefix, keepOf(m)); err != nil {
+		return nil, fmt.Errorf("remove stale output: %w", err)
+	}
+	m.Finished = r.opts.Now().UTC()
+	if r.opts.Annotate != nil {
+		r.opts.Annotate(m)
+	}
+	if err := sinks.WriteManifest(ctx, r.dst.Bucket, r.dst.Prefix, m); err != nil {
+		return nil, fmt.Errorf("publish manifest: %w", err)
+	}
+	return m, nil
+}
+
+// close closes every sink and returns what the run wrote and counted, as a manifest not yet written.
+func (r *run) close(ctx context.Context, started time.Time) (*sinks.Manifest, error) {
 	m := &sinks.Manifest{
 		FHIRVersion:   schema.FHIRVersion,
 		SchemaVersion: schema.Version,
@@ -687,7 +729,6 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		}
 		return rs
 	}
-	keep := map[string]bool{}
 	closing := time.Now()
 	var closeErr error
 	for _, typ := range slices.Sorted(maps.Keys(r.tables)) {
@@ -698,7 +739,6 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		}
 		rs := resource(typ)
 		for _, f := range files {
-			keep[f.Key] = true
 			rs.Rows += f.Rows
 			rs.Files = append(rs.Files, f)
 		}
@@ -716,12 +756,8 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 		r.abort()
 		return nil, closeErr
 	}
-	for _, f := range rejectFiles {
-		keep[f.Key] = true
-	}
 	m.Rejects = rejectFiles
 	for _, f := range linkFiles {
-		keep[f.Key] = true
 		m.Totals.Links += f.Rows
 	}
 	m.PatientLinks = linkFiles
@@ -729,7 +765,7 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	m.Totals.BlockIssues = r.blockIssuesTotal
 	sort.SliceStable(m.BlockIssues, func(i, j int) bool {
 		a, b := m.BlockIssues[i], m.BlockIssues[j]
-		return a.Object < b.Object || a.Object == b.Object && a.Line < b.Line
+		return a.Object < b.Object || a.Object == b.Object && (a.Line < b.Line || a.Line == b.Line && a.Offset < b.Offset)
 	})
 
 	for typ, s := range r.stats {
@@ -758,26 +794,37 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 			m.Totals.RejectedInputs++
 		}
 	}
+	return m, nil
+}
+
+// checkTotals checks that every line is counted once and every valid line written once.
+func checkTotals(m *sinks.Manifest) error {
 	if m.Totals.Lines != m.Totals.Valid+m.Totals.Rejected {
-		return nil, fmt.Errorf("lines do not add up: %d read, %d valid + %d rejected",
+		return fmt.Errorf("lines do not add up: %d read, %d valid + %d rejected",
 			m.Totals.Lines, m.Totals.Valid, m.Totals.Rejected)
 	}
 	if m.Totals.Rows != m.Totals.Valid-m.Totals.Duplicates {
-		return nil, fmt.Errorf("rows do not add up: %d written, %d valid - %d duplicates",
+		return fmt.Errorf("rows do not add up: %d written, %d valid - %d duplicates",
 			m.Totals.Rows, m.Totals.Valid, m.Totals.Duplicates)
 	}
+	return nil
+}
 
-	if _, err := sinks.RemoveStale(ctx, r.dst.Bucket, r.dst.Prefix, keep); err != nil {
-		return nil, fmt.Errorf("remove stale output: %w", err)
+// keepOf is the set of files m lists: tables, links and rejects, relative to the output.
+func keepOf(m *sinks.Manifest) map[string]bool {
+	keep := map[string]bool{}
+	for _, rs := range m.Resources {
+		for _, f := range rs.Files {
+			keep[f.Key] = true
+		}
 	}
-	m.Finished = r.opts.Now().UTC()
-	if r.opts.Annotate != nil {
-		r.opts.Annotate(m)
+	for _, f := range m.PatientLinks {
+		keep[f.Key] = true
 	}
-	if err := sinks.WriteManifest(ctx, r.dst.Bucket, r.dst.Prefix, m); err != nil {
-		return nil, fmt.Errorf("publish manifest: %w", err)
+	for _, f := range m.Rejects {
+		keep[f.Key] = true
 	}
-	return m, nil
+	return keep
 }
 
 func (r *run) reportProgress(ctx context.Context, total int, started time.Time) (stop func()) {

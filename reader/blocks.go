@@ -69,7 +69,8 @@ type BlockLine struct {
 // BlockIssue is a structural problem of a per-Patient object. Reason never holds content of the object.
 type BlockIssue struct {
 	Key    string
-	Line   int64
+	Line   int64 // 0 when unknown (a split past byte 0): Offset locates it
+	Offset int64
 	Reason string
 }
 
@@ -90,10 +91,11 @@ type BlockScanner struct {
 	block        int64
 	patient      string
 	pos          int64
-	headerLine   int64 // line of the header that opened the current block, 0 if none
-	headerSeen   bool  // the header's Patient line was found in its block
-	last         Line  // the last data line (Bytes not kept)
-	lastComplete bool  // the last line, when unterminated, is a complete JSON object
+	headerAt     Line // the header line (Number, Offset; Bytes not kept)
+	headerOpen   bool // the current block was opened by a header
+	headerSeen   bool // the header's Patient line was found in its block
+	last         Line // the last data line (Bytes not kept)
+	lastComplete bool // the last line, when unterminated, is a complete JSON object
 
 	issues      []BlockIssue
 	issuesTotal int64
@@ -212,30 +214,30 @@ func (b *BlockScanner) next(l Line) bool {
 			b.headers++
 			b.closeBlock()
 			b.open(p)
-			b.headerLine, b.headerSeen = l.Number, false
+			b.headerAt, b.headerOpen, b.headerSeen = Line{Number: l.Number, Offset: l.Offset}, true, false
 			b.started = true
 			return false
 		}
 	}
 	b.started = true
 	switch {
-	case rt == "Patient" && b.headerLine > 0 && id == b.patient:
+	case rt == "Patient" && b.headerOpen && id == b.patient:
 		b.headerSeen = true
 	case rt == "Patient":
 		b.closeBlock()
 		b.open(id)
 		if id == "" {
-			b.report(l.Number, "a Patient line without an id opens a block")
+			b.report(l, "a Patient line without an id opens a block")
 		}
 	case b.block == 0 && first:
-		b.report(l.Number, "the object does not open with a Patient or a Parameters header: lines before the first Patient belong to no block")
+		b.report(l, "the object does not open with a Patient or a Parameters header: lines before the first Patient belong to no block")
 	}
 	b.line = BlockLine{Line: l}
 	if b.block > 0 {
 		b.pos++
 		b.line.Block, b.line.Patient, b.line.Position = b.block, b.patient, b.pos
 	}
-	b.last = Line{Number: l.Number, Unterminated: l.Unterminated, Oversize: l.Oversize}
+	b.last = Line{Number: l.Number, Offset: l.Offset, Unterminated: l.Unterminated, Oversize: l.Oversize}
 	b.lastComplete = complete
 	return true
 }
@@ -243,15 +245,15 @@ func (b *BlockScanner) next(l Line) bool {
 func (b *BlockScanner) open(patient string) {
 	b.blocks++
 	b.block, b.patient, b.pos = b.blocks, patient, -1 // the first line of the block is position 0
-	b.headerLine, b.headerSeen = 0, false
+	b.headerOpen, b.headerSeen = false, false
 }
 
 // closeBlock reports a header whose Patient did not appear in its block.
 func (b *BlockScanner) closeBlock() {
-	if b.headerLine > 0 && !b.headerSeen {
-		b.report(b.headerLine, "the Parameters header names a Patient that does not follow in its block")
+	if b.headerOpen && !b.headerSeen {
+		b.report(b.headerAt, "the Parameters header names a Patient that does not follow in its block")
 	}
-	b.headerLine = 0
+	b.headerOpen = false
 }
 
 // end checks the end of the object: the last block, and a last line cut short.
@@ -261,15 +263,15 @@ func (b *BlockScanner) end() {
 	}
 	b.closeBlock()
 	if b.last.Number > 0 && b.last.Unterminated && !b.last.Oversize && !b.lastComplete {
-		b.report(b.last.Number, "the last line is truncated: it ends without a line feed inside a JSON value")
+		b.report(b.last, "the last line is truncated: it ends without a line feed inside a JSON value")
 	}
 	b.last = Line{}
 }
 
-func (b *BlockScanner) report(line int64, reason string) {
+func (b *BlockScanner) report(at Line, reason string) {
 	b.issuesTotal++
 	if len(b.issues) < b.opts.MaxIssues {
-		b.issues = append(b.issues, BlockIssue{Key: b.sc.key, Line: line, Reason: reason})
+		b.issues = append(b.issues, BlockIssue{Key: b.sc.key, Line: at.Number, Offset: at.Offset, Reason: reason})
 	}
 }
 

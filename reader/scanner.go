@@ -4,7 +4,8 @@
 // with Open and hands every Line to transform; a line over the size limit is reported as Oversize and can be copied
 // to quarantine with CopyLine without ever being held in memory. A BlockScanner reads per-Patient objects
 // (Group/$export?organizeOutputBy=Patient) as blocks, each line placed in its Patient's block, and reports a
-// malformed block structure. The reader knows nothing of FHIR beyond line and block boundaries (it peeks at a
+// malformed block structure. OpenSplit reads a byte range of an object (a Split) with a range read, so that one
+// object is spread over the tasks of a run: every line belongs to the split it starts in. The reader knows nothing of FHIR beyond line and block boundaries (it peeks at a
 // line's resourceType and a Patient's id, never decodes a resource), and trusts no object name.
 package reader
 
@@ -31,8 +32,10 @@ type Options struct {
 
 // Line is one non-blank line of an object.
 type Line struct {
-	Key      string
-	Number   int64  // 1-based physical line number in the (decompressed) stream; blank lines count
+	Key string
+	// Number is the 1-based physical line number in the (decompressed) stream; blank lines count. It is 0 when
+	// unknown: in a split (OpenSplit) that starts past byte 0, since counting would mean reading what precedes it.
+	Number   int64
 	Offset   int64  // byte offset of the first byte of Bytes in the decompressed stream (after a BOM on line 1)
 	Bytes    []byte // the line without CR/LF and without a leading UTF-8 BOM; valid until the next Scan
 	Oversize bool   // the line exceeded MaxLineBytes: Bytes is nil, Length is its full length
@@ -57,11 +60,26 @@ type Scanner struct {
 	lines int64 // non-blank lines returned
 
 	started bool  // the BOM check is done
+	bom     bool  // a BOM was dropped: line 1 starts at offset 0, its Bytes at 3
 	rerr    error // sticky error from src, io.EOF included
 	err     error // what Err reports
 	done    bool
 	line    Line
+
+	// Set by OpenSplit. unnumbered: the stream starts mid-object, so line numbers are unknown (0).
+	// gate decides, for each non-blank line from its start offset, whether it is returned, skipped or ends the scan.
+	unnumbered bool
+	gate       func(start int64, l Line) gateVerdict
 }
+
+// gateVerdict is what a split's gate does with a line.
+type gateVerdict int
+
+const (
+	gateEmit gateVerdict = iota
+	gateSkip
+	gateStop
+)
 
 var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 
@@ -96,10 +114,25 @@ func (s *Scanner) Scan() bool {
 			s.line = Line{}
 			return false
 		}
-		if !blank {
-			s.lines++
-			return true
+		if blank {
+			continue
 		}
+		if s.gate != nil {
+			start := s.line.Offset
+			if s.bom && s.line.Number == 1 {
+				start = 0
+			}
+			switch s.gate(start, s.line) {
+			case gateSkip:
+				continue
+			case gateStop:
+				s.done = true
+				s.line = Line{}
+				return false
+			}
+		}
+		s.lines++
+		return true
 	}
 }
 
@@ -121,6 +154,7 @@ func (s *Scanner) skipBOM() {
 		s.r += len(utf8BOM)
 		s.scan = s.r
 		s.off += int64(len(utf8BOM))
+		s.bom = true
 	}
 }
 
@@ -134,7 +168,7 @@ func (s *Scanner) next() (ok, blank bool) {
 		s.scan = s.w
 		if s.rerr != nil {
 			if s.rerr != io.EOF {
-				s.err = fmt.Errorf("read %s line %d: %w", s.key, s.num+1, s.rerr)
+				s.err = s.readErr(s.num+1, s.off)
 				return false, false
 			}
 			if s.r == s.w {
@@ -160,7 +194,7 @@ func (s *Scanner) emit(raw []byte, n int) (blank bool) {
 		raw = raw[:k-1]
 	}
 	s.num++
-	s.line = Line{Key: s.key, Number: s.num, Offset: s.off, Length: int64(len(raw))}
+	s.line = Line{Key: s.key, Number: s.number(s.num), Offset: s.off, Length: int64(len(raw))}
 	if int64(len(raw)) > s.max {
 		s.line.Oversize = true
 	} else {
@@ -202,7 +236,7 @@ func (s *Scanner) skipOversize() (ok, blank bool) {
 		s.r, s.w, s.scan = 0, 0, 0
 		if s.rerr != nil {
 			if s.rerr != io.EOF {
-				s.err = fmt.Errorf("read %s line %d: %w", s.key, num, s.rerr)
+				s.err = s.readErr(num, start)
 				return false, false
 			}
 			unterminated = true // a final line without newline
@@ -214,8 +248,24 @@ func (s *Scanner) skipOversize() (ok, blank bool) {
 		length--
 	}
 	s.num = num
-	s.line = Line{Key: s.key, Number: num, Offset: start, Oversize: true, Length: length, Unterminated: unterminated}
+	s.line = Line{Key: s.key, Number: s.number(num), Offset: start, Oversize: true, Length: length, Unterminated: unterminated}
 	return true, blank
+}
+
+// number is the Line.Number of the n-th physical line read: n, or 0 when the scan started mid-object.
+func (s *Scanner) number(n int64) int64 {
+	if s.unnumbered {
+		return 0
+	}
+	return n
+}
+
+// readErr names the line being read when the stream failed: by number, or by offset when numbers are unknown.
+func (s *Scanner) readErr(n, off int64) error {
+	if s.unnumbered {
+		return fmt.Errorf("read %s at offset %d: %w", s.key, off, s.rerr)
+	}
+	return fmt.Errorf("read %s line %d: %w", s.key, n, s.rerr)
 }
 
 // fill reads more data into the buffer, making room first: it drops consumed bytes and, when one line fills the

@@ -107,7 +107,9 @@ type Input struct {
 // BlockIssue is one structural problem of a per-Patient object: where, and why. Reason holds no content.
 type BlockIssue struct {
 	Object string `json:"object"`
-	Line   int64  `json:"line"`
+	Line   int64  `json:"line"` // 0 when unknown: in a split of the object past its first byte (Offset)
+	// Offset is the byte offset of the line in the object, given when Line is unknown.
+	Offset int64  `json:"offset,omitempty"`
 	Reason string `json:"reason"`
 }
 
@@ -185,7 +187,7 @@ func Unpublish(ctx context.Context, b *blob.Bucket, out string) error {
 // ours matches, relative to out, the objects a run writes besides the manifest: part files (of resource types and
 // of the patient-link table) and quarantine. Other "_" directories are not ours.
 var ours = regexp.MustCompile(`^(?:(?:[A-Za-z][A-Za-z0-9]*|` + regexp.QuoteMeta(schema.LinksTable) +
-	`)/part-[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
+	`)/part-(?:t[0-9]{4,}-(?:d-)?)?[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
 
 // RemoveStale deletes the objects of ours under out (<Type>/part-NNNNN.parquet, _patient_links/part-NNNNN.parquet
 // and _rejects/*.ndjson) whose key,

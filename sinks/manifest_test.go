@@ -247,6 +247,24 @@ func TestRemoveStale(t *testing.T) {
 				"_patient_links/part-00001.parquet", "_rejects/Patient.ndjson"},
 		},
 		{
+			name: "task parts",
+			out:  "run",
+			objects: []string{
+				"run/Patient/part-t0003-00000.parquet",
+				"run/Patient/part-t0003-d-00000.parquet",
+				"run/Patient/part-t0001-00000.parquet",
+				"run/_patient_links/part-t0002-00000.parquet",
+				"run/_rejects/errors-t0002.ndjson",
+				"run/Patient/part-t3-00000.parquet",
+				"run/Patient/part-t0003-x-00000.parquet",
+				"run/_runs/r/tasks/3.json",
+				"run/_runs/r/tasks/3.keys/Patient",
+			},
+			keep: []string{"Patient/part-t0003-d-00000.parquet", "_rejects/errors-t0002.ndjson"},
+			wantRemoved: []string{"Patient/part-t0001-00000.parquet", "Patient/part-t0003-00000.parquet",
+				"_patient_links/part-t0002-00000.parquet"},
+		},
+		{
 			name: "bucket root",
 			out:  "",
 			objects: []string{

@@ -36,6 +36,19 @@ type ParquetOptions struct {
 	MaxFileBytes int64
 	// Allocator for the writer's buffers.
 	Allocator memory.Allocator
+	// PartPrefix starts the name of every part file (zero: "part-"): a task of a run spread over several processes
+	// writes "part-t0003-00000.parquet" so that it overwrites only its own parts. It must be one PartPrefixFor
+	// returns, so that RemoveStale knows the parts as ours.
+	PartPrefix string
+}
+
+// PartPrefixFor is the ParquetOptions.PartPrefix of task (zero: "part-t0000-") of a spread run, and with dedup of
+// the parts a merge rewrites without the task's duplicates.
+func PartPrefixFor(task int, dedup bool) string {
+	if dedup {
+		return fmt.Sprintf("part-t%04d-d-", task)
+	}
+	return fmt.Sprintf("part-t%04d-", task)
 }
 
 func (o ParquetOptions) withDefaults() ParquetOptions {
@@ -53,6 +66,9 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 	}
 	if o.Allocator == nil {
 		o.Allocator = memory.DefaultAllocator
+	}
+	if o.PartPrefix == "" {
+		o.PartPrefix = "part-"
 	}
 	return o
 }
@@ -194,7 +210,7 @@ func (p *part) append(rec arrow.Record, opts ParquetOptions) error {
 }
 
 func (t *Table) openPart(ctx context.Context) error {
-	rel := fmt.Sprintf(partNameFormat, t.typ, t.next)
+	rel := fmt.Sprintf(partNameFormat, t.typ, t.opts.PartPrefix, t.next)
 	t.next++
 	obj, err := openObject(ctx, t.b, objectKey(t.out, rel), parquetType)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 
 	"gocloud.dev/blob"
@@ -23,7 +24,8 @@ type Issue struct {
 // Reject is one rejected input line.
 type Reject struct {
 	Source       string // input object key
-	Line         int64  // 1-based line number in Source
+	Line         int64  // 1-based line number in Source; 0 when unknown (a split past byte 0): Offset locates it
+	Offset       int64  // byte offset of the line in Source, recorded when Line is 0
 	ResourceType string // the line's resourceType if it is a string, else ""
 	Known        bool   // ResourceType is an R4 resource type
 	ID           string // the resource id if known
@@ -35,6 +37,7 @@ type Reject struct {
 type errorLine struct {
 	Source string `json:"source"`
 	Line   int64  `json:"line"`
+	Offset int64  `json:"offset,omitempty"` // when line is 0 (unknown)
 	// Object marks the entry of an object that could not be read to its end (WriteInput): Line is where reading
 	// stopped, and nothing of it is quarantined.
 	Object       bool    `json:"object,omitempty"`
@@ -52,6 +55,7 @@ type errorLine struct {
 type Rejects struct {
 	b   *blob.Bucket
 	out string
+	tag string // "" or "-t0003": the file names of one task of a spread run
 
 	mu    sync.Mutex
 	open  map[string]*ndjsonFile // by key relative to out
@@ -69,6 +73,23 @@ type ndjsonFile struct {
 // NewRejects prepares the quarantine under out. Nothing is written until Write.
 func NewRejects(b *blob.Bucket, out string) *Rejects {
 	return &Rejects{b: b, out: out, open: map[string]*ndjsonFile{}}
+}
+
+// NewTaskRejects is the quarantine of one task of a run spread over several processes: its files are
+// out/_rejects/<Type>-t0003.ndjson, _unparsed-t0003.ndjson and errors-t0003.ndjson, so that tasks never write the
+// same object.
+func NewTaskRejects(b *blob.Bucket, out string, task int) *Rejects {
+	r := NewRejects(b, out)
+	r.tag = fmt.Sprintf("-t%04d", task)
+	return r
+}
+
+// name is the key, relative to out, of the quarantine file rel (errorsKey, unparsedKey or a type's) of r.
+func (r *Rejects) name(rel string) string {
+	if r.tag == "" {
+		return rel
+	}
+	return strings.TrimSuffix(rel, ".ndjson") + r.tag + ".ndjson"
 }
 
 // Write quarantines one line. The line's bytes come from raw when it is not nil (an oversize line, streamed
@@ -116,7 +137,11 @@ func (r *Rejects) do(ctx context.Context, write func() error, wrap func(error) e
 }
 
 func (r *Rejects) write(ctx context.Context, rej Reject, raw io.Reader) error {
-	reason, err := encodeErrorLine(errorLine{Source: rej.Source, Line: rej.Line, ResourceType: rej.ResourceType,
+	off := rej.Offset
+	if rej.Line > 0 {
+		off = 0
+	}
+	reason, err := encodeErrorLine(errorLine{Source: rej.Source, Line: rej.Line, Offset: off, ResourceType: rej.ResourceType,
 		ID: rej.ID, Issues: rej.Issues})
 	if err != nil {
 		return err
@@ -150,6 +175,7 @@ func encodeErrorLine(e errorLine) ([]byte, error) {
 
 // append copies line to the file rel and ends it with "\n" unless line already does (errors.ndjson lines).
 func (r *Rejects) append(ctx context.Context, rel string, line io.Reader) error {
+	rel = r.name(rel)
 	f := r.open[rel]
 	if f == nil {
 		obj, err := openObject(ctx, r.b, objectKey(r.out, rel), ndjsonType)
@@ -161,7 +187,7 @@ func (r *Rejects) append(ctx context.Context, rel string, line io.Reader) error 
 	}
 	stop := f.obj.watch(ctx)
 	n, err := io.Copy(f.obj.w, line)
-	if err == nil && rel != errorsKey {
+	if err == nil && rel != r.name(errorsKey) {
 		var m int
 		m, err = f.obj.w.Write([]byte{'\n'})
 		n += int64(m)

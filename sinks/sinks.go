@@ -48,7 +48,7 @@ const (
 	parquetType    = "application/vnd.apache.parquet"
 	ndjsonType     = "application/x-ndjson"
 	jsonType       = "application/json"
-	partNameFormat = "%s/part-%05d.parquet"
+	partNameFormat = "%s/%s%05d.parquet"
 )
 
 // objectKey is the bucket key of rel under out.

@@ -21,6 +21,7 @@ type convertConfig struct {
 	Layout         layoutFlag // "" is auto
 	Validator      string     // "" (reference), "reference" or "fast": transform.Options.Validator
 	Log            logConfig
+	Task           taskConfig // a run spread over tasks (tasks.go)
 }
 
 // layoutFlag is --layout: per-type, per-patient or auto (kept as "", the zero value).
@@ -61,6 +62,10 @@ var envDefaults = map[string]string{
 	"validator":       "FHIRLAKE_VALIDATOR",
 	"log-format":      "FHIRLAKE_LOG_FORMAT",
 	"log-level":       "FHIRLAKE_LOG_LEVEL",
+	"tasks":           "CLOUD_RUN_TASK_COUNT",
+	"task-index":      "CLOUD_RUN_TASK_INDEX",
+	"split-bytes":     "FHIRLAKE_SPLIT_BYTES",
+	"run-id":          "CLOUD_RUN_EXECUTION",
 }
 
 func parseConvertConfig(args []string, getenv func(string) string, stderr io.Writer) (convertConfig, error) {
@@ -75,6 +80,8 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 	fs.StringVar(&c.Validator, "validator", "", "validation path: reference (google/fhir/go, the default) or fast (one pass over the bytes; the lines it cannot vouch for go to the reference)")
 	fs.Var(&c.Layout, "layout", "how objects are arranged: per-type, per-patient (Patient blocks) or auto (decided per object from its first lines)")
 	addLogFlags(fs, &c.Log)
+	addTaskFlags(fs, &c.Task)
+	fs.StringVar(&c.Task.RunID, "run-id", "", "with --tasks: the run's name, the same in every task (CLOUD_RUN_EXECUTION; empty: derived from the plan)")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
 	}
@@ -140,6 +147,7 @@ func (c convertConfig) validate() error {
 	if c.Validator != "" && c.Validator != "reference" && c.Validator != "fast" {
 		errs = append(errs, fmt.Errorf("--validator must be reference or fast, not %q", c.Validator))
 	}
+	errs = append(errs, c.Task.errors()...)
 	return errors.Join(append(errs, c.Log.validate())...)
 }
 

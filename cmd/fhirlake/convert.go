@@ -65,21 +65,11 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 
 	log.Info("convert started", "source", src.Name, "out", c.Out, "workers", workers(c.Workers),
 		"layout", c.Layout.String(), "validator", c.Validator)
+	if c.Task.spread() {
+		return convertSpread(ctx, c, log, stdout, src, dst)
+	}
 	start := time.Now()
-	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
-		Workers:        c.Workers,
-		MaxLineBytes:   c.MaxLineBytes,
-		RecursionDepth: c.RecursionDepth,
-		Layout:         reader.Layout(c.Layout),
-		Validator:      c.Validator,
-		Progress: func(p pipeline.Progress) {
-			log.Info("progress",
-				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
-				"lines", p.Lines, "rejected", p.Rejected,
-				"mb_read", mb(p.BytesRead), "mb_total", mb(p.BytesTotal),
-				"elapsed", p.Elapsed.Round(time.Millisecond).String())
-		},
-	})
+	m, err := pipeline.Run(ctx, src, dst, conversionOptions(c, log))
 	if err != nil {
 		return err
 	}
@@ -95,6 +85,24 @@ func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.W
 	log.Info("convert finished", "lines", m.Totals.Lines, "valid", m.Totals.Valid,
 		"rejected", m.Totals.Rejected, "rows", m.Totals.Rows, "elapsed", elapsed.Round(time.Millisecond).String())
 	return printSummary(stdout, m, elapsed)
+}
+
+// conversionOptions are the pipeline options of c, with progress logged.
+func conversionOptions(c convertConfig, log *slog.Logger) pipeline.Options {
+	return pipeline.Options{
+		Workers:        c.Workers,
+		MaxLineBytes:   c.MaxLineBytes,
+		RecursionDepth: c.RecursionDepth,
+		Layout:         reader.Layout(c.Layout),
+		Validator:      c.Validator,
+		Progress: func(p pipeline.Progress) {
+			log.Info("progress",
+				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
+				"lines", p.Lines, "rejected", p.Rejected,
+				"mb_read", mb(p.BytesRead), "mb_total", mb(p.BytesTotal),
+				"elapsed", p.Elapsed.Round(time.Millisecond).String())
+		},
+	}
 }
 
 // openSource opens the input location; "" is the embedded sample.

@@ -300,6 +300,63 @@ func permanent(err error) bool {
 
 // phases takes the run from its recorded state to published.
 func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigger.Message) (*sinks.Manifest, error) {
+	phase := map[string]float64{}
+	timed := func(name string, start time.Time) { phase[name] += r.now().Sub(start).Seconds() }
+	handle, out, err := r.export(ctx, log, h, m, timed)
+	if err != nil {
+		return nil, err
+	}
+	tt := out.TransactionTime.UTC().Format(time.RFC3339Nano)
+
+	start := r.now()
+	// The run's own fields go into the manifest in the one write that publishes the conversion.
+	annotate := func(mf *sinks.Manifest) {
+		timed("convert", start)
+		mf.Export, _ = json.Marshal(handle)
+		mf.TransactionTime = tt
+		mf.Message = m.Encode()
+		mf.PhaseSeconds = phase
+		if keys := exportErrors(out); len(keys) > 0 {
+			mf.Extra = map[string]json.RawMessage{}
+			mf.Extra["export_errors"], _ = json.Marshal(keys)
+		}
+	}
+	mf, err := r.convertExport(ctx, log, h, handle, out, annotate)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.published(ctx, log, h, m, out.TransactionTime); err != nil {
+		return nil, err
+	}
+	return mf, nil
+}
+
+// published records the run as published in the ledger and as the store's last run.
+func (r *runner) published(ctx context.Context, log *slog.Logger, h *hold, m trigger.Message, tt time.Time) error {
+	if err := h.save(ctx, func(s *sinks.RunState) {
+		s.State, s.Manifest, s.Lease = sinks.RunPublished, m.RunID+"/_manifest.json", time.Time{}
+	}); err != nil {
+		return err
+	}
+	if err := r.recordLast(ctx, h, m, tt); err != nil {
+		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
+	}
+	return nil
+}
+
+// exportErrors are the gs:// URLs of the export's error files.
+func exportErrors(out *trigger.Output) []string {
+	keys := make([]string, len(out.Errors))
+	for i, e := range out.Errors {
+		keys[i] = "gs://" + out.Bucket + "/" + e.Key
+	}
+	return keys
+}
+
+// export takes the run from its recorded state to a finished export (recording each step in the ledger) and
+// returns the export's handle and what it wrote.
+func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigger.Message,
+	timed func(string, time.Time)) (trigger.Handle, *trigger.Output, error) {
 	topts := r.trigger
 	topts.OnProgress = func(p trigger.Progress) {
 		log.Info("export progress", "phase", "export", "polls", p.Polls, "done", p.Done, "progress", p.Message,
@@ -309,14 +366,12 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		topts.OpenBucket = r.openExportBucket
 	}
 	exports := trigger.New(r.svc, topts)
-	phase := map[string]float64{}
-	timed := func(name string, start time.Time) { phase[name] += r.now().Sub(start).Seconds() }
 
 	if h.st.State == sinks.RunClaimed {
 		start := r.now()
 		since, err := r.since(ctx, h, m)
 		if err != nil {
-			return nil, err
+			return trigger.Handle{}, nil, err
 		}
 		dest := ""
 		if m.Kind == trigger.KindStore {
@@ -325,16 +380,16 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		log.Info("export starting", "phase", "export", "kind", m.Kind, "since", formatSince(since))
 		handle, err := exports.Start(ctx, m.Request(since, dest))
 		if err != nil {
-			return nil, err
+			return trigger.Handle{}, nil, err
 		}
 		enc, err := json.Marshal(handle)
 		if err != nil {
-			return nil, fmt.Errorf("encode export handle: %w", err)
+			return trigger.Handle{}, nil, fmt.Errorf("encode export handle: %w", err)
 		}
 		if err := h.save(ctx, func(s *sinks.RunState) {
 			s.State, s.Export, s.Since = sinks.RunExporting, enc, formatSince(since)
 		}); err != nil {
-			return nil, err
+			return trigger.Handle{}, nil, err
 		}
 		timed("export", start)
 		log.Info("export started", "phase", "export", "operation", handle.Operation)
@@ -342,55 +397,26 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 
 	handle, err := trigger.ParseHandle(h.st.Export)
 	if err != nil {
-		return nil, fmt.Errorf("run %s: recorded export handle: %w: %w", m.RunID, errPermanent, err)
+		return trigger.Handle{}, nil, fmt.Errorf("run %s: recorded export handle: %w: %w", m.RunID, errPermanent, err)
 	}
 	// Exporting: wait (again, after a restart) on the recorded export. Converting: the export is done, and one poll
 	// lists its output again.
 	start := r.now()
 	out, err := exports.Wait(ctx, handle)
 	if err != nil {
-		return nil, err
+		return trigger.Handle{}, nil, err
 	}
 	timed("export", start)
 	tt := out.TransactionTime.UTC().Format(time.RFC3339Nano)
 	if h.st.State == sinks.RunExporting {
 		if err := h.save(ctx, func(s *sinks.RunState) { s.State, s.TransactionTime = sinks.RunConverting, tt }); err != nil {
-			return nil, err
+			return trigger.Handle{}, nil, err
 		}
 		log.Info("export finished", "phase", "export", "objects", len(out.Objects), "error_files", len(out.Errors),
 			"transaction_time", tt)
 	}
 
-	start = r.now()
-	// The run's own fields go into the manifest in the one write that publishes the conversion.
-	annotate := func(mf *sinks.Manifest) {
-		timed("convert", start)
-		mf.Export, _ = json.Marshal(handle)
-		mf.TransactionTime = tt
-		mf.Message = m.Encode()
-		mf.PhaseSeconds = phase
-		if len(out.Errors) > 0 {
-			keys := make([]string, len(out.Errors))
-			for i, e := range out.Errors {
-				keys[i] = "gs://" + out.Bucket + "/" + e.Key
-			}
-			mf.Extra = map[string]json.RawMessage{}
-			mf.Extra["export_errors"], _ = json.Marshal(keys)
-		}
-	}
-	mf, err := r.convertExport(ctx, log, h, handle, out, annotate)
-	if err != nil {
-		return nil, err
-	}
-	if err := h.save(ctx, func(s *sinks.RunState) {
-		s.State, s.Manifest, s.Lease = sinks.RunPublished, m.RunID+"/_manifest.json", time.Time{}
-	}); err != nil {
-		return nil, err
-	}
-	if err := r.recordLast(ctx, h, m, out.TransactionTime); err != nil {
-		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
-	}
-	return mf, nil
+	return handle, out, nil
 }
 
 // exportLayout is the reader's name for the layout an export reports; unknown is left to the contents.

@@ -24,17 +24,19 @@ func openGCSBucket(ctx context.Context, name string) (*blob.Bucket, error) {
 // 3 failed for good.
 func runCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	var c runConfig
+	var tc taskConfig
 	var message string
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addRunFlags(fs, &c)
+	addTaskFlags(fs, &tc)
 	fs.StringVar(&message, "message", "", "the message: JSON, or @file to read it from a file")
 	err := parseFlags(fs, args, getenv)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err == nil {
-		err = c.validate()
+		err = errors.Join(append(tc.errors(), c.validate())...)
 	}
 	if err == nil && message == "" {
 		err = errors.New("--message is required (FHIRLAKE_MESSAGE)")
@@ -67,6 +69,15 @@ func runCmd(ctx context.Context, args []string, getenv func(string) string, stdo
 		pub := ps.Publisher(c.DeadLetterTopic)
 		defer pub.Stop()
 		r.deadLetter = topicDeadLetter{pub}
+	}
+	if tc.spread() {
+		r.owner = taskOwner(getenv, tc.TaskIndex)
+		o := r.handleTask(ctx, delivery{Data: data, Source: "job"}, tc)
+		if o.Verdict == ack && o.Err == nil && o.Manifest == nil && !o.Already {
+			fmt.Fprintf(stdout, "task %d of %d of run %s done; the last task to finish publishes the run\n", tc.TaskIndex, tc.Tasks, o.RunID)
+			return 0
+		}
+		return runExit(o, stdout)
 	}
 	o := r.handle(ctx, delivery{Data: data, Source: "job"})
 	return runExit(o, stdout)

@@ -1,0 +1,568 @@
+package pipeline
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+	"gocloud.dev/blob"
+
+	"github.com/fhirlake/fhirlake/reader"
+	"github.com/fhirlake/fhirlake/schema"
+	"github.com/fhirlake/fhirlake/sinks"
+)
+
+// TaskResult is how one task of a spread run ended.
+type TaskResult struct {
+	// Record is what this task converted (read back when an earlier attempt of the task had finished).
+	Record *sinks.TaskRecord
+	// Manifest is the run's manifest when this task published it, or found it published; nil while other tasks
+	// have not finished.
+	Manifest *sinks.Manifest
+	// Already is true when the run was published before this task started: nothing was done.
+	Already bool
+	// Resumed is true when an earlier attempt of this task had recorded its splits: they were not converted again.
+	Resumed bool
+}
+
+// RunTask does task's share of a run spread over plan.Tasks processes (a Cloud Run job's tasks): it converts the
+// splits the plan gives it into part files of its own (<Type>/part-t0003-NNNNN.parquet, _rejects/<name>-t0003.ndjson,
+// _patient_links/part-t0003-NNNNN.parquet), records them in _runs/<run_id>/tasks/<task>.json, and, when it then
+// finds a record of every task, merges them and publishes the run's manifest.
+//
+// A task run again (a retry) overwrites only its own parts; one whose record of the same plan exists converts
+// nothing and goes on to the merge. The merge depends only on the records, so tasks merging at once write the same
+// bytes. A run into an output holding this run's manifest does nothing; one holding another run of the same source
+// unpublishes it first; one holding another source's fails with ErrForeignOutput.
+//
+// Per-Patient objects: each task writes a resource of them once (within the task, as Run does), and the merge
+// removes the copies that several tasks wrote: it keeps the copy of the lowest task and rewrites the other tasks'
+// parts of that type without theirs (mergeDuplicates).
+func RunTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int, opts Options) (*TaskResult, error) {
+	if task < 0 || task >= plan.Tasks {
+		return nil, fmt.Errorf("task %d of a plan of %d tasks", task, plan.Tasks)
+	}
+	opts = opts.withDefaults()
+	opts.RunID = plan.RunID
+	hash := plan.Hash()
+
+	prev, err := sinks.ReadManifest(ctx, dst.Bucket, dst.Prefix)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("read previous manifest: %w", err)
+	case prev.Source != plan.Source:
+		return nil, fmt.Errorf("%w: it holds %q, this run reads %q", ErrForeignOutput, prev.Source, plan.Source)
+	case prev.RunID == plan.RunID:
+		return &TaskResult{Manifest: prev, Already: true}, nil
+	default:
+		if err := sinks.Unpublish(ctx, dst.Bucket, dst.Prefix); err != nil {
+			return nil, fmt.Errorf("unpublish previous run: %w", err)
+		}
+	}
+
+	res := &TaskResult{}
+	rec, err := sinks.ReadTaskRecord(ctx, dst.Bucket, dst.Prefix, plan.RunID, task)
+	switch {
+	case err == nil && rec.Plan == hash:
+		res.Resumed = true
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	default:
+		if rec, err = convertTask(ctx, src, dst, plan, task, hash, opts); err != nil {
+			return nil, err
+		}
+	}
+	res.Record = rec
+
+	recs, err := sinks.ReadTaskRecords(ctx, dst.Bucket, dst.Prefix, plan.RunID)
+	if err != nil {
+		return nil, err
+	}
+	if !sinks.RecordsComplete(recs, plan.Tasks, hash) {
+		return res, nil
+	}
+	if res.Manifest, err = mergeTasks(ctx, dst, plan, hash, recs, opts); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// convertTask converts task's splits and records them.
+func convertTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int, hash string, opts Options) (*sinks.TaskRecord, error) {
+	started := opts.Now().UTC()
+	reg, err := schema.New(schema.Options{RecursionDepth: opts.RecursionDepth})
+	if err != nil {
+		return nil, fmt.Errorf("build schemas: %w", err)
+	}
+	splits := plan.TaskSplits(task)
+	objects := make([]reader.Object, len(splits))
+	for i, s := range splits {
+		objects[i] = reader.Object{Key: s.Key, Size: s.End - s.Start, Layout: s.Layout}
+	}
+	opts.Parquet.PartPrefix = sinks.PartPrefixFor(task, false)
+	r := &run{
+		src:     src,
+		dst:     dst,
+		opts:    opts,
+		reg:     reg,
+		tables:  map[string]*sinks.Table{},
+		rejects: sinks.NewTaskRejects(dst.Bucket, dst.Prefix, task),
+		inputs:  make([]sinks.Input, len(objects)),
+		stats:   map[string]*typeStats{},
+		seen:    newKeySet(),
+		links:   sinks.NewTable(dst.Bucket, dst.Prefix, schema.LinksTable, schema.Links(), opts.Parquet),
+		splits:  splits,
+		keys:    &taskKeys{byType: map[string][]sinks.Key{}},
+	}
+	for _, o := range objects {
+		r.bytesTotal += o.Size
+	}
+	if err := r.convert(ctx, objects, started); err != nil {
+		r.abort()
+		return nil, err
+	}
+	m, err := r.close(ctx, started)
+	if err != nil {
+		return nil, err
+	}
+	m.RunID = plan.RunID
+	m.Finished = opts.Now().UTC()
+	rec := &sinks.TaskRecord{RunID: plan.RunID, Task: task, Tasks: plan.Tasks, Plan: hash, Manifest: *m}
+	for _, typ := range slices.Sorted(maps.Keys(r.keys.byType)) {
+		f, err := sinks.WriteKeys(ctx, dst.Bucket, dst.Prefix, plan.RunID, task, typ, r.keys.byType[typ])
+		if err != nil {
+			return nil, err
+		}
+		if rec.Keys == nil {
+			rec.Keys = map[string]sinks.File{}
+		}
+		rec.Keys[typ] = f
+	}
+	if err := sinks.WriteTaskRecord(ctx, dst.Bucket, dst.Prefix, rec); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// taskKeys collects the dedupe keys of the rows a task writes from per-Patient objects: a hash of (type, id,
+// version) that, unlike keySet's, is the same in every process, and that a merge can compute again from a row.
+type taskKeys struct {
+	mu     sync.Mutex
+	byType map[string][]sinks.Key
+}
+
+func (k *taskKeys) add(typ, id, version string) {
+	key := dedupeKey(typ, id, normalVersion(version))
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.byType[typ] = append(k.byType[typ], key)
+}
+
+// normalVersion is the version as a table stores it: meta.versionId verbatim, meta.lastUpdated (an instant, which
+// a versionId can never look like) as its UTC microseconds.
+func normalVersion(v string) string {
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		return "@" + strconv.FormatInt(t.UnixMicro(), 10)
+	}
+	return v
+}
+
+func dedupeKey(typ, id, version string) sinks.Key {
+	h := sha256.New()
+	h.Write([]byte(typ))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	h.Write([]byte{0})
+	h.Write([]byte(version))
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sinks.Key{binary.BigEndian.Uint64(sum[:8]), binary.BigEndian.Uint64(sum[8:16])}
+}
+
+// mergeTasks merges the records of every task into the run's manifest, removes per-Patient duplicates across
+// tasks, removes stale files and publishes. It reads nothing but the records, the key files and the parts it
+// rewrites, and sorts everything, so that every task merging the same records writes the same bytes.
+func mergeTasks(ctx context.Context, dst Sink, plan *Plan, hash string, recs []*sinks.TaskRecord, opts Options) (*sinks.Manifest, error) {
+	byTask := make([]*sinks.TaskRecord, plan.Tasks)
+	for _, r := range recs {
+		if r.Plan == hash && r.Task >= 0 && r.Task < plan.Tasks {
+			byTask[r.Task] = r
+		}
+	}
+	m := &sinks.Manifest{
+		FHIRVersion: schema.FHIRVersion, SchemaVersion: schema.Version, RunID: plan.RunID, Source: plan.Source,
+		Resources: map[string]sinks.ResourceStats{},
+	}
+	splitInputs := map[string][]sinks.Input{}
+	for _, r := range byTask {
+		tm := r.Manifest
+		if m.Started.IsZero() || tm.Started.Before(m.Started) {
+			m.Started = tm.Started
+		}
+		if tm.Finished.After(m.Finished) {
+			m.Finished = tm.Finished
+		}
+		m.Totals.Valid += tm.Totals.Valid
+		m.Totals.Rejected += tm.Totals.Rejected
+		m.Totals.Duplicates += tm.Totals.Duplicates
+		m.Totals.Links += tm.Totals.Links
+		m.Totals.BlockIssues += tm.Totals.BlockIssues
+		m.Totals.Unparsed += tm.Totals.Unparsed
+		for typ, s := range tm.Resources {
+			rs := m.Resources[typ]
+			rs.Lines += s.Lines
+			rs.Valid += s.Valid
+			rs.Rejected += s.Rejected
+			rs.Duplicates += s.Duplicates
+			rs.Links += s.Links
+			rs.Files = append(rs.Files, s.Files...)
+			m.Resources[typ] = rs
+		}
+		m.Rejects = append(m.Rejects, tm.Rejects...)
+		m.PatientLinks = append(m.PatientLinks, tm.PatientLinks...)
+		m.BlockIssues = append(m.BlockIssues, tm.BlockIssues...)
+		for _, in := range tm.Inputs {
+			splitInputs[in.Object] = append(splitInputs[in.Object], in)
+		}
+	}
+	for _, o := range plan.Objects {
+		in := sinks.Input{Object: o.Key, Bytes: o.Size}
+		for _, s := range splitInputs[o.Key] {
+			in.Lines += s.Lines
+			in.Blocks += s.Blocks
+			in.Headers += s.Headers
+			in.Layout = cmp.Or(in.Layout, s.Layout)
+			in.Error = cmp.Or(in.Error, s.Error)
+		}
+		m.Inputs = append(m.Inputs, in)
+		m.Totals.Lines += in.Lines
+		if in.Error != "" {
+			m.Totals.RejectedInputs++
+		}
+	}
+
+	if err := mergeDuplicates(ctx, dst, plan, byTask, m, opts); err != nil {
+		return nil, err
+	}
+
+	byKey := func(a, b sinks.File) int { return cmp.Compare(a.Key, b.Key) }
+	for typ, rs := range m.Resources {
+		slices.SortFunc(rs.Files, byKey)
+		rs.Rows = 0
+		for _, f := range rs.Files {
+			rs.Rows += f.Rows
+		}
+		m.Resources[typ] = rs
+		m.Totals.Rows += rs.Rows
+	}
+	slices.SortFunc(m.Rejects, byKey)
+	slices.SortFunc(m.PatientLinks, byKey)
+	slices.SortStableFunc(m.BlockIssues, func(a, b sinks.BlockIssue) int {
+		return cmp.Or(cmp.Compare(a.Object, b.Object), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Offset, b.Offset),
+			cmp.Compare(a.Reason, b.Reason))
+	})
+	if err := checkTotals(m); err != nil {
+		return nil, fmt.Errorf("merge tasks of run %s: %w", plan.RunID, err)
+	}
+	if _, err := sinks.RemoveStale(ctx, dst.Bucket, dst.Prefix, keepOf(m)); err != nil {
+		return nil, fmt.Errorf("remove stale output: %w", err)
+	}
+	if opts.Annotate != nil {
+		opts.Annotate(m)
+	}
+	if err := sinks.WriteManifest(ctx, dst.Bucket, dst.Prefix, m); err != nil {
+		return nil, fmt.Errorf("publish manifest: %w", err)
+	}
+	return m, nil
+}
+
+// mergeDuplicates finds the resources of per-Patient objects that more than one task wrote (shared resources:
+// Organization, Practitioner, Medication ... that blocks read by different tasks repeat), keeps the copy of the
+// lowest task, and rewrites the parts of the other tasks' tables of that type without theirs, as
+// <Type>/part-t0003-d-NNNNN.parquet. It updates m: the files, and the duplicates counted.
+//
+// Its cost: reading every task's key files (16 bytes per row written from per-Patient objects), and reading and
+// writing again the parts of the (task, type) pairs that hold a duplicate; in a per-Patient export those are the
+// shared types, a small part of the data. The rewritten parts' keys and bytes depend only on the records, so
+// concurrent merges write the same objects, and each (task, type) rewritten is recorded (sinks.WriteRewritten)
+// before stale parts are removed, so that a merge after another takes the new parts instead of reading the removed
+// ones. (A merge that read an old part's list just before another merge removed it fails, and its retry finds the
+// run published.)
+func mergeDuplicates(ctx context.Context, dst Sink, plan *Plan, byTask []*sinks.TaskRecord, m *sinks.Manifest, opts Options) error {
+	types := map[string]bool{}
+	for _, r := range byTask {
+		for typ := range r.Keys {
+			types[typ] = true
+		}
+	}
+	for _, typ := range slices.Sorted(maps.Keys(types)) {
+		holders := 0
+		for _, r := range byTask {
+			if _, ok := r.Keys[typ]; ok {
+				holders++
+			}
+		}
+		if holders < 2 {
+			continue
+		}
+		owner := map[sinks.Key]int{} // key -> lowest task holding it
+		drop := make([]map[sinks.Key]bool, len(byTask))
+		var dups int64
+		for t, r := range byTask {
+			f, ok := r.Keys[typ]
+			if !ok {
+				continue
+			}
+			keys, err := sinks.ReadKeys(ctx, dst.Bucket, dst.Prefix, f)
+			if err != nil {
+				return err
+			}
+			for _, k := range keys {
+				if o, seen := owner[k]; !seen {
+					owner[k] = t
+					continue
+				} else if o == t {
+					continue // two versions of one key in one task: both were written, as Run writes them
+				}
+				if drop[t] == nil {
+					drop[t] = map[sinks.Key]bool{}
+				}
+				drop[t][k] = true
+				dups++
+			}
+		}
+		if dups == 0 {
+			continue
+		}
+		rs := m.Resources[typ]
+		var files []sinks.File
+		for t, r := range byTask {
+			own := r.Manifest.Resources[typ].Files
+			if drop[t] == nil {
+				files = append(files, own...)
+				continue
+			}
+			rewritten, err := sinks.ReadRewritten(ctx, dst.Bucket, dst.Prefix, plan.RunID, t, typ)
+			if errors.Is(err, fs.ErrNotExist) {
+				rewritten, err = rewrite(ctx, dst, plan.RunID, typ, t, own, drop[t], opts)
+			}
+			if err != nil {
+				return err
+			}
+			files = append(files, rewritten...)
+		}
+		rs.Files = files
+		rs.Duplicates += dups
+		m.Resources[typ] = rs
+		m.Totals.Duplicates += dups
+	}
+	return nil
+}
+
+// rewrite writes task's parts of typ again without the rows of drop, and records the new parts before any of the
+// old ones is removed, so that a later merge finds them.
+func rewrite(ctx context.Context, dst Sink, runID, typ string, task int, files []sinks.File, drop map[sinks.Key]bool, opts Options) ([]sinks.File, error) {
+	rewritten, dropped, err := rewriteWithout(ctx, dst, typ, task, files, drop, opts)
+	if err != nil {
+		return nil, err
+	}
+	if dropped != int64(len(drop)) {
+		return nil, fmt.Errorf("merge %s duplicates of task %d: %d rows found of %d", typ, task, dropped, len(drop))
+	}
+	if err := sinks.WriteRewritten(ctx, dst.Bucket, dst.Prefix, runID, task, typ, rewritten); err != nil {
+		return nil, err
+	}
+	return rewritten, nil
+}
+
+// rewriteWithout copies the parts files of task's typ table into new parts without the rows whose key is in drop,
+// and returns the new parts and the rows dropped.
+func rewriteWithout(ctx context.Context, dst Sink, typ string, task int, files []sinks.File, drop map[sinks.Key]bool, opts Options) ([]sinks.File, int64, error) {
+	popts := opts.Parquet
+	popts.PartPrefix = sinks.PartPrefixFor(task, true)
+	var tbl *sinks.Table
+	var dropped int64
+	for _, f := range files {
+		err := readParts(ctx, dst, f.Key, opts, func(rec arrow.Record) error {
+			if tbl == nil {
+				tbl = sinks.NewTable(dst.Bucket, dst.Prefix, typ, rec.Schema(), popts)
+			}
+			keep, err := rowsToKeep(typ, rec, drop)
+			if err != nil {
+				return fmt.Errorf("dedupe %s: %w", f.Key, err)
+			}
+			for _, run := range keep {
+				part := rec.NewSlice(run[0], run[1])
+				err := tbl.Write(ctx, part)
+				part.Release()
+				if err != nil {
+					return err
+				}
+			}
+			var kept int64
+			for _, run := range keep {
+				kept += run[1] - run[0]
+			}
+			dropped += rec.NumRows() - kept
+			return nil
+		})
+		if err != nil {
+			if tbl != nil {
+				tbl.Abort()
+			}
+			return nil, 0, err
+		}
+	}
+	if tbl == nil {
+		return nil, 0, nil
+	}
+	out, err := tbl.Close(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("rewrite %s of task %d: %w", typ, task, err)
+	}
+	return out, dropped, nil
+}
+
+// rowsToKeep returns the runs [from, to) of rows of rec whose dedupe key is not in drop.
+func rowsToKeep(typ string, rec arrow.Record, drop map[sinks.Key]bool) ([][2]int64, error) {
+	s := rec.Schema()
+	idIdx := s.FieldIndices("id")
+	metaIdx := s.FieldIndices("meta")
+	if len(idIdx) != 1 || len(metaIdx) != 1 {
+		return nil, errors.New("no id or meta column")
+	}
+	ids, ok := rec.Column(idIdx[0]).(*array.String)
+	meta, ok2 := rec.Column(metaIdx[0]).(*array.Struct)
+	if !ok || !ok2 {
+		return nil, errors.New("id or meta column of an unexpected type")
+	}
+	mt := meta.DataType().(*arrow.StructType)
+	var versionIDs *array.String
+	var updated *array.Timestamp
+	if i, ok := mt.FieldIdx("versionId"); ok {
+		versionIDs, _ = meta.Field(i).(*array.String)
+	}
+	if i, ok := mt.FieldIdx("lastUpdated"); ok {
+		updated, _ = meta.Field(i).(*array.Timestamp)
+	}
+	var runs [][2]int64
+	start := int64(-1)
+	for i := 0; i < int(rec.NumRows()); i++ {
+		version := ""
+		switch {
+		case meta.IsNull(i):
+		case versionIDs != nil && versionIDs.IsValid(i) && versionIDs.Value(i) != "":
+			version = versionIDs.Value(i)
+		case updated != nil && updated.IsValid(i):
+			version = "@" + strconv.FormatInt(int64(updated.Value(i)), 10)
+		}
+		gone := ids.IsValid(i) && drop[dedupeKey(typ, ids.Value(i), version)]
+		switch {
+		case gone && start >= 0:
+			runs = append(runs, [2]int64{start, int64(i)})
+			start = -1
+		case !gone && start < 0:
+			start = int64(i)
+		}
+	}
+	if start >= 0 {
+		runs = append(runs, [2]int64{start, rec.NumRows()})
+	}
+	return runs, nil
+}
+
+// readParts reads the record batches of the Parquet object rel under dst, in order.
+func readParts(ctx context.Context, dst Sink, rel string, opts Options, each func(arrow.Record) error) error {
+	key := rel
+	if dst.Prefix != "" {
+		key = dst.Prefix + "/" + rel
+	}
+	attrs, err := dst.Bucket.Attributes(ctx, key)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", rel, err)
+	}
+	pf, err := file.NewParquetReader(&blobReaderAt{ctx: ctx, b: dst.Bucket, key: key, size: attrs.Size})
+	if err != nil {
+		return fmt.Errorf("read %s: %w", rel, err)
+	}
+	defer pf.Close()
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: int64(opts.BatchRows)}, opts.Allocator)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", rel, err)
+	}
+	rr, err := fr.GetRecordReader(ctx, nil, nil)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", rel, err)
+	}
+	defer rr.Release()
+	for rr.Next() {
+		if err := each(rr.Record()); err != nil {
+			return err
+		}
+	}
+	if err := rr.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read %s: %w", rel, err)
+	}
+	return nil
+}
+
+// blobReaderAt reads an object with range reads, as the Parquet reader wants it.
+type blobReaderAt struct {
+	ctx  context.Context
+	b    *blob.Bucket
+	key  string
+	size int64
+	pos  int64
+}
+
+func (r *blobReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.size {
+		return 0, io.EOF
+	}
+	rr, err := r.b.NewRangeReader(r.ctx, r.key, off, int64(len(p)), nil)
+	if err != nil {
+		return 0, err
+	}
+	defer rr.Close()
+	n, err := io.ReadFull(rr, p)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (r *blobReaderAt) Read(p []byte) (int, error) {
+	n, err := r.ReadAt(p, r.pos)
+	r.pos += int64(n)
+	return n, err
+}
+
+func (r *blobReaderAt) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.pos
+	case io.SeekEnd:
+		offset += r.size
+	}
+	if offset < 0 {
+		return 0, errors.New("seek before the start")
+	}
+	r.pos = offset
+	return offset, nil
+}

@@ -1,0 +1,229 @@
+package sinks
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+)
+
+// A run spread over the tasks of a Cloud Run job keeps, beside the ledger entry of the run:
+//
+//	OUT/_runs/<run_id>/plan.json              the plan every task follows (its owner's encoding), created once
+//	OUT/_runs/<run_id>/tasks/<index>.json     a task's record (TaskRecord), written when its splits are converted
+//	OUT/_runs/<run_id>/tasks/<index>.keys/<Type>   the dedupe keys of the rows it wrote from per-Patient objects
+//
+// Whichever task finds all records merges them into the run's manifest. Like the ledger, these keys start with
+// "_", so that neither reader.List nor RemoveStale touches them.
+
+// TaskRecord is what one task of a spread run converted: a partial manifest (its counts, files, inputs per split,
+// rejects, links, block issues), and the files of its dedupe keys per resource type.
+type TaskRecord struct {
+	RunID string `json:"run_id"`
+	Task  int    `json:"task"`
+	Tasks int    `json:"tasks"`
+	// Plan identifies the plan the task followed (a hash of it); records of another plan are not merged.
+	Plan     string   `json:"plan"`
+	Manifest Manifest `json:"manifest"`
+	// Keys maps a resource type to the key (relative to out) of the sorted dedupe keys of the rows the task wrote
+	// from per-Patient objects, and their count.
+	Keys map[string]File `json:"keys,omitempty"`
+}
+
+func tasksDir(out, runID string) string { return runKey(out, runID, "tasks/") }
+
+// TaskRecordKey is the key, relative to out, of task's record.
+func TaskRecordKey(runID string, task int) string {
+	return runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".json"
+}
+
+// WriteTaskRecord writes rec (replacing an earlier one of the same task).
+func WriteTaskRecord(ctx context.Context, b *blob.Bucket, out string, rec *TaskRecord) error {
+	data, err := encodeJSON(rec)
+	if err != nil {
+		return fmt.Errorf("encode task record %d: %w", rec.Task, err)
+	}
+	if err := writeObject(ctx, b, objectKey(out, TaskRecordKey(rec.RunID, rec.Task)), jsonType, data); err != nil {
+		return fmt.Errorf("record task %d of run %s: %w", rec.Task, rec.RunID, err)
+	}
+	return nil
+}
+
+// ReadTaskRecord reads the record of task. When there is none, the error wraps os.ErrNotExist.
+func ReadTaskRecord(ctx context.Context, b *blob.Bucket, out, runID string, task int) (*TaskRecord, error) {
+	var rec TaskRecord
+	if err := readJSON(ctx, b, objectKey(out, TaskRecordKey(runID, task)), &rec); err != nil {
+		return nil, fmt.Errorf("read task record %d: %w", task, err)
+	}
+	return &rec, nil
+}
+
+// ReadTaskRecords reads every task record of the run, ordered by task.
+func ReadTaskRecords(ctx context.Context, b *blob.Bucket, out, runID string) ([]*TaskRecord, error) {
+	prefix := tasksDir(out, runID)
+	it := b.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
+	var recs []*TaskRecord
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list task records of run %s: %w", runID, err)
+		}
+		name := strings.TrimPrefix(obj.Key, prefix)
+		idx, ok := strings.CutSuffix(name, ".json")
+		if obj.IsDir || !ok {
+			continue
+		}
+		task, err := strconv.Atoi(idx)
+		if err != nil || task < 0 {
+			continue
+		}
+		rec, err := ReadTaskRecord(ctx, b, out, runID, task)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // replaced between the list and the read
+		}
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, rec)
+	}
+	slices.SortFunc(recs, func(a, b *TaskRecord) int { return a.Task - b.Task })
+	return recs, nil
+}
+
+// CreatePlan stores plan as the run's plan unless one is stored already, and returns the stored plan: the one
+// given, or the one another task stored first.
+func CreatePlan(ctx context.Context, b *blob.Bucket, out, runID string, plan []byte) ([]byte, error) {
+	err := createObject(ctx, b, runKey(out, runID, "plan.json"), plan)
+	if err == nil {
+		return plan, nil
+	}
+	if !errors.Is(err, ErrRunClaimed) {
+		return nil, fmt.Errorf("record plan of run %s: %w", runID, err)
+	}
+	return ReadPlan(ctx, b, out, runID)
+}
+
+// ReadPlan reads the run's plan. When there is none, the error wraps os.ErrNotExist.
+func ReadPlan(ctx context.Context, b *blob.Bucket, out, runID string) ([]byte, error) {
+	key := runKey(out, runID, "plan.json")
+	data, err := b.ReadAll(ctx, key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return nil, fmt.Errorf("read plan of run %s: %w", runID, errors.Join(os.ErrNotExist, err))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read plan of run %s: %w", runID, err)
+	}
+	return data, nil
+}
+
+// Key is a 128-bit dedupe key of a resource version.
+type Key [2]uint64
+
+// Compare orders keys.
+func (k Key) Compare(o Key) int {
+	if c := cmpU64(k[0], o[0]); c != 0 {
+		return c
+	}
+	return cmpU64(k[1], o[1])
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// WriteKeys writes the keys of one resource type of a task, sorted, 16 bytes each, and returns the File.
+func WriteKeys(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string, keys []Key) (File, error) {
+	if !isTypeName(typ) {
+		return File{}, fmt.Errorf("write keys: %q is not a resource type", typ)
+	}
+	slices.SortFunc(keys, Key.Compare)
+	data := make([]byte, 0, 16*len(keys))
+	for _, k := range keys {
+		data = binary.BigEndian.AppendUint64(data, k[0])
+		data = binary.BigEndian.AppendUint64(data, k[1])
+	}
+	rel := runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".keys/" + typ
+	if err := writeObject(ctx, b, objectKey(out, rel), "application/octet-stream", data); err != nil {
+		return File{}, fmt.Errorf("write %s keys of task %d: %w", typ, task, err)
+	}
+	return File{Key: rel, Rows: int64(len(keys)), Bytes: int64(len(data))}, nil
+}
+
+// ReadKeys reads a key file WriteKeys wrote.
+func ReadKeys(ctx context.Context, b *blob.Bucket, out string, f File) ([]Key, error) {
+	data, err := b.ReadAll(ctx, objectKey(out, f.Key))
+	if err != nil {
+		return nil, fmt.Errorf("read keys %s: %w", f.Key, err)
+	}
+	if len(data)%16 != 0 {
+		return nil, fmt.Errorf("read keys %s: %d bytes is not a whole number of keys", f.Key, len(data))
+	}
+	keys := make([]Key, 0, len(data)/16)
+	for r := bytes.NewReader(data); r.Len() > 0; {
+		var k Key
+		if err := binary.Read(r, binary.BigEndian, &k); err != nil {
+			return nil, fmt.Errorf("read keys %s: %w", f.Key, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
+}
+
+// RecordsComplete reports whether recs hold one record of each of tasks tasks, all of plan.
+func RecordsComplete(recs []*TaskRecord, tasks int, plan string) bool {
+	seen := make([]bool, tasks)
+	n := 0
+	for _, r := range recs {
+		if r.Plan != plan || r.Task < 0 || r.Task >= tasks || seen[r.Task] {
+			continue
+		}
+		seen[r.Task] = true
+		n++
+	}
+	return n == tasks
+}
+
+// rewriteKey is where a merge records the parts it rewrote of one (task, type): a later merge (a retry, or a
+// second task merging) takes them from there, since the parts they replace may be gone.
+func rewriteKey(out, runID string, task int, typ string) string {
+	return runKey(out, runID, "tasks/"+strconv.Itoa(task)+".rewritten/"+typ+".json")
+}
+
+// WriteRewritten records the parts a merge wrote in place of task's parts of typ.
+func WriteRewritten(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string, files []File) error {
+	data, err := encodeJSON(files)
+	if err != nil {
+		return fmt.Errorf("encode rewritten %s parts of task %d: %w", typ, task, err)
+	}
+	if err := writeObject(ctx, b, rewriteKey(out, runID, task, typ), jsonType, data); err != nil {
+		return fmt.Errorf("record rewritten %s parts of task %d: %w", typ, task, err)
+	}
+	return nil
+}
+
+// ReadRewritten reads what WriteRewritten recorded. When there is nothing, the error wraps os.ErrNotExist.
+func ReadRewritten(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string) ([]File, error) {
+	var files []File
+	if err := readJSON(ctx, b, rewriteKey(out, runID, task, typ), &files); err != nil {
+		return nil, fmt.Errorf("read rewritten %s parts of task %d: %w", typ, task, err)
+	}
+	return files, nil
+}
