@@ -59,10 +59,15 @@ type RunState struct {
 	Manifest string `json:"manifest,omitempty"`
 	// Reason says why a run failed: the error, without resource content.
 	Reason string `json:"reason,omitempty"`
+	// Resume, on a failed run, is the state a redelivery resumes it from: it failed in a way a retry may mend (a
+	// service unavailable past the retry budget). A failed run without Resume failed for good.
+	Resume string `json:"resume,omitempty"`
 }
 
-// Final reports whether the run is over (published or failed).
-func (s RunState) Final() bool { return s.State == RunPublished || s.State == RunFailed }
+// Final reports whether the run is over: published, or failed for good.
+func (s RunState) Final() bool {
+	return s.State == RunPublished || s.State == RunFailed && s.Resume == ""
+}
 
 // LastRun is the last published run of a store into an output: OUT/_runs/_last/<store hash>.json.
 type LastRun struct {

@@ -125,8 +125,10 @@ func newRunner(ctx context.Context, c runConfig, log *slog.Logger) (*runner, err
 	return c.runner(svc, log), nil
 }
 
-// runner builds the runner of c on svc; openExportBucket is left zero (gs://name).
+// runner builds the runner of c on svc. Export and output buckets on Cloud Storage share one storage client with
+// defaultGCS's retries.
 func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
+	gcs := &gcsBuckets{opts: defaultGCS}
 	return &runner{
 		log:    log,
 		policy: c.policy(),
@@ -137,8 +139,8 @@ func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
 		convert: pipeline.Options{
 			Workers: c.Workers, MaxLineBytes: c.MaxLineBytes, RecursionDepth: c.RecursionDepth,
 		},
-		outputs:          &outputs{},
-		openExportBucket: openGCSBucket,
+		outputs:          &outputs{gcs: gcs},
+		openExportBucket: gcs.open,
 		owner:            instanceID(),
 		lease:            c.Lease,
 		now:              time.Now,
