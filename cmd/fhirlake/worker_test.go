@@ -38,8 +38,14 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessWith(t, healthcaretest.Options{Polls: 1})
+}
+
+// newHarnessWith is newHarness with the fake Healthcare API configured by hopts.
+func newHarnessWith(t *testing.T, hopts healthcaretest.Options) *harness {
+	t.Helper()
 	ctx := context.Background()
-	f, err := startFakes(ctx, testStore, healthcaretest.Options{Polls: 1})
+	f, err := startFakes(ctx, testStore, hopts)
 	if err != nil {
 		t.Fatal(err)
 	}
