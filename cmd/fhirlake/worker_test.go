@@ -54,7 +54,8 @@ func newHarnessWith(t *testing.T, hopts healthcaretest.Options) *harness {
 	h.c = workerConfig{
 		runConfig: runConfig{
 			AllowStores: f.healthcare.StoreName(), AllowOutputs: "mem://lake", DeadLetterTopic: f.topic(fakeDeadLetter),
-			Lease: time.Minute, ExportDeadline: time.Hour, PollFloor: time.Millisecond, PollCap: 5 * time.Millisecond,
+			AllowExportPrefixes: "gs://" + fakeExportBucket,
+			Lease:               time.Minute, ExportDeadline: time.Hour, PollFloor: time.Millisecond, PollCap: 5 * time.Millisecond,
 			Workers: 2, MaxLineBytes: 1 << 20, RecursionDepth: 2,
 		},
 		Subscription: f.subscription(fakeSubscription), MaxOutstandingMessages: 1, MaxOutstandingBytes: 1 << 20,
