@@ -247,11 +247,11 @@ func TestStorageTransientFaults(t *testing.T) {
 // TestStorageSeededFaults: plans of random faults on every kind of request, one per seed, each reproducing the clean
 // output.
 func TestStorageSeededFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the table of TestStorageTransientFaults covers each kind of fault")
+	}
 	want := cleanRun(t)
 	seeds := 12
-	if testing.Short() {
-		seeds = 3
-	}
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint("seed ", seed), func(t *testing.T) {
 			h := newGCSHarness(t, testGCS)
@@ -298,14 +298,17 @@ func TestStoragePersistentFault(t *testing.T) {
 		reason string // in the ledger's reason: the storage client's, or the guard's
 		resume string
 	}{
-		{name: "export unreadable", rule: faultRule{Op: "read", Bucket: fakeExportBucket, Kind: "503"}, reason: "retry failed after 5 attempts; last error: googleapi: got HTTP response code 503", resume: sinks.RunConverting},
 		{name: "reads cut short", rule: faultRule{Op: "read", Bucket: fakeExportBucket, Kind: "truncate"}, reason: "6 times without progress: retry budget", resume: sinks.RunConverting},
 		{name: "Parquet uploads refused", rule: faultRule{Op: "write", Object: "part-", Kind: "429"}, reason: "POST try 6 (the last one: 429 Too Many Requests): retry budget", resume: sinks.RunConverting},
+		{name: "export unreadable", rule: faultRule{Op: "read", Bucket: fakeExportBucket, Kind: "503"}, reason: "retry failed after 5 attempts; last error: googleapi: got HTTP response code 503", resume: sinks.RunConverting},
 		{name: "manifest upload reset", rule: faultRule{Op: "write", Object: "_manifest", Kind: "reset"}, reason: "(the last one: no answer): retry budget", resume: sinks.RunConverting},
 		{name: "export listing unavailable", rule: faultRule{Op: "stat", Bucket: fakeExportBucket, Kind: "503"}, reason: "retry failed after 5 attempts; last error: googleapi: Error 503", resume: sinks.RunExporting},
 	}
-	for _, tc := range tests {
+	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && i > 1 {
+				t.Skip("-short: a read fault and an upload fault only")
+			}
 			h := newGCSHarness(t, testGCS)
 			h.proxy.set(tc.rule)
 			o := h.handle(t, "faulted")
