@@ -59,10 +59,15 @@ type RunState struct {
 	Manifest string `json:"manifest,omitempty"`
 	// Reason says why a run failed: the error, without resource content.
 	Reason string `json:"reason,omitempty"`
+	// Resume, on a failed run, is the state a redelivery resumes it from: it failed in a way a retry may mend (a
+	// service unavailable past the retry budget). A failed run without Resume failed for good.
+	Resume string `json:"resume,omitempty"`
 }
 
-// Final reports whether the run is over (published or failed).
-func (s RunState) Final() bool { return s.State == RunPublished || s.State == RunFailed }
+// Final reports whether the run is over: published, or failed for good.
+func (s RunState) Final() bool {
+	return s.State == RunPublished || s.State == RunFailed && s.Resume == ""
+}
 
 // LastRun is the last published run of a store into an output: OUT/_runs/_last/<store hash>.json.
 type LastRun struct {
@@ -76,6 +81,21 @@ const runsDir = "_runs/"
 
 func runKey(out, runID, name string) string { return objectKey(out, runsDir+runID+"/"+name) }
 
+// checkRunID refuses a run id that is not one plain path segment: 1 to 63 ASCII letters, digits, '.', '_' and '-',
+// starting with a letter or digit (so never ".", ".." or a name of ours such as "_last").
+func checkRunID(id string) error {
+	ok := len(id) > 0 && len(id) <= 63
+	for i := 0; ok && i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
+		ok = alnum || i > 0 && (c == '.' || c == '_' || c == '-')
+	}
+	if !ok {
+		return fmt.Errorf("run id %q is not 1 to 63 letters, digits, '.', '_' or '-' starting with a letter or digit", id)
+	}
+	return nil
+}
+
 func lastKey(out, store string) string {
 	sum := sha256.Sum256([]byte(store))
 	return objectKey(out, runsDir+"_last/"+hex.EncodeToString(sum[:8])+".json")
@@ -83,6 +103,9 @@ func lastKey(out, store string) string {
 
 // ClaimRun creates OUT/_runs/<st.RunID>/state.json if it does not exist. When it does, the error wraps ErrRunClaimed.
 func ClaimRun(ctx context.Context, b *blob.Bucket, out string, st RunState) error {
+	if err := checkRunID(st.RunID); err != nil {
+		return fmt.Errorf("claim run: %w", err)
+	}
 	data, err := encodeJSON(st)
 	if err != nil {
 		return fmt.Errorf("encode run state %s: %w", st.RunID, err)
@@ -97,6 +120,9 @@ func ClaimRun(ctx context.Context, b *blob.Bucket, out string, st RunState) erro
 // OUT/_runs/<run_id>/attempt-<st.Attempt> if it does not exist (so that of two workers taking over the same attempt
 // only one wins; the other gets ErrRunClaimed), then writes st.
 func TakeOverRun(ctx context.Context, b *blob.Bucket, out string, st RunState) error {
+	if err := checkRunID(st.RunID); err != nil {
+		return fmt.Errorf("take over run: %w", err)
+	}
 	if err := createObject(ctx, b, runKey(out, st.RunID, fmt.Sprintf("attempt-%06d", st.Attempt)), nil); err != nil {
 		return fmt.Errorf("take over run %s (attempt %d): %w", st.RunID, st.Attempt, err)
 	}
@@ -105,6 +131,9 @@ func TakeOverRun(ctx context.Context, b *blob.Bucket, out string, st RunState) e
 
 // WriteRun replaces the run's state. Only the holder of the run calls it.
 func WriteRun(ctx context.Context, b *blob.Bucket, out string, st RunState) error {
+	if err := checkRunID(st.RunID); err != nil {
+		return fmt.Errorf("record run: %w", err)
+	}
 	data, err := encodeJSON(st)
 	if err != nil {
 		return fmt.Errorf("encode run state %s: %w", st.RunID, err)
@@ -117,6 +146,9 @@ func WriteRun(ctx context.Context, b *blob.Bucket, out string, st RunState) erro
 
 // ReadRun reads the run's state. When there is none, the error wraps os.ErrNotExist.
 func ReadRun(ctx context.Context, b *blob.Bucket, out, runID string) (RunState, error) {
+	if err := checkRunID(runID); err != nil {
+		return RunState{}, fmt.Errorf("read run: %w", err)
+	}
 	var st RunState
 	if err := readJSON(ctx, b, runKey(out, runID, "state.json"), &st); err != nil {
 		return RunState{}, fmt.Errorf("read run %s: %w", runID, err)

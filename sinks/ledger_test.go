@@ -3,7 +3,9 @@ package sinks_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -123,5 +125,35 @@ func TestLastRun(t *testing.T) {
 				t.Errorf("another store's last run: %v, want ErrNotExist", err)
 			}
 		})
+	}
+}
+
+// TestLedgerRefusesHostileRunIDs: a run id that is not one plain path segment reaches no key.
+func TestLedgerRefusesHostileRunIDs(t *testing.T) {
+	ctx := context.Background()
+	for _, id := range []string{"", ".", "..", "../x", "a/b", "a/../../b", "_last", "-a", ".hidden", "a\x00b", "a\nb",
+		`a\b`, "a b", "r\u0430n", "a%2Fb", strings.Repeat("a", 64)} {
+		t.Run(fmt.Sprintf("%q", id), func(t *testing.T) {
+			b := memblob.OpenBucket(nil)
+			defer b.Close()
+			st := sinks.RunState{RunID: id, State: sinks.RunClaimed, Attempt: 2}
+			errs := []error{
+				sinks.ClaimRun(ctx, b, "out", st),
+				sinks.TakeOverRun(ctx, b, "out", st),
+				sinks.WriteRun(ctx, b, "out", st),
+			}
+			_, err := sinks.ReadRun(ctx, b, "out", id)
+			for i, err := range append(errs, err) {
+				if err == nil || !strings.Contains(err.Error(), "is not 1 to 63 letters") {
+					t.Errorf("call %d: %v, want a refusal", i, err)
+				}
+			}
+			if objs, _, _ := b.ListPage(ctx, blob.FirstPageToken, 10, nil); len(objs) != 0 {
+				t.Errorf("wrote %s", objs[0].Key)
+			}
+		})
+	}
+	if err := sinks.ClaimRun(ctx, memblob.OpenBucket(nil), "out", sinks.RunState{RunID: "nightly-2026.11_25"}); err != nil {
+		t.Errorf("a valid run id: %v", err)
 	}
 }

@@ -542,6 +542,15 @@ func TestTableNames(t *testing.T) {
 		{name: "patient links", table: "_patient_links", wantKey: "out/_patient_links/part-00000.parquet"},
 		{name: "other underscore name", table: "_rejects"},
 		{name: "path", table: "a/b"},
+		{name: "parent", table: "../Patient"},
+		{name: "dot dot", table: ".."},
+		{name: "escaping path", table: "Patient/../../x"},
+		{name: "empty", table: ""},
+		{name: "NUL", table: "Pa\x00tient"},
+		{name: "newline", table: "Patient\n"},
+		{name: "backslash", table: `Patient\..\x`},
+		{name: "look-alike letter", table: "P\u0430tient"},
+		{name: "leading digit", table: "1Patient"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -557,6 +566,9 @@ func TestTableNames(t *testing.T) {
 					t.Fatalf("Write to table %q succeeded", tt.table)
 				}
 				tbl.Abort()
+				if k := keys(t, b); len(k) != 0 {
+					t.Errorf("table %q wrote %v", tt.table, k)
+				}
 				return
 			}
 			if err != nil {

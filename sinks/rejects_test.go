@@ -82,6 +82,26 @@ func TestRejectsWritesQuarantine(t *testing.T) {
 			},
 		},
 		{
+			name: "hostile types claimed known: every one to _unparsed, their names only as JSON values",
+			out:  "run",
+			rejects: []Reject{
+				{Source: "a", Line: 1, ResourceType: "Patient/../../../x", Known: true, Raw: []byte(`1`)},
+				{Source: "a", Line: 2, ResourceType: "_manifest", Known: true, Raw: []byte(`2`)},
+				{Source: "a", Line: 3, ResourceType: "Pa\x00tient", Known: true, Raw: []byte(`3`)},
+				{Source: "a", Line: 4, ResourceType: "Patient\n", Known: true, Raw: []byte(`4`)},
+				{Source: "a", Line: 5, ResourceType: "P\u0430tient", Known: true, Raw: []byte(`5`)},
+			},
+			want: map[string]string{
+				"_rejects/_unparsed.ndjson": "1\n2\n3\n4\n5\n",
+				"_rejects/errors.ndjson": `{"source":"a","line":1,"resourceType":"Patient/../../../x","issues":[]}
+{"source":"a","line":2,"resourceType":"_manifest","issues":[]}
+{"source":"a","line":3,"resourceType":"Pa\u0000tient","issues":[]}
+{"source":"a","line":4,"resourceType":"Patient\n","issues":[]}
+{"source":"a","line":5,"resourceType":"Pаtient","issues":[]}
+`,
+			},
+		},
+		{
 			name: "a damaged object beside a rejected line: an entry, nothing quarantined",
 			out:  "run",
 			rejects: []Reject{

@@ -64,6 +64,9 @@ type Policy struct {
 	// Outputs are output locations: an output is allowed when it is an entry or lies below one
 	// ("gs://lake" allows gs://lake/fhir; "file:///data" allows file:///data/out).
 	Outputs []string
+	// ExportPrefixes are where store exports may write (gs://bucket[/prefix]), entries or below, like Outputs. The
+	// Healthcare API writes the whole export there, so a message must not choose a bucket of its own.
+	ExportPrefixes []string
 }
 
 var runIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -158,7 +161,7 @@ func (m Message) check(p Policy) error {
 	}
 	if m.Kind == KindGroup && m.Group == "" {
 		errs = append(errs, errors.New("group is missing (kind group)"))
-	} else if m.Kind == KindGroup && !fhirID.MatchString(m.Group) {
+	} else if m.Kind == KindGroup && !isGroupID(m.Group) {
 		errs = append(errs, fmt.Errorf("group %q is not a FHIR id", m.Group))
 	}
 	if m.Kind != KindGroup && m.Group != "" {
@@ -178,10 +181,10 @@ func (m Message) check(p Policy) error {
 	case m.Kind == KindStore && m.ExportPrefix == "":
 		errs = append(errs, errors.New("export_prefix is missing (kind store)"))
 	case m.Kind == KindStore:
-		if b, _, err := parseGS(m.ExportPrefix); err != nil {
-			errs = append(errs, fmt.Errorf("export_prefix: %w", err))
-		} else if strings.ContainsAny(b, "?#") {
-			errs = append(errs, fmt.Errorf("export_prefix %q is not gs://bucket/prefix", m.ExportPrefix))
+		if err := checkExportPrefix(m.ExportPrefix); err != nil {
+			errs = append(errs, err)
+		} else if !allowed(p.ExportPrefixes, m.ExportPrefix, true) {
+			errs = append(errs, fmt.Errorf("export_prefix %q is not in the allowed export prefixes", m.ExportPrefix))
 		}
 	case m.ExportPrefix != "":
 		errs = append(errs, errors.New("export_prefix applies to kind store only (bulk and group exports write to the store's bulkExportGcsDestination)"))
@@ -195,10 +198,69 @@ func (m Message) check(p Policy) error {
 	return nil
 }
 
+// gsBucket is a Cloud Storage bucket name: 3 to 63 lower-case letters, digits, '-', '_' and '.', starting and ending
+// with a letter or digit (up to 222 with dots).
+var gsBucket = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$`)
+
+// plainLocation refuses what no location needs and what could make two spellings of one place: percent escapes
+// (the allow-lists compare the text, the bucket sees the decoded path), backslashes, and bytes below 0x20 or 0x7f.
+func plainLocation(what, loc string) error {
+	for i := 0; i < len(loc); i++ {
+		if c := loc[i]; c < 0x20 || c == 0x7f || c == '%' || c == '\\' {
+			return fmt.Errorf("%s %q holds a percent escape, a backslash or a control character", what, loc)
+		}
+	}
+	return nil
+}
+
+// reservedSegments are fhirlake's own names in an output (the ledger, quarantine, link table, manifest): another
+// run's output must not lie inside them.
+var reservedSegments = []string{"_runs", "_rejects", "_patient_links", "_manifest.json"}
+
+// checkSegments refuses empty, "." and ".." segments in path and, when reserved, reservedSegments.
+func checkSegments(what, loc, path string, reserved bool) error {
+	path = strings.TrimPrefix(path, "/")
+	if path == "" {
+		return nil
+	}
+	for _, seg := range strings.Split(path, "/") {
+		switch {
+		case seg == ".." || seg == ".":
+			return fmt.Errorf("%s %q has a relative path segment", what, loc)
+		case seg == "":
+			return fmt.Errorf("%s %q has an empty path segment", what, loc)
+		case reserved && slices.Contains(reservedSegments, seg):
+			return fmt.Errorf("%s %q has a path segment %s, which fhirlake reserves for its own objects", what, loc, seg)
+		}
+	}
+	return nil
+}
+
+// checkExportPrefix accepts gs://bucket[/prefix] with a valid bucket name and a plain path.
+func checkExportPrefix(loc string) error {
+	if err := plainLocation("export_prefix", loc); err != nil {
+		return err
+	}
+	b, prefix, err := parseGS(loc)
+	if err != nil {
+		return fmt.Errorf("export_prefix: %w", err)
+	}
+	if !gsBucket.MatchString(b) {
+		return fmt.Errorf("export_prefix %q is not gs://bucket/prefix with a Cloud Storage bucket name", loc)
+	}
+	return checkSegments("export_prefix", loc, strings.TrimSuffix(prefix, "/"), false)
+}
+
+// isGroupID reports whether id is a FHIR id that is also a plain path segment (the API's URL holds it).
+func isGroupID(id string) bool { return fhirID.MatchString(id) && id != "." && id != ".." }
+
 // checkOutput accepts gs://bucket[/prefix], file:///absolute/dir and mem://name.
 func checkOutput(out string) error {
 	if out == "" {
 		return errors.New("output is missing")
+	}
+	if err := plainLocation("output", out); err != nil {
+		return err
 	}
 	u, err := url.Parse(out)
 	if err != nil || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
@@ -209,6 +271,9 @@ func checkOutput(out string) error {
 		if u.Host == "" {
 			return fmt.Errorf("output %q has no bucket", out)
 		}
+		if !gsBucket.MatchString(u.Host) {
+			return fmt.Errorf("output %q does not name a Cloud Storage bucket", out)
+		}
 	case "file":
 		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
 			return fmt.Errorf("output %q is not file:///absolute/dir", out)
@@ -217,12 +282,7 @@ func checkOutput(out string) error {
 	default:
 		return fmt.Errorf("output %q is not gs://bucket/prefix, file:///dir or mem://name", out)
 	}
-	for _, seg := range strings.Split(u.Path, "/") {
-		if seg == ".." || seg == "." {
-			return fmt.Errorf("output %q has a relative path segment", out)
-		}
-	}
-	return nil
+	return checkSegments("output", out, u.Path, true)
 }
 
 // allowed reports whether v is in list, or (below) lies under one of its entries.

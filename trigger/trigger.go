@@ -146,7 +146,7 @@ func (r Request) Validate() error {
 	if !storeName.MatchString(r.Store) {
 		errs = append(errs, fmt.Errorf("store %q is not projects/{p}/locations/{l}/datasets/{d}/fhirStores/{s}", r.Store))
 	}
-	if r.Kind == KindGroup && !fhirID.MatchString(r.Group) {
+	if r.Kind == KindGroup && !isGroupID(r.Group) {
 		errs = append(errs, fmt.Errorf("group id %q is not a FHIR id", r.Group))
 	}
 	if r.Kind != KindGroup && (r.Group != "" || r.ByPatient) {

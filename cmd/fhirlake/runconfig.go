@@ -25,6 +25,9 @@ import (
 type runConfig struct {
 	AllowStores  string // comma-separated FHIR store names, or "*"
 	AllowOutputs string // comma-separated output locations (gs://bucket[/prefix], file:///dir, mem://), or "*"
+	// AllowExportPrefixes are where store exports may write (gs://bucket[/prefix], comma-separated, or "*"); empty
+	// refuses every store export.
+	AllowExportPrefixes string
 
 	Project            string // Google Cloud project of the Pub/Sub resources
 	DeadLetterTopic    string // topic (id or projects/p/topics/t) that poison messages are published to; "" logs only
@@ -46,6 +49,7 @@ type runConfig struct {
 var runEnv = map[string]string{
 	"allow-stores":             "FHIRLAKE_ALLOW_STORES",
 	"allow-outputs":            "FHIRLAKE_ALLOW_OUTPUTS",
+	"allow-export-prefixes":    "FHIRLAKE_ALLOW_EXPORT_PREFIXES",
 	"project":                  "GOOGLE_CLOUD_PROJECT",
 	"dead-letter-topic":        "FHIRLAKE_DEAD_LETTER_TOPIC",
 	"healthcare-endpoint":      "FHIRLAKE_HEALTHCARE_ENDPOINT",
@@ -67,6 +71,7 @@ var runEnv = map[string]string{
 func addRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.StringVar(&c.AllowStores, "allow-stores", "", "FHIR stores messages may name, comma-separated (projects/.../fhirStores/...), or *")
 	fs.StringVar(&c.AllowOutputs, "allow-outputs", "", "outputs messages may name, comma-separated: gs://bucket[/prefix], file:///dir, mem://, or *")
+	fs.StringVar(&c.AllowExportPrefixes, "allow-export-prefixes", "", "where store exports may write, comma-separated: gs://bucket[/prefix], or * (empty: no store exports)")
 	fs.StringVar(&c.Project, "project", "", "Google Cloud project of the Pub/Sub topics and subscriptions")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", "", "Pub/Sub topic poison messages are published to (empty: logged only)")
 	fs.StringVar(&c.HealthcareEndpoint, "healthcare-endpoint", "", "Cloud Healthcare API endpoint (empty: the real service)")
@@ -99,7 +104,8 @@ func (c runConfig) validate() error {
 }
 
 func (c runConfig) policy() trigger.Policy {
-	return trigger.Policy{Stores: splitList(c.AllowStores), Outputs: splitList(c.AllowOutputs)}
+	return trigger.Policy{Stores: splitList(c.AllowStores), Outputs: splitList(c.AllowOutputs),
+		ExportPrefixes: splitList(c.AllowExportPrefixes)}
 }
 
 func splitList(s string) []string {
@@ -125,8 +131,10 @@ func newRunner(ctx context.Context, c runConfig, log *slog.Logger) (*runner, err
 	return c.runner(svc, log), nil
 }
 
-// runner builds the runner of c on svc; openExportBucket is left zero (gs://name).
+// runner builds the runner of c on svc. Export and output buckets on Cloud Storage share one storage client with
+// defaultGCS's retries.
 func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
+	gcs := &gcsBuckets{opts: defaultGCS}
 	return &runner{
 		log:    log,
 		policy: c.policy(),
@@ -137,8 +145,8 @@ func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
 		convert: pipeline.Options{
 			Workers: c.Workers, MaxLineBytes: c.MaxLineBytes, RecursionDepth: c.RecursionDepth,
 		},
-		outputs:          &outputs{},
-		openExportBucket: openGCSBucket,
+		outputs:          &outputs{gcs: gcs},
+		openExportBucket: gcs.open,
 		owner:            instanceID(),
 		lease:            c.Lease,
 		now:              time.Now,

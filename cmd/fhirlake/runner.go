@@ -160,18 +160,30 @@ func (r *runner) do(ctx context.Context, log *slog.Logger, m trigger.Message) ou
 	if err == nil {
 		return outcome{Verdict: ack, State: sinks.RunPublished, Manifest: mf}
 	}
+	reason := err.Error()
 	if permanent(err) {
-		reason := err.Error()
-		if serr := h.save(context.WithoutCancel(ctx), func(s *sinks.RunState) { s.State, s.Reason, s.Lease = sinks.RunFailed, reason, time.Time{} }); serr != nil {
+		if serr := h.save(context.WithoutCancel(ctx), func(s *sinks.RunState) {
+			s.State, s.Reason, s.Resume, s.Lease = sinks.RunFailed, reason, "", time.Time{}
+		}); serr != nil {
 			return outcome{Verdict: nack, State: h.state(), Err: errors.Join(err, serr)}
 		}
 		return outcome{Verdict: ack, State: sinks.RunFailed, Err: err}
 	}
-	// Transient or shut down: release the lease so that a redelivery resumes at once, from the recorded state.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if serr := h.save(rctx, func(s *sinks.RunState) { s.Lease = time.Time{} }); serr != nil {
-		log.Warn("release run lease", "err", serr)
+	if ctx.Err() != nil {
+		// Shut down: release the lease so that a redelivery resumes at once, from the recorded state.
+		if serr := h.save(rctx, func(s *sinks.RunState) { s.Lease = time.Time{} }); serr != nil {
+			log.Warn("release run lease", "err", serr)
+		}
+		return outcome{Verdict: nack, State: h.state(), Err: err}
+	}
+	// Transient, past the retry budget: failed with the reason, and resumable from where it was; the nack makes
+	// Pub/Sub deliver it again later.
+	if serr := h.save(rctx, func(s *sinks.RunState) {
+		s.Resume, s.State, s.Reason, s.Lease = s.State, sinks.RunFailed, reason, time.Time{}
+	}); serr != nil {
+		log.Warn("record run failure", "err", serr)
 	}
 	return outcome{Verdict: nack, State: h.state(), Err: err}
 }
@@ -272,8 +284,12 @@ func (r *runner) acquire(ctx context.Context, b *blob.Bucket, prefix string, m t
 		return nil, fmt.Errorf("run %s %s by %s until %s: %w", m.RunID, prev.State, prev.Owner, prev.Lease.Format(time.RFC3339), errBusy)
 	}
 	next := prev
+	next.RunID = m.RunID // the key the entry was read from, whatever it holds
 	next.Attempt++
 	next.Owner, next.Lease, next.Updated = r.owner, now.Add(r.lease), now
+	if prev.State == sinks.RunFailed { // failed in a way a retry may mend: go on from where it stopped
+		next.State, next.Resume, next.Reason = prev.Resume, "", ""
+	}
 	if err := sinks.TakeOverRun(ctx, b, prefix, next); err != nil {
 		if errors.Is(err, sinks.ErrRunClaimed) {
 			return nil, fmt.Errorf("run %s: %w", m.RunID, errBusy)
@@ -527,8 +543,9 @@ func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, h
 }
 
 // outputs opens output locations. mem:// buckets live as long as the process (each name is one bucket), so that a
-// ledger in one outlives a run.
+// ledger in one outlives a run; gs:// buckets are opened on gcs (nil: gocloud's default client).
 type outputs struct {
+	gcs *gcsBuckets
 	mu  sync.Mutex
 	mem map[string]*blob.Bucket
 }
@@ -552,6 +569,15 @@ func (o *outputs) open(ctx context.Context, loc string) (*blob.Bucket, string, f
 			o.mem[u.Host] = b
 		}
 		return b, strings.Trim(u.Path, "/"), func() {}, nil
+	case "gs":
+		if o.gcs == nil {
+			break
+		}
+		b, err := o.gcs.open(ctx, u.Host)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("open output %s: %w", loc, err)
+		}
+		return b, strings.Trim(u.Path, "/"), func() { b.Close() }, nil
 	case "file":
 		if err := os.MkdirAll(u.Path, 0o755); err != nil {
 			return nil, "", nil, fmt.Errorf("create output directory: %w", err)
@@ -565,7 +591,7 @@ func (o *outputs) open(ctx context.Context, loc string) (*blob.Bucket, string, f
 	return b, strings.TrimSuffix(prefix, "/"), func() { b.Close() }, nil
 }
 
-// Close closes the mem:// buckets.
+// Close closes the mem:// buckets and the Cloud Storage client.
 func (o *outputs) Close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -573,4 +599,7 @@ func (o *outputs) Close() {
 		b.Close()
 	}
 	o.mem = nil
+	if o.gcs != nil {
+		o.gcs.Close()
+	}
 }

@@ -12,12 +12,7 @@ import (
 	"time"
 
 	"cloud.google.com/go/pubsub/v2"
-	"gocloud.dev/blob"
 )
-
-func openGCSBucket(ctx context.Context, name string) (*blob.Bucket, error) {
-	return blob.OpenBucket(ctx, "gs://"+name)
-}
 
 // runCmd is `fhirlake run --message JSON|@file`: one run, as a Cloud Run job started with an override.
 // Exit codes: 0 published (or published before), 1 not finished (a retry resumes it), 2 usage or poison message,

@@ -38,8 +38,14 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessWith(t, healthcaretest.Options{Polls: 1})
+}
+
+// newHarnessWith is newHarness with the fake Healthcare API configured by hopts.
+func newHarnessWith(t *testing.T, hopts healthcaretest.Options) *harness {
+	t.Helper()
 	ctx := context.Background()
-	f, err := startFakes(ctx, testStore, healthcaretest.Options{Polls: 1})
+	f, err := startFakes(ctx, testStore, hopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +54,8 @@ func newHarness(t *testing.T) *harness {
 	h.c = workerConfig{
 		runConfig: runConfig{
 			AllowStores: f.healthcare.StoreName(), AllowOutputs: "mem://lake", DeadLetterTopic: f.topic(fakeDeadLetter),
-			Lease: time.Minute, ExportDeadline: time.Hour, PollFloor: time.Millisecond, PollCap: 5 * time.Millisecond,
+			AllowExportPrefixes: "gs://" + fakeExportBucket,
+			Lease:               time.Minute, ExportDeadline: time.Hour, PollFloor: time.Millisecond, PollCap: 5 * time.Millisecond,
 			Workers: 2, MaxLineBytes: 1 << 20, RecursionDepth: 2,
 		},
 		Subscription: f.subscription(fakeSubscription), MaxOutstandingMessages: 1, MaxOutstandingBytes: 1 << 20,

@@ -75,6 +75,9 @@ type Faults struct {
 	// Transient is the share of requests answered 429 or 503 (as the Google front end does); Reset the share whose
 	// connection is dropped without an answer.
 	Transient, Reset float64
+	// PollsOnly limits Transient and Reset to status polls (operations.get, getFhirOperationStatus): the export
+	// starts, then its status is unavailable.
+	PollsOnly bool
 	// Fail, when set, makes every export that completes from now on fail with this message.
 	Fail string
 	// ManifestError adds an error[] entry (an NDJSON file of OperationOutcome) to bulk manifests.
@@ -218,7 +221,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.requests++
-	if s.inject(w) {
+	poll := r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/operations/")
+	if (poll || !s.faults.PollsOnly) && s.inject(w) {
 		s.injected++
 		return
 	}

@@ -322,3 +322,30 @@ func TestLoadRejectsBadStore(t *testing.T) {
 		t.Error("New without a bucket succeeded")
 	}
 }
+
+// TestFaultsOnPollsOnly: with PollsOnly, the export starts and the store answers while every status poll fails.
+func TestFaultsOnPollsOnly(t *testing.T) {
+	ctx := context.Background()
+	s, svc, _ := newFake(t, healthcaretest.Options{Faults: healthcaretest.Faults{Seed: 1, Transient: 1, PollsOnly: true}})
+	if _, err := svc.Projects.Locations.Datasets.FhirStores.Get(s.StoreName()).Context(ctx).Do(); err != nil {
+		t.Fatalf("store get: %v", err)
+	}
+	res, _ := bulk(t, svc, s.StoreName(), true, nil)
+	if res.StatusCode != http.StatusAccepted || s.Starts() != 1 {
+		t.Fatalf("start: HTTP %d, %d starts", res.StatusCode, s.Starts())
+	}
+	name := strings.TrimPrefix(res.Header.Get("Content-Location"), s.URL()+"/v1/")
+	for range 3 {
+		res, err := svc.Projects.Locations.Datasets.FhirStores.Operations.GetFhirOperationStatus(name).Context(ctx).Do()
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusTooManyRequests && res.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("poll: HTTP %d, want an injected 429 or 503", res.StatusCode)
+		}
+	}
+	if s.Injected() != 3 || s.Polls() != 0 {
+		t.Errorf("%d injected, %d polls answered; want 3 and 0", s.Injected(), s.Polls())
+	}
+}
