@@ -51,6 +51,9 @@ type RunState struct {
 	Message json.RawMessage `json:"message,omitempty"`
 	// Since is the _since the export was started with (RFC 3339), "" for none.
 	Since string `json:"since,omitempty"`
+	// ExportRequests counts the calls made to start the run's export, each recorded before it is made. More than
+	// one means a holder died after asking and before recording the handle: that export may be running unknown.
+	ExportRequests int `json:"export_requests,omitempty"`
 	// Export is the export handle, from the exporting state on.
 	Export json.RawMessage `json:"export,omitempty"`
 	// TransactionTime is the export's transactionTime, from the converting state on.

@@ -322,8 +322,21 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		if m.Kind == trigger.KindStore {
 			dest = fmt.Sprintf("%s/%s/attempt-%d/", m.ExportPrefix, m.RunID, h.st.Attempt)
 		}
+		if h.st.ExportRequests > 0 {
+			// An earlier holder asked for the export and died before recording its handle. Nothing finds that
+			// export again (the API takes no request id and lists no request), so another is started.
+			log.Warn("an earlier attempt may have started an export whose handle was never recorded; starting another",
+				"phase", "export", "export_requests", h.st.ExportRequests)
+		}
+		if err := h.save(ctx, func(s *sinks.RunState) { s.ExportRequests++ }); err != nil {
+			return nil, err
+		}
 		log.Info("export starting", "phase", "export", "kind", m.Kind, "since", formatSince(since))
-		handle, err := exports.Start(ctx, m.Request(since, dest))
+		// From the request to the ledger write of its handle, a shutdown must not cut in: an export the service
+		// started and nobody recorded would be started again by the redelivery.
+		sctx, cancel := detach(ctx, startGrace)
+		defer cancel()
+		handle, err := exports.Start(sctx, m.Request(since, dest))
 		if err != nil {
 			return nil, err
 		}
@@ -331,13 +344,17 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		if err != nil {
 			return nil, fmt.Errorf("encode export handle: %w", err)
 		}
-		if err := h.save(ctx, func(s *sinks.RunState) {
+		if err := h.save(sctx, func(s *sinks.RunState) {
 			s.State, s.Export, s.Since = sinks.RunExporting, enc, formatSince(since)
 		}); err != nil {
 			return nil, err
 		}
+		cancel()
 		timed("export", start)
 		log.Info("export started", "phase", "export", "operation", handle.Operation)
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("run %s stopped after starting its export: %w", m.RunID, err)
+		}
 	}
 
 	handle, err := trigger.ParseHandle(h.st.Export)
@@ -391,6 +408,31 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
 	}
 	return mf, nil
+}
+
+// startGrace is how long starting an export and recording its handle may go on once the run is cancelled.
+const startGrace = 5 * time.Second
+
+// detach returns a context that is not cancelled with ctx but grace after it, for a step that must not be cut in
+// half. Call cancel when the step is done.
+func detach(ctx context.Context, grace time.Duration) (_ context.Context, cancel context.CancelFunc) {
+	dctx, cancelD := context.WithCancel(context.WithoutCancel(ctx))
+	var t *time.Timer
+	var mu sync.Mutex
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		t = time.AfterFunc(grace, cancelD)
+	})
+	return dctx, func() {
+		stop()
+		mu.Lock()
+		defer mu.Unlock()
+		if t != nil {
+			t.Stop()
+		}
+		cancelD()
+	}
 }
 
 // exportLayout is the reader's name for the layout an export reports; unknown is left to the contents.
