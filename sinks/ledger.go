@@ -106,6 +106,20 @@ func TakeOverRun(ctx context.Context, b *blob.Bucket, out string, st RunState) e
 	return WriteRun(ctx, b, out, st)
 }
 
+// RunAttemptCreated returns when OUT/_runs/<run_id>/attempt-<attempt> was created. When it does not exist, the error
+// wraps os.ErrNotExist.
+func RunAttemptCreated(ctx context.Context, b *blob.Bucket, out, runID string, attempt int) (time.Time, error) {
+	key := runKey(out, runID, fmt.Sprintf("attempt-%06d", attempt))
+	attrs, err := b.Attributes(ctx, key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return time.Time{}, fmt.Errorf("%s: %w", key, errors.Join(os.ErrNotExist, err))
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read attributes of %s: %w", key, err)
+	}
+	return attrs.ModTime, nil
+}
+
 // WriteRun replaces the run's state. Only the holder of the run calls it.
 func WriteRun(ctx context.Context, b *blob.Bucket, out string, st RunState) error {
 	data, err := encodeJSON(st)

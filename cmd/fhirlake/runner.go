@@ -274,11 +274,21 @@ func (r *runner) acquire(ctx context.Context, b *blob.Bucket, prefix string, m t
 	next := prev
 	next.Attempt++
 	next.Owner, next.Lease, next.Updated = r.owner, now.Add(r.lease), now
-	if err := sinks.TakeOverRun(ctx, b, prefix, next); err != nil {
-		if errors.Is(err, sinks.ErrRunClaimed) {
+	for {
+		err := sinks.TakeOverRun(ctx, b, prefix, next)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, sinks.ErrRunClaimed) {
+			return nil, err
+		}
+		// Another worker took this attempt. If it did so a lease ago and never recorded it, it died in between:
+		// the run is nobody's, and the next attempt is free to take.
+		created, aerr := sinks.RunAttemptCreated(ctx, b, prefix, m.RunID, next.Attempt)
+		if aerr != nil || now.Sub(created) < r.lease {
 			return nil, fmt.Errorf("run %s: %w", m.RunID, errBusy)
 		}
-		return nil, err
+		next.Attempt++
 	}
 	h.st = next
 	return h, nil
