@@ -216,6 +216,24 @@ func (h *hold) save(ctx context.Context, change func(*sinks.RunState)) error {
 	defer h.mu.Unlock()
 	st := h.st
 	change(&st)
+	return h.write(ctx, st)
+}
+
+// extend renews the lease, unless it was released (the run ended, or is being left): a renewal that lost the race
+// with the last write must not take the run back.
+func (h *hold) extend(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.st.Lease.IsZero() {
+		return nil
+	}
+	st := h.st
+	st.Lease = h.r.now().Add(h.r.lease).UTC()
+	return h.write(ctx, st)
+}
+
+// write records st as the run's state; h.mu is held.
+func (h *hold) write(ctx context.Context, st sinks.RunState) error {
 	st.Updated = h.r.now().UTC()
 	if err := sinks.WriteRun(ctx, h.b, h.prefix, st); err != nil {
 		return err
@@ -236,7 +254,7 @@ func (h *hold) renew(ctx context.Context, period time.Duration) (stop func()) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := h.save(ctx, func(s *sinks.RunState) { s.Lease = h.r.now().Add(h.r.lease).UTC() }); err != nil && ctx.Err() == nil {
+				if err := h.extend(ctx); err != nil && ctx.Err() == nil {
 					h.r.log.Warn("renew run lease", "run_id", h.st.RunID, "err", err)
 				}
 			}
@@ -409,13 +427,15 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 	if err != nil {
 		return nil, err
 	}
+	// The store's last run is recorded before the ledger says published, so that a crash in between leaves a run
+	// that a redelivery publishes again, and records again, rather than a published run nobody recorded.
+	if err := r.recordLast(ctx, h, m, out.TransactionTime); err != nil {
+		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
+	}
 	if err := h.save(ctx, func(s *sinks.RunState) {
 		s.State, s.Manifest, s.Lease = sinks.RunPublished, m.RunID+"/_manifest.json", time.Time{}
 	}); err != nil {
 		return nil, err
-	}
-	if err := r.recordLast(ctx, h, m, out.TransactionTime); err != nil {
-		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
 	}
 	return mf, nil
 }
