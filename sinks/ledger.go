@@ -51,6 +51,9 @@ type RunState struct {
 	Message json.RawMessage `json:"message,omitempty"`
 	// Since is the _since the export was started with (RFC 3339), "" for none.
 	Since string `json:"since,omitempty"`
+	// ExportRequests counts the calls made to start the run's export, each recorded before it is made. More than
+	// one means a holder died after asking and before recording the handle: that export may be running unknown.
+	ExportRequests int `json:"export_requests,omitempty"`
 	// Export is the export handle, from the exporting state on.
 	Export json.RawMessage `json:"export,omitempty"`
 	// TransactionTime is the export's transactionTime, from the converting state on.
@@ -127,6 +130,20 @@ func TakeOverRun(ctx context.Context, b *blob.Bucket, out string, st RunState) e
 		return fmt.Errorf("take over run %s (attempt %d): %w", st.RunID, st.Attempt, err)
 	}
 	return WriteRun(ctx, b, out, st)
+}
+
+// RunAttemptCreated returns when OUT/_runs/<run_id>/attempt-<attempt> was created. When it does not exist, the error
+// wraps os.ErrNotExist.
+func RunAttemptCreated(ctx context.Context, b *blob.Bucket, out, runID string, attempt int) (time.Time, error) {
+	key := runKey(out, runID, fmt.Sprintf("attempt-%06d", attempt))
+	attrs, err := b.Attributes(ctx, key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return time.Time{}, fmt.Errorf("%s: %w", key, errors.Join(os.ErrNotExist, err))
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read attributes of %s: %w", key, err)
+	}
+	return attrs.ModTime, nil
 }
 
 // WriteRun replaces the run's state. Only the holder of the run calls it.

@@ -74,7 +74,7 @@ func addRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.StringVar(&c.AllowExportPrefixes, "allow-export-prefixes", "", "where store exports may write, comma-separated: gs://bucket[/prefix], or * (empty: no store exports)")
 	fs.StringVar(&c.Project, "project", "", "Google Cloud project of the Pub/Sub topics and subscriptions")
 	fs.StringVar(&c.DeadLetterTopic, "dead-letter-topic", "", "Pub/Sub topic poison messages are published to (empty: logged only)")
-	fs.StringVar(&c.HealthcareEndpoint, "healthcare-endpoint", "", "Cloud Healthcare API endpoint (empty: the real service)")
+	fs.StringVar(&c.HealthcareEndpoint, "healthcare-endpoint", "", "Cloud Healthcare API endpoint (empty: the real service; an http:// endpoint, a local fake, is called without credentials)")
 	fs.DurationVar(&c.Lease, "lease", 2*time.Minute, "how long a run's hold lasts unless renewed; a redelivery takes over a run whose hold ran out")
 	fs.DurationVar(&c.ExportDeadline, "export-deadline", 24*time.Hour, "how long an export may run before it is cancelled")
 	fs.DurationVar(&c.PollFloor, "poll-floor", 2*time.Second, "first delay between export status polls")
@@ -123,6 +123,11 @@ func newRunner(ctx context.Context, c runConfig, log *slog.Logger) (*runner, err
 	var opts []option.ClientOption
 	if c.HealthcareEndpoint != "" {
 		opts = append(opts, option.WithEndpoint(c.HealthcareEndpoint))
+	}
+	if strings.HasPrefix(c.HealthcareEndpoint, "http://") {
+		// A plain-HTTP endpoint is a local fake or emulator: no credentials are looked up, and no token travels in
+		// clear.
+		opts = append(opts, option.WithoutAuthentication())
 	}
 	svc, err := healthcare.NewService(ctx, opts...)
 	if err != nil {

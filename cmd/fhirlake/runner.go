@@ -228,6 +228,24 @@ func (h *hold) save(ctx context.Context, change func(*sinks.RunState)) error {
 	defer h.mu.Unlock()
 	st := h.st
 	change(&st)
+	return h.write(ctx, st)
+}
+
+// extend renews the lease, unless it was released (the run ended, or is being left): a renewal that lost the race
+// with the last write must not take the run back.
+func (h *hold) extend(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.st.Lease.IsZero() {
+		return nil
+	}
+	st := h.st
+	st.Lease = h.r.now().Add(h.r.lease).UTC()
+	return h.write(ctx, st)
+}
+
+// write records st as the run's state; h.mu is held.
+func (h *hold) write(ctx context.Context, st sinks.RunState) error {
 	st.Updated = h.r.now().UTC()
 	if err := sinks.WriteRun(ctx, h.b, h.prefix, st); err != nil {
 		return err
@@ -248,7 +266,7 @@ func (h *hold) renew(ctx context.Context, period time.Duration) (stop func()) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := h.save(ctx, func(s *sinks.RunState) { s.Lease = h.r.now().Add(h.r.lease).UTC() }); err != nil && ctx.Err() == nil {
+				if err := h.extend(ctx); err != nil && ctx.Err() == nil {
 					h.r.log.Warn("renew run lease", "run_id", h.st.RunID, "err", err)
 				}
 			}
@@ -290,11 +308,21 @@ func (r *runner) acquire(ctx context.Context, b *blob.Bucket, prefix string, m t
 	if prev.State == sinks.RunFailed { // failed in a way a retry may mend: go on from where it stopped
 		next.State, next.Resume, next.Reason = prev.Resume, "", ""
 	}
-	if err := sinks.TakeOverRun(ctx, b, prefix, next); err != nil {
-		if errors.Is(err, sinks.ErrRunClaimed) {
+	for {
+		err := sinks.TakeOverRun(ctx, b, prefix, next)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, sinks.ErrRunClaimed) {
+			return nil, err
+		}
+		// Another worker took this attempt. If it did so a lease ago and never recorded it, it died in between:
+		// the run is nobody's, and the next attempt is free to take.
+		created, aerr := sinks.RunAttemptCreated(ctx, b, prefix, m.RunID, next.Attempt)
+		if aerr != nil || now.Sub(created) < r.lease {
 			return nil, fmt.Errorf("run %s: %w", m.RunID, errBusy)
 		}
-		return nil, err
+		next.Attempt++
 	}
 	h.st = next
 	return h, nil
@@ -349,15 +377,14 @@ func (r *runner) phases(ctx context.Context, log *slog.Logger, h *hold, m trigge
 
 // published records the run as published in the ledger and as the store's last run.
 func (r *runner) published(ctx context.Context, log *slog.Logger, h *hold, m trigger.Message, tt time.Time) error {
-	if err := h.save(ctx, func(s *sinks.RunState) {
-		s.State, s.Manifest, s.Lease = sinks.RunPublished, m.RunID+"/_manifest.json", time.Time{}
-	}); err != nil {
-		return err
-	}
+	// The store's last run is recorded before the ledger says published, so that a crash in between leaves a run
+	// that a redelivery publishes again, and records again, rather than a published run nobody recorded.
 	if err := r.recordLast(ctx, h, m, tt); err != nil {
 		log.Warn("record last run (since \"last\" of the next run may export more than needed)", "err", err)
 	}
-	return nil
+	return h.save(ctx, func(s *sinks.RunState) {
+		s.State, s.Manifest, s.Lease = sinks.RunPublished, m.RunID+"/_manifest.json", time.Time{}
+	})
 }
 
 // exportErrors are the gs:// URLs of the export's error files.
@@ -393,8 +420,21 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		if m.Kind == trigger.KindStore {
 			dest = fmt.Sprintf("%s/%s/attempt-%d/", m.ExportPrefix, m.RunID, h.st.Attempt)
 		}
+		if h.st.ExportRequests > 0 {
+			// An earlier holder asked for the export and died before recording its handle. Nothing finds that
+			// export again (the API takes no request id and lists no request), so another is started.
+			log.Warn("an earlier attempt may have started an export whose handle was never recorded; starting another",
+				"phase", "export", "export_requests", h.st.ExportRequests)
+		}
+		if err := h.save(ctx, func(s *sinks.RunState) { s.ExportRequests++ }); err != nil {
+			return trigger.Handle{}, nil, err
+		}
 		log.Info("export starting", "phase", "export", "kind", m.Kind, "since", formatSince(since))
-		handle, err := exports.Start(ctx, m.Request(since, dest))
+		// From the request to the ledger write of its handle, a shutdown must not cut in: an export the service
+		// started and nobody recorded would be started again by the redelivery.
+		sctx, cancel := detach(ctx, startGrace)
+		defer cancel()
+		handle, err := exports.Start(sctx, m.Request(since, dest))
 		if err != nil {
 			return trigger.Handle{}, nil, err
 		}
@@ -402,13 +442,17 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		if err != nil {
 			return trigger.Handle{}, nil, fmt.Errorf("encode export handle: %w", err)
 		}
-		if err := h.save(ctx, func(s *sinks.RunState) {
+		if err := h.save(sctx, func(s *sinks.RunState) {
 			s.State, s.Export, s.Since = sinks.RunExporting, enc, formatSince(since)
 		}); err != nil {
 			return trigger.Handle{}, nil, err
 		}
+		cancel()
 		timed("export", start)
 		log.Info("export started", "phase", "export", "operation", handle.Operation)
+		if err := ctx.Err(); err != nil {
+			return trigger.Handle{}, nil, fmt.Errorf("run %s stopped after starting its export: %w", m.RunID, err)
+		}
 	}
 
 	handle, err := trigger.ParseHandle(h.st.Export)
@@ -433,6 +477,31 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 	}
 
 	return handle, out, nil
+}
+
+// startGrace is how long starting an export and recording its handle may go on once the run is cancelled.
+const startGrace = 5 * time.Second
+
+// detach returns a context that is not cancelled with ctx but grace after it, for a step that must not be cut in
+// half. Call cancel when the step is done.
+func detach(ctx context.Context, grace time.Duration) (_ context.Context, cancel context.CancelFunc) {
+	dctx, cancelD := context.WithCancel(context.WithoutCancel(ctx))
+	var t *time.Timer
+	var mu sync.Mutex
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		t = time.AfterFunc(grace, cancelD)
+	})
+	return dctx, func() {
+		stop()
+		mu.Lock()
+		defer mu.Unlock()
+		if t != nil {
+			t.Stop()
+		}
+		cancelD()
+	}
 }
 
 // exportLayout is the reader's name for the layout an export reports; unknown is left to the contents.
