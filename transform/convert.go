@@ -375,15 +375,15 @@ type slot struct {
 
 // converter converts lines; one per Worker.
 type converter struct {
-	tree    jtree
-	isType  func([]byte) bool // whether a name is an R4 resource type
+	tree              jtree
+	isType            func([]byte) bool // whether a name is an R4 resource type
 	refText, typeText []byte
-	lookups []schema.Member // per key node of the line: its member, found by the check pass; Child -1 for none
-	slots   []slot
-	path    []byte // JSON path of the value being emitted: name[0].given
-	pe      []byte // the _primitiveExtensions object being built
-	compact bytes.Buffer
-	b64     []byte
+	lookups           []schema.Member // per key node of the line: its member, found by the check pass; Child -1 for none
+	slots             []slot
+	path              []byte // JSON path of the value being emitted: name[0].given
+	pe                []byte // the _primitiveExtensions object being built
+	compact           bytes.Buffer
+	b64               []byte
 }
 
 // convert appends the resource in line as row t.rows of t's columns and counts it, or appends nothing and fails.
