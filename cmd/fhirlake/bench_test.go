@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io/fs"
+	"strings"
+	"testing"
+)
+
+// TestBenchChild runs one measurement in-process on the embedded sample, repeated twice, and checks that it
+// converted the sample twice over.
+func TestBenchChild(t *testing.T) {
+	var lines, size int64
+	err := fs.WalkDir(sample, "sample", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := sample.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		size += int64(len(data))
+		for _, l := range bytes.Split(data, []byte("\n")) {
+			if len(bytes.TrimSpace(l)) > 0 {
+				lines++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseBenchConfig([]string{"--repeat", "2", "--validators", "fast", "--child"}, func(string) string { return "" }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := benchChild(context.Background(), c, &out); err != nil {
+		t.Fatal(err)
+	}
+	var r benchResult
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("child output %q: %v", out.String(), err)
+	}
+	if r.Validator != "fast" || r.Lines != 2*lines || r.Bytes != 2*size || r.Rows != r.Valid || r.Valid == 0 {
+		t.Errorf("result %+v; want fast, %d lines, %d bytes, rows = valid", r, 2*lines, 2*size)
+	}
+	if r.Wall <= 0 || r.Validate <= 0 || r.Build <= 0 || r.Write <= 0 {
+		t.Errorf("phase timings missing: %+v", r)
+	}
+}
+
+func TestBenchConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{name: "defaults", args: nil},
+		{name: "bad repeat", args: []string{"--repeat", "0"}, wantErr: "--repeat"},
+		{name: "bad validator", args: []string{"--validators", "fast,quick"}, wantErr: "quick"},
+		{name: "bad cores", args: []string{"--cores", "1,x"}, wantErr: "--cores"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := parseBenchConfig(tt.args, func(string) string { return "" }, &bytes.Buffer{})
+			if tt.wantErr == "" {
+				if err != nil || len(c.Validators) != 2 || len(c.Cores) == 0 || c.Repeat != 1 {
+					t.Errorf("config %+v, err %v", c, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("err %v, want one naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestPrintBench checks the ratios printed from measurements.
+func TestPrintBench(t *testing.T) {
+	rs := []benchResult{
+		{Validator: "reference", Cores: 1, Bytes: 100e6, Lines: 1000, Wall: 40, CPU: 40},
+		{Validator: "fast", Cores: 1, Bytes: 100e6, Lines: 1000, Wall: 4, CPU: 4},
+		{Validator: "fast", Cores: 2, Bytes: 100e6, Lines: 1000, Wall: 2.5, CPU: 5},
+	}
+	var out bytes.Buffer
+	if err := printBench(&out, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"fast / reference on 1 cores: 10.0×", "fast on 2 cores / on 1 core: 1.60×"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
