@@ -413,7 +413,8 @@ func (env *crashEnv) subscription() string {
 	return "projects/" + crashProject + "/subscriptions/runs-worker"
 }
 func (env *crashEnv) policy() trigger.Policy {
-	return trigger.Policy{Stores: []string{env.fake.StoreName()}, Outputs: []string{"gs://" + crashLake}}
+	return trigger.Policy{Stores: []string{env.fake.StoreName()}, Outputs: []string{"gs://" + crashLake},
+		ExportPrefixes: []string{"gs://" + fakeExportBucket}}
 }
 
 // runKey is bucket/key of the run's ledger object name.
