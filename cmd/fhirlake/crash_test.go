@@ -23,10 +23,6 @@ import (
 	"cloud.google.com/go/pubsub/v2/apiv1/pubsubpb"
 	"cloud.google.com/go/pubsub/v2/pstest"
 	"cloud.google.com/go/storage"
-	"github.com/apache/arrow/go/v17/arrow/array"
-	"github.com/apache/arrow/go/v17/arrow/memory"
-	"github.com/apache/arrow/go/v17/parquet/file"
-	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 	"github.com/fsouza/fake-gcs-server/fakestorage"
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/gcsblob"
@@ -659,8 +655,6 @@ func (env *crashEnv) noOrphans(t *testing.T, m *sinks.Manifest) {
 func (env *crashEnv) rows(t *testing.T, m *sinks.Manifest) map[string][]string {
 	t.Helper()
 	ctx := context.Background()
-	alloc := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	defer alloc.AssertSize(t, 0)
 	out := runPrefix(crashPrefix, env.runID)
 	rows := map[string][]string{}
 	for typ, r := range m.Resources {
@@ -669,47 +663,11 @@ func (env *crashEnv) rows(t *testing.T, m *sinks.Manifest) map[string][]string {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rows[typ] = append(rows[typ], parquetJSONRows(t, ctx, alloc, data)...)
+			rows[typ] = append(rows[typ], parquetJSON(t, data)...)
 		}
 		slices.Sort(rows[typ])
 	}
 	return rows
-}
-
-func parquetJSONRows(t *testing.T, ctx context.Context, alloc memory.Allocator, data []byte) []string {
-	t.Helper()
-	pf, err := file.NewParquetReader(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pf.Close()
-	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, alloc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tbl, err := fr.ReadTable(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tbl.Release()
-	tr := array.NewTableReader(tbl, 0)
-	defer tr.Release()
-	var out []string
-	for tr.Next() {
-		var buf bytes.Buffer
-		if err := array.RecordToJSON(tr.Record(), &buf); err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
-			if line != "" {
-				out = append(out, line)
-			}
-		}
-	}
-	if err := tr.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // TestTakeOverPastDeadTaker: a worker that created its attempt object and died before recording the take-over

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -17,10 +16,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/apache/arrow/go/v17/arrow/array"
-	"github.com/apache/arrow/go/v17/arrow/memory"
-	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 
 	"github.com/fhirlake/fhirlake/sinks"
 )
@@ -191,44 +186,26 @@ func readManifest(t *testing.T, out string) *sinks.Manifest {
 // tableRows reads back the rows of files (relative to out) as sorted JSON objects.
 func tableRows(t *testing.T, out string, files []sinks.File, drop ...string) []string {
 	t.Helper()
-	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	defer mem.AssertSize(t, 0)
 	var rows []string
 	for _, f := range files {
 		data, err := os.ReadFile(filepath.Join(out, f.Key))
 		if err != nil {
 			t.Fatal(err)
 		}
-		tbl, err := pqarrow.ReadTable(context.Background(), bytes.NewReader(data), nil, pqarrow.ArrowReadProperties{}, mem)
-		if err != nil {
-			t.Fatalf("read %s: %v", f.Key, err)
-		}
-		tr := array.NewTableReader(tbl, 0)
-		for tr.Next() {
-			var buf bytes.Buffer
-			if err := array.RecordToJSON(tr.Record(), &buf); err != nil {
-				t.Fatal(err)
-			}
-			for l := range strings.SplitSeq(strings.TrimSpace(buf.String()), "\n") {
-				if l == "" {
-					continue
+		for _, l := range parquetJSON(t, data) {
+			if len(drop) > 0 {
+				var row map[string]any
+				if err := json.Unmarshal([]byte(l), &row); err != nil {
+					t.Fatal(err)
 				}
-				if len(drop) > 0 {
-					var row map[string]any
-					if err := json.Unmarshal([]byte(l), &row); err != nil {
-						t.Fatal(err)
-					}
-					for _, d := range drop {
-						delete(row, d)
-					}
-					b, _ := json.Marshal(row)
-					l = string(b)
+				for _, d := range drop {
+					delete(row, d)
 				}
-				rows = append(rows, l)
+				b, _ := json.Marshal(row)
+				l = string(b)
 			}
+			rows = append(rows, l)
 		}
-		tr.Release()
-		tbl.Release()
 	}
 	slices.Sort(rows)
 	return rows
