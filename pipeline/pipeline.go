@@ -68,10 +68,12 @@ type Options struct {
 	MaxLineBytes   int   // zero: the reader's default (64 MiB)
 	RecursionDepth int   // zero: the schema's default (2)
 	BatchRows      int   // rows per Arrow record batch; zero: 8192
-	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 64 MiB
-	Parquet        sinks.ParquetOptions
-	Allocator      memory.Allocator // zero: memory.DefaultAllocator
-	RunID          string
+	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 16 MiB
+	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget for the run: the row groups
+	// being gathered, over all tables, hold about that much Arrow memory at most.
+	Parquet   sinks.ParquetOptions
+	Allocator memory.Allocator // zero: memory.DefaultAllocator
+	RunID     string
 	// Layout of the objects whose own Layout is unknown; zero: reader.LayoutAuto, decided per object from its
 	// first lines.
 	Layout reader.Layout
@@ -141,9 +143,13 @@ type Progress struct {
 	Elapsed                   time.Duration
 }
 
+// DefaultTableBudget is the Arrow memory that the row groups being gathered may hold, over all the tables of a run,
+// unless Options.Parquet.Budget says otherwise.
+const DefaultTableBudget = 96 << 20
+
 const (
 	defaultBatchRows  = 8192
-	defaultBatchBytes = 64 << 20
+	defaultBatchBytes = 16 << 20
 	// A batch of lines handed from a reader to a decoding worker. Small batches keep the hand-off cheap,
 	// bounded ones keep memory bounded: at most cap(work)+Workers batches are alive at once.
 	batchLines = 256
@@ -218,6 +224,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Parquet.Allocator == nil {
 		o.Parquet.Allocator = o.Allocator
+	}
+	if o.Parquet.Budget == nil {
+		o.Parquet.Budget = sinks.NewMemoryBudget(DefaultTableBudget)
 	}
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 5 * time.Second

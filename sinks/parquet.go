@@ -2,38 +2,47 @@ package sinks
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/compress"
+	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/metadata"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
+	pqschema "github.com/apache/arrow/go/v17/parquet/schema"
 	"gocloud.dev/blob"
 )
 
 // Defaults of ParquetOptions.
 const (
 	DefaultRowGroupRows  = 64 * 1024
-	DefaultRowGroupBytes = 128 << 20
+	DefaultRowGroupBytes = 64 << 20
 	DefaultMaxFileBytes  = 512 << 20
 )
 
-// ParquetOptions shape the files of a Table. The zero value works: zstd, row groups of 64Ki rows or 128 MiB,
-// parts of 512 MiB, memory.DefaultAllocator.
+// ParquetOptions shape the files of a Table. The zero value works: zstd, row groups of 64Ki rows or 64 MiB of
+// Arrow data, parts of 512 MiB, memory.DefaultAllocator, no budget shared with other tables.
 type ParquetOptions struct {
 	// Compression of every column. The zero value (compress.Codecs.Uncompressed) means zstd.
 	Compression compress.Compression
 	// RowGroupRows caps the rows of a row group.
 	RowGroupRows int
-	// RowGroupBytes ends a row group once its completed pages reach this size, compressed. The row group is
-	// buffered in memory until it ends, so this bounds a Table's memory, give or take what the measure leaves out:
-	// each column's open page (up to 1 MiB before encoding) and dictionary (up to 1 MiB).
+	// RowGroupBytes ends a row group once the Arrow data a Table holds for it reaches this size. A row group is
+	// held as the record batches written to it until it ends, then written out column by column, so this bounds
+	// a Table's memory (plus one column chunk being encoded).
 	RowGroupBytes int64
-	// MaxFileBytes starts a new part file once the current one reaches this size (row groups are not split, so
-	// a part can exceed it by up to one record batch).
+	// MaxFileBytes starts a new part file once the current one, with the row group it holds, reaches this size
+	// (row groups are not split, so a part can exceed it by up to one row group).
 	MaxFileBytes int64
+	// Budget, when set, bounds the Arrow data held by all the Tables that share it: a Table whose Write finds the
+	// budget exceeded writes out its row group early if it holds at least its share.
+	Budget *MemoryBudget
 	// Allocator for the writer's buffers.
 	Allocator memory.Allocator
 	// PartPrefix starts the name of every part file (zero: "part-"): a task of a run spread over several processes
@@ -41,6 +50,20 @@ type ParquetOptions struct {
 	// returns, so that RemoveStale knows the parts as ours.
 	PartPrefix string
 }
+
+// MemoryBudget is the Arrow memory that a set of Tables may hold in unwritten row groups, together. It is safe
+// for concurrent use.
+type MemoryBudget struct {
+	limit  int64
+	held   atomic.Int64
+	tables atomic.Int64 // tables holding rows
+}
+
+// NewMemoryBudget returns a budget of limit bytes.
+func NewMemoryBudget(limit int64) *MemoryBudget { return &MemoryBudget{limit: limit} }
+
+// Held returns the bytes held now.
+func (b *MemoryBudget) Held() int64 { return b.held.Load() }
 
 // PartPrefixFor is the ParquetOptions.PartPrefix of task (zero: "part-t0000-") of a spread run, and with dedup of
 // the parts a merge rewrites without the task's duplicates.
@@ -74,12 +97,12 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 }
 
 // Table writes the records of one resource type in one run to out/<Type>/part-00000.parquet, part-00001... The
-// first part is opened on the first Write that has rows, so a type without rows leaves no object.
+// first part is opened when the first row group is written, so a type without rows leaves no object.
 //
 // Each part stores the Arrow schema (ARROW:schema) and the schema's key-value metadata (fhirlake.schema_version,
-// fhir.version, fhir.resource_type) in the Parquet footer. A part becomes visible only when it is complete: when it
-// reaches MaxFileBytes or on Close. After any failure, and after Abort, the open part is discarded and the Table
-// only returns errors.
+// fhir.version, fhir.resource_type) in the Parquet footer, so pqarrow and other Arrow readers get the Arrow types
+// back. A part becomes visible only when it is complete: when it reaches MaxFileBytes or on Close. After any
+// failure, and after Abort, the open part is discarded and the Table only returns errors.
 //
 // Table is safe for concurrent use: Write calls are serialised.
 type Table struct {
@@ -89,24 +112,38 @@ type Table struct {
 	schema *arrow.Schema
 	opts   ParquetOptions
 	props  *parquet.WriterProperties
-	aprops pqarrow.ArrowWriterProperties
 
-	mu    sync.Mutex
-	cur   *part
-	next  int    // number of the next part
-	files []File // committed parts
-	err   error  // first failure, or errAborted; sticky
-	done  bool   // Close or Abort was called
+	mu     sync.Mutex
+	layout *tableLayout // built on the first row group
+	cur    *part
+	next   int // number of the next part
+	files  []File
+	err    error // first failure, or errAborted; sticky
+	done   bool  // Close or Abort was called
+	buf    leafBuf
+
+	// The row group being gathered: records written and not yet encoded; the first pendingOff rows of pending[0]
+	// were written to the previous row group.
+	pending      []arrow.Record
+	pendingOff   int
+	pendingRows  int
+	pendingBytes int64
+}
+
+// tableLayout is the Parquet side of a Table's schema.
+type tableLayout struct {
+	schema *pqschema.Schema
+	meta   metadata.KeyValueMetadata
+	leaves []leafPath
 }
 
 // part is one Parquet file being written.
 type part struct {
-	rel    string
-	obj    *object
-	sink   *countingWriter
-	fw     *pqarrow.FileWriter
-	rows   int64
-	rgFull bool // the current row group is full: the next Write starts a new one
+	rel  string
+	obj  *object
+	sink *countingWriter
+	fw   *file.Writer
+	rows int64
 }
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
@@ -124,14 +161,11 @@ func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, 
 			parquet.WithMaxRowGroupLength(int64(opts.RowGroupRows)),
 			parquet.WithAllocator(opts.Allocator),
 		),
-		aprops: pqarrow.NewArrowWriterProperties(
-			pqarrow.WithStoreSchema(),
-			pqarrow.WithAllocator(opts.Allocator),
-		),
 	}
 }
 
-// Write appends rec's rows. rec's schema must equal the table's; the caller keeps ownership of rec.
+// Write appends rec's rows. rec's schema must equal the table's; the Table keeps a reference to rec until its
+// rows are written out, and the caller keeps its own.
 func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -161,6 +195,62 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 }
 
 func (t *Table) write(ctx context.Context, rec arrow.Record) error {
+	rec.Retain()
+	t.pending = append(t.pending, rec)
+	t.pendingRows += int(rec.NumRows())
+	n := arrowBytes(rec)
+	t.pendingBytes += n
+	if bu := t.opts.Budget; bu != nil {
+		bu.held.Add(n)
+		if len(t.pending) == 1 {
+			bu.tables.Add(1)
+		}
+	}
+	for t.pendingRows >= t.opts.RowGroupRows {
+		if err := t.writeRowGroup(ctx, t.opts.RowGroupRows); err != nil {
+			return err
+		}
+	}
+	if t.pendingRows == 0 {
+		return nil
+	}
+	var fileFull bool
+	if t.cur != nil {
+		fileFull = t.cur.sink.n+t.pendingBytes >= t.opts.MaxFileBytes
+	} else {
+		fileFull = t.pendingBytes >= t.opts.MaxFileBytes
+	}
+	if fileFull || t.pendingBytes >= t.opts.RowGroupBytes || t.overBudget() {
+		if err := t.writeRowGroup(ctx, t.pendingRows); err != nil {
+			return err
+		}
+		if fileFull && t.cur != nil {
+			return t.closePart(ctx)
+		}
+	}
+	return nil
+}
+
+// overBudget reports whether the shared budget is exceeded and this table holds at least its share of it.
+func (t *Table) overBudget() bool {
+	bu := t.opts.Budget
+	if bu == nil {
+		return false
+	}
+	held := bu.held.Load()
+	return held > bu.limit && t.pendingBytes >= held/max(bu.tables.Load(), 1)
+}
+
+// writeRowGroup writes the first rows pending rows as one row group of the current part, opening one if needed,
+// leaf column after leaf column; a part that reached MaxFileBytes is closed.
+func (t *Table) writeRowGroup(ctx context.Context, rows int) error {
+	if t.layout == nil {
+		l, err := newTableLayout(t.schema, t.props)
+		if err != nil {
+			return fmt.Errorf("write %s table: %w", t.typ, err)
+		}
+		t.layout = l
+	}
 	if t.cur == nil {
 		if err := t.openPart(ctx); err != nil {
 			return err
@@ -168,45 +258,143 @@ func (t *Table) write(ctx context.Context, rec arrow.Record) error {
 	}
 	p := t.cur
 	stop := p.obj.watch(ctx)
-	err := p.append(rec, t.opts)
+	err := t.encodeRowGroup(p, rows)
 	if serr := stop(); err == nil {
 		err = serr
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p.obj.key, err)
 	}
-	if p.sink.n+p.fw.RowGroupTotalCompressedBytes() >= t.opts.MaxFileBytes {
+	p.rows += int64(rows)
+	t.dropPending(rows)
+	if p.sink.n >= t.opts.MaxFileBytes {
 		return t.closePart(ctx)
 	}
 	return nil
 }
 
-// append writes rec into the current buffered row group, starting a new one first if the last Write filled it.
-// Row groups are ended lazily so that none is ever empty.
-func (p *part) append(rec arrow.Record, opts ParquetOptions) error {
-	if p.rgFull {
-		p.fw.NewBufferedRowGroup() // flushes the full one through sink, which keeps any error
-		p.rgFull = false
+func (t *Table) encodeRowGroup(p *part, rows int) (err error) {
+	defer func() {
+		// The Parquet library panics on some failures (a short write of the magic bytes among them).
+		if r := recover(); r != nil {
+			err = fmt.Errorf("parquet writer: %v", r)
+		}
+	}()
+	rg := p.fw.AppendRowGroup()
+	for i := range t.layout.leaves {
+		cw, err := rg.NextColumn()
+		if err != nil {
+			return err
+		}
+		t.buf.reset(&t.layout.leaves[i])
+		left, lo := rows, t.pendingOff
+		for _, rec := range t.pending {
+			hi := min(int(rec.NumRows()), lo+left)
+			t.buf.add(rec, lo, hi)
+			left -= hi - lo
+			lo = 0
+			if left == 0 {
+				break
+			}
+		}
+		if err := t.buf.write(cw); err != nil {
+			return fmt.Errorf("column %s: %w", cw.Descr().Path(), err)
+		}
 		if p.sink.err != nil {
 			return p.sink.err
 		}
 	}
-	// WriteBuffered splits rec where a row group reaches RowGroupRows (the writer's MaxRowGroupLength).
-	if err := p.fw.WriteBuffered(rec); err != nil {
+	t.buf.reset(nil)
+	if err := rg.Close(); err != nil {
 		return err
 	}
-	if p.sink.err != nil {
-		return p.sink.err
+	return p.sink.err
+}
+
+// dropPending forgets the first rows pending rows, which have been written.
+func (t *Table) dropPending(rows int) {
+	for rows > 0 && len(t.pending) > 0 {
+		rec := t.pending[0]
+		left := int(rec.NumRows()) - t.pendingOff
+		if rows < left {
+			t.pendingOff += rows
+			t.pendingRows -= rows
+			return
+		}
+		rows -= left
+		t.pendingRows -= left
+		t.pendingOff = 0
+		t.releaseFirst()
 	}
-	p.rows += rec.NumRows()
-	n, err := p.fw.RowGroupNumRows()
+}
+
+// releaseFirst releases pending[0] and gives its memory back to the budget.
+func (t *Table) releaseFirst() {
+	rec := t.pending[0]
+	n := arrowBytes(rec)
+	t.pendingBytes -= n
+	if bu := t.opts.Budget; bu != nil {
+		bu.held.Add(-n)
+		if len(t.pending) == 1 {
+			bu.tables.Add(-1)
+		}
+	}
+	rec.Release()
+	t.pending[0] = nil
+	t.pending = t.pending[1:]
+}
+
+// releasePending releases every record held.
+func (t *Table) releasePending() {
+	for len(t.pending) > 0 {
+		t.releaseFirst()
+	}
+	t.pending, t.pendingOff, t.pendingRows, t.pendingBytes = nil, 0, 0, 0
+}
+
+func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLayout, error) {
+	ps, err := pqarrow.ToParquet(s, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("parquet schema: %w", err)
 	}
-	if n >= opts.RowGroupRows || p.fw.RowGroupTotalCompressedBytes() >= opts.RowGroupBytes {
-		p.rgFull = true
+	leaves, err := leafPaths(s, ps)
+	if err != nil {
+		return nil, fmt.Errorf("parquet schema: %w", err)
 	}
-	return nil
+	meta := make(metadata.KeyValueMetadata, 0, s.Metadata().Len()+1)
+	for i, k := range s.Metadata().Keys() {
+		meta.Append(k, s.Metadata().Values()[i])
+	}
+	// What pqarrow's own writer stores, so that Arrow readers restore the exact types (timestamp zones,
+	// string rather than binary).
+	meta.Append("ARROW:schema", base64.StdEncoding.EncodeToString(flight.SerializeSchema(s, props.Allocator())))
+	return &tableLayout{schema: ps, meta: meta, leaves: leaves}, nil
+}
+
+// arrowBytes is the memory rec's buffers hold, all-null arrays aside (a Worker builds them over one shared zeroed
+// buffer).
+func arrowBytes(rec arrow.Record) int64 {
+	var n int64
+	for _, c := range rec.Columns() {
+		n += dataBytes(c.Data())
+	}
+	return n
+}
+
+func dataBytes(d arrow.ArrayData) int64 {
+	if d.Len() > 0 && d.NullN() == d.Len() {
+		return 0
+	}
+	var n int64
+	for _, b := range d.Buffers() {
+		if b != nil {
+			n += int64(b.Cap())
+		}
+	}
+	for _, c := range d.Children() {
+		n += dataBytes(c)
+	}
+	return n
 }
 
 func (t *Table) openPart(ctx context.Context) error {
@@ -217,14 +405,9 @@ func (t *Table) openPart(ctx context.Context) error {
 		return err
 	}
 	sink := &countingWriter{w: obj.w}
-	fw, err := pqarrow.NewFileWriter(t.schema, sink, t.props, t.aprops)
-	if err == nil {
-		err = sink.err
-	}
-	if err != nil {
-		if fw != nil {
-			_ = fw.Close()
-		}
+	fw := file.NewParquetWriter(sink, t.layout.schema.Root(), file.WithWriterProps(t.props), file.WithWriteMetadata(t.layout.meta))
+	if err := sink.err; err != nil {
+		_ = fw.Close()
 		obj.abort()
 		return fmt.Errorf("start parquet file %s: %w", obj.key, err)
 	}
@@ -255,27 +438,28 @@ func (t *Table) closePart(ctx context.Context) error {
 	return nil
 }
 
-// fail discards the open part and makes err sticky.
+// fail discards the open part and what is pending, and makes err sticky.
 func (t *Table) fail(err error) {
 	if t.cur != nil {
 		t.cur.discard()
 		t.cur = nil
 	}
+	t.releasePending()
 	if t.err == nil {
 		t.err = err
 	}
 }
 
-// discard cancels the part's object before the Parquet writer is closed (which releases its buffers), so
-// nothing of it is committed.
+// discard cancels the part's object before the Parquet writer is closed (which writes a footer), so nothing of
+// it is committed.
 func (p *part) discard() {
 	p.obj.cancel()
 	_ = p.fw.Close()
 	p.obj.abort()
 }
 
-// Close commits the open part and returns every part written, in order. A Table that failed returns its error
-// and commits nothing more. Close after Close returns the same files.
+// Close writes what is pending, commits the open part and returns every part written, in order. A Table that
+// failed returns its error and commits nothing more. Close after Close returns the same files.
 func (t *Table) Close(ctx context.Context) ([]File, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -284,18 +468,24 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 	}
 	if !t.done {
 		t.done = true
-		if t.cur != nil {
-			if err := t.closePart(ctx); err != nil {
-				t.fail(err)
-				return nil, err
-			}
+		err := ctx.Err()
+		if err == nil && t.pendingRows > 0 {
+			err = t.writeRowGroup(ctx, t.pendingRows)
+		}
+		if err == nil && t.cur != nil {
+			err = t.closePart(ctx)
+		}
+		if err != nil {
+			t.fail(err)
+			return nil, err
 		}
 	}
 	return append([]File(nil), t.files...), nil
 }
 
-// Abort discards the open part without committing it; later calls return an error. Parts already committed
-// (each complete) stay until RemoveStale; they are not published until a manifest lists them.
+// Abort discards the open part and the rows not yet written, without committing anything more; later calls
+// return an error. Parts already committed (each complete) stay until RemoveStale; they are not published until a
+// manifest lists them.
 func (t *Table) Abort() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -303,7 +493,7 @@ func (t *Table) Abort() {
 	t.fail(fmt.Errorf("%s table: %w", t.typ, errAborted))
 }
 
-// countingWriter is the sink handed to pqarrow. It counts bytes and keeps the first write error instead of
+// countingWriter is the sink handed to the Parquet writer. It counts bytes and keeps the first write error instead of
 // returning it: parts of the Parquet writer panic on a write error (the magic bytes at start) or drop it
 // (NewBufferedRowGroup closing the previous row group), so the Table checks err after every call. It has no
 // Close method, so pqarrow's Close cannot commit the blob: the Table commits it when the footer is complete.

@@ -383,6 +383,63 @@ func TestTableRowGroupBytes(t *testing.T) {
 	}
 }
 
+// TestTableBudget: tables sharing a MemoryBudget write their row groups early once the budget is exceeded, so
+// what they hold together stays near it; without a budget the same writes make one row group per table.
+func TestTableBudget(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	probe := testRecord(t, mem, 0, 20)
+	limit := int64(0)
+	for _, c := range probe.Columns() {
+		for _, b := range c.Data().Buffers() {
+			if b != nil {
+				limit += int64(b.Len())
+			}
+		}
+	}
+	probe.Release()
+	tests := []struct {
+		name       string
+		budget     *MemoryBudget
+		wantGroups func(n int) bool
+	}{
+		{"no budget", nil, func(n int) bool { return n == 1 }},
+		{"a budget of about two batches", NewMemoryBudget(2 * limit), func(n int) bool { return n >= 3 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := memblob.OpenBucket(nil)
+			defer b.Close()
+			opts := ParquetOptions{Budget: tc.budget, Allocator: mem}
+			tables := []*Table{NewTable(b, "out", "Patient", testSchema(), opts), NewTable(b, "out", "Person", testSchema(), opts)}
+			for i := range 12 {
+				rec := testRecord(t, mem, i*20, 20)
+				err := tables[i%2].Write(ctx, rec)
+				rec.Release()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.budget != nil && tc.budget.Held() > tc.budget.limit+2*limit {
+					t.Errorf("after write %d the tables hold %d bytes, budget %d", i, tc.budget.Held(), tc.budget.limit)
+				}
+			}
+			for _, tbl := range tables {
+				files, err := tbl.Close(ctx)
+				if err != nil || len(files) != 1 || files[0].Rows != 120 {
+					t.Fatalf("Close: %+v, %v; want one part of 120 rows", files, err)
+				}
+				got := readParquet(t, b, "out/"+files[0].Key, mem)
+				if !tc.wantGroups(len(got.rowGroups)) {
+					t.Errorf("%s: %d row groups %v", tbl.typ, len(got.rowGroups), got.rowGroups)
+				}
+			}
+			if tc.budget != nil && tc.budget.Held() != 0 {
+				t.Errorf("budget holds %d bytes after Close", tc.budget.Held())
+			}
+		})
+	}
+}
+
 func TestTableConcurrentWrites(t *testing.T) {
 	ctx := context.Background()
 	mem := checkedAllocator(t)

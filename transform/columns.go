@@ -32,12 +32,19 @@ const (
 	colFixed8                // validity, 8-byte values: int64, float64, timestamp
 )
 
+// arena is where the cols of a Worker get their memory: an allocator, and a count of the bytes the cols hold
+// (their buffers' capacity), apart from what they have handed over to records. It is used by one goroutine.
+type arena struct {
+	mem  memory.Allocator
+	held int64
+}
+
 // col is one Arrow array under construction. Entries [0, n) are materialised; a parent that is longer treats the
 // rest as null. Offsets (colBinary, colList) hold n+1 entries once n > 0.
 type col struct {
 	kind  colKind
 	typ   arrow.DataType
-	mem   memory.Allocator
+	mem   *arena
 	n     int // entries materialised
 	valid int // of which not null
 	bits  gbuf
@@ -47,7 +54,7 @@ type col struct {
 }
 
 // newCol returns the col tree for an Arrow type the schema package produces.
-func newCol(t arrow.DataType, mem memory.Allocator) (*col, error) {
+func newCol(t arrow.DataType, mem *arena) (*col, error) {
 	c := &col{typ: t, mem: mem}
 	switch t := t.(type) {
 	case *arrow.StructType:
@@ -88,30 +95,32 @@ type gbuf struct {
 // ensure makes at least size bytes available. Bitmaps and offsets are zeroed past what was written (pad relies on
 // it); values and string data are not (a null's value slot is undefined in Arrow, and the Go allocator zeroes
 // anyway).
-func (g *gbuf) ensure(mem memory.Allocator, size int) { g.grow(mem, size, true) }
+func (g *gbuf) ensure(a *arena, size int) { g.grow(a, size, true) }
 
-func (g *gbuf) ensureData(mem memory.Allocator, size int) { g.grow(mem, size, false) }
+func (g *gbuf) ensureData(a *arena, size int) { g.grow(a, size, false) }
 
-func (g *gbuf) grow(mem memory.Allocator, size int, zero bool) {
+func (g *gbuf) grow(a *arena, size int, zero bool) {
 	if size <= len(g.b) {
 		return
 	}
 	if g.buf == nil {
-		g.buf = memory.NewResizableBuffer(mem)
+		g.buf = memory.NewResizableBuffer(a.mem)
 	}
 	old := len(g.b)
 	g.buf.Reserve(max(size, 2*old, g.hint, 64))
 	g.b = g.buf.Buf()
+	a.held += int64(len(g.b) - old)
 	if zero {
 		clear(g.b[old:])
 	}
 }
 
 // take hands the first size bytes over as a buffer (the caller owns the reference) and starts afresh.
-func (g *gbuf) take(size int, z *zeros) *memory.Buffer {
+func (g *gbuf) take(a *arena, size int, z *zeros) *memory.Buffer {
 	if g.buf == nil {
 		return z.buffer(size)
 	}
+	a.held -= int64(len(g.b))
 	b := g.buf
 	b.ResizeNoShrink(size)
 	g.hint = max(size, 64)
@@ -119,8 +128,9 @@ func (g *gbuf) take(size int, z *zeros) *memory.Buffer {
 	return b
 }
 
-func (g *gbuf) release() {
+func (g *gbuf) release(a *arena) {
 	if g.buf != nil {
+		a.held -= int64(len(g.b))
 		g.buf.Release()
 		g.buf, g.b = nil, nil
 	}
@@ -218,7 +228,7 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 		return z.nulls(c.typ, length)
 	}
 	c.pad(length)
-	validity := c.bits.take(bitBytes(length), z)
+	validity := c.bits.take(c.mem, bitBytes(length), z)
 	var buffers []*memory.Buffer
 	var children []arrow.ArrayData
 	switch c.kind {
@@ -229,15 +239,15 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 		}
 	case colList:
 		end := int(c.offset(length))
-		buffers = []*memory.Buffer{validity, c.offs.take(4*(length+1), z)}
+		buffers = []*memory.Buffer{validity, c.offs.take(c.mem, 4*(length+1), z)}
 		children = []arrow.ArrayData{c.kids[0].finish(end, z)}
 	case colBinary:
 		end := int(c.offset(length))
-		buffers = []*memory.Buffer{validity, c.offs.take(4*(length+1), z), c.vals.take(end, z)}
+		buffers = []*memory.Buffer{validity, c.offs.take(c.mem, 4*(length+1), z), c.vals.take(c.mem, end, z)}
 	case colBool:
-		buffers = []*memory.Buffer{validity, c.vals.take(bitBytes(length), z)}
+		buffers = []*memory.Buffer{validity, c.vals.take(c.mem, bitBytes(length), z)}
 	case colFixed8:
-		buffers = []*memory.Buffer{validity, c.vals.take(8*length, z)}
+		buffers = []*memory.Buffer{validity, c.vals.take(c.mem, 8*length, z)}
 	}
 	d := array.NewData(c.typ, length, buffers, children, length-c.valid, 0)
 	for _, b := range buffers {
@@ -247,16 +257,16 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 		ch.Release()
 	}
 	c.n, c.valid = 0, 0
-	c.offs.release() // not taken by the kinds without offsets
-	c.vals.release()
+	c.offs.release(c.mem) // not taken by the kinds without offsets
+	c.vals.release(c.mem)
 	return d
 }
 
 // release frees what the col holds.
 func (c *col) release() {
-	c.bits.release()
-	c.vals.release()
-	c.offs.release()
+	c.bits.release(c.mem)
+	c.vals.release(c.mem)
+	c.offs.release(c.mem)
 	c.n, c.valid = 0, 0
 	for _, k := range c.kids {
 		k.release()

@@ -272,7 +272,7 @@ type plan struct {
 }
 
 // newRootPlan binds res's fields to cols created from its schema, one per field in schema order.
-func newRootPlan(res *schema.Resource, mem memory.Allocator) (*plan, error) {
+func newRootPlan(res *schema.Resource, mem *arena) (*plan, error) {
 	p := &plan{node: res.Root, ref: -1, refType: -1}
 	for i, n := range res.Fields {
 		c, err := newCol(res.Schema.Field(i).Type, mem)

@@ -222,7 +222,7 @@ func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *
 	if !ok {
 		t.Fatalf("no resource %s", typ)
 	}
-	p, err := newRootPlan(res, mem)
+	p, err := newRootPlan(res, &arena{mem: mem})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ const (
 type Options struct {
 	// BatchRows is the number of pending rows of one type at which Full reports true; 0 means DefaultBatchRows.
 	BatchRows int
-	// BatchBytes is the Arrow memory held through the Worker's allocator at which Full reports true; 0 means
+	// BatchBytes is the Arrow memory held by the Worker's pending batches at which Full reports true; 0 means
 	// DefaultBatchBytes. Wide types hold much more than their JSON: a StructureDefinition row takes about 7
 	// times its JSON size (every choice type of every ElementDefinition is a column), so rows alone do not
 	// bound memory.
@@ -57,6 +57,7 @@ type Worker struct {
 	reg   *schema.Registry
 	opts  Options
 	alloc *countingAllocator
+	arena *arena // the pending batches' memory, from alloc
 	val   *Validator
 	fast  *fastValidator // nil on the reference path
 	// fastHits and fallbacks count the lines the fast validator vouched for and those it handed on.
@@ -97,8 +98,8 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new worker: %w", err)
 	}
-	w := &Worker{reg: reg, opts: opts, alloc: &countingAllocator{Allocator: opts.Allocator}, val: v,
-		tables: make(map[string]*table)}
+	alloc := &countingAllocator{Allocator: opts.Allocator}
+	w := &Worker{reg: reg, opts: opts, alloc: alloc, arena: &arena{mem: alloc}, val: v, tables: make(map[string]*table)}
 	switch opts.Validator {
 	case "", ValidatorReference:
 	case ValidatorFast:
@@ -172,7 +173,7 @@ func (w *Worker) table(typ string) (*table, error) {
 	if !ok {
 		return nil, fmt.Errorf("convert %s: the validator accepted a type the schema registry does not know", typ)
 	}
-	p, err := newRootPlan(res, w.alloc)
+	p, err := newRootPlan(res, w.arena)
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: bind columns: %w", typ, err)
 	}
@@ -195,10 +196,11 @@ func (t *table) record(mem memory.Allocator) arrow.Record {
 // reference path; both are 0 on the reference path.
 func (w *Worker) ValidatorStats() (fast, reference int64) { return w.fastHits, w.fallbacks }
 
-// Full reports whether some type has at least Options.BatchRows pending rows, or the Worker holds at least
-// Options.BatchBytes of Arrow memory. A caller then flushes: Flush(0) bounds memory best.
+// Full reports whether some type has at least Options.BatchRows pending rows, or the pending batches hold at
+// least Options.BatchBytes of Arrow memory (records already flushed, wherever they are held, do not count). A
+// caller then flushes: Flush(0) bounds memory best.
 func (w *Worker) Full() bool {
-	if w.alloc.n.Load() >= w.opts.BatchBytes {
+	if w.arena.held >= w.opts.BatchBytes {
 		return true
 	}
 	for _, t := range w.tables {

@@ -497,6 +497,11 @@ func TestWorkerBytes(t *testing.T) {
 	if err != nil || len(recs) != 1 || recs[0].NumRows() != int64(rows) {
 		t.Fatalf("Flush(0): %d records, %v; want 1 of %d rows", len(recs), err, rows)
 	}
+	// A flushed record still held (by a Parquet table gathering a row group) is not pending: Full says false,
+	// while Bytes still counts it.
+	if w.Full() || w.Bytes() < 1<<20 {
+		t.Errorf("after Flush, record held: Full %v, Bytes %d; want false and >= 1 MiB", w.Full(), w.Bytes())
+	}
 	recs[0].Release()
 	if w.Full() {
 		t.Errorf("Full after flushing and releasing: Bytes %d", w.Bytes())
