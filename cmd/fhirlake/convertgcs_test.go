@@ -77,17 +77,23 @@ func (g *convertGCS) openGCS(t *testing.T) openGCSFunc {
 	return gcs.open
 }
 
-// published is the run published under gs://lake/prefix, read past the proxy.
-func (g *convertGCS) published(t *testing.T, prefix string) published {
+// openClient is a storage client of the fake past the proxy.
+func (g *convertGCS) openClient(t *testing.T) *storage.Client {
 	t.Helper()
-	ctx := context.Background()
-	c, err := storage.NewClient(ctx, option.WithHTTPClient(g.srv.HTTPClient()), option.WithoutAuthentication(),
-		storage.WithJSONReads())
+	c, err := storage.NewClient(context.Background(), option.WithHTTPClient(g.srv.HTTPClient()),
+		option.WithoutAuthentication(), storage.WithJSONReads())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	b, err := gcsblob.OpenBucket(ctx, nil, convertOutBucket, &gcsblob.Options{Client: c})
+	return c
+}
+
+// published is the run published under gs://lake/prefix, read past the proxy.
+func (g *convertGCS) published(t *testing.T, prefix string) published {
+	t.Helper()
+	ctx := context.Background()
+	b, err := gcsblob.OpenBucket(ctx, nil, convertOutBucket, &gcsblob.Options{Client: g.openClient(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +186,39 @@ func TestConvertCommandGCSClient(t *testing.T) {
 	}
 	if n := faultsInjected(g.proxy); n != 1 {
 		t.Errorf("%d faults injected, want 1: %+v", n, g.proxy.requests())
+	}
+}
+
+// TestConvertGCSPersistentFault: a Cloud Storage fault that outlasts the retries fails convert, naming what it was
+// doing, and publishes nothing.
+func TestConvertGCSPersistentFault(t *testing.T) {
+	tests := []struct {
+		name string
+		rule faultRule
+		want string // in the error
+	}{
+		{name: "input unreadable", rule: faultRule{Op: "read", Bucket: convertInBucket, Kind: "503"}, want: "503"},
+		{name: "Parquet uploads refused", rule: faultRule{Op: "write", Object: "part-", Kind: "503"}, want: "retry budget"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newConvertGCS(t)
+			g.proxy.set(tc.rule)
+			var log bytes.Buffer
+			err := convert(context.Background(), convertGCSConfig(), g.openGCS(t), slog.New(slog.NewTextHandler(&log, nil)), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one saying %q", err, tc.want)
+			}
+			g.proxy.set()
+			b, err := gcsblob.OpenBucket(context.Background(), nil, convertOutBucket, &gcsblob.Options{Client: g.openClient(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if ok, err := b.Exists(context.Background(), "out/_manifest.json"); ok || err != nil {
+				t.Errorf("manifest exists (%v, %v) after a failed convert", ok, err)
+			}
+		})
 	}
 }
 
