@@ -38,7 +38,9 @@ func benchCmd(ctx context.Context, args []string, getenv func(string) string, st
 		return 2
 	}
 	if c.child {
-		err = benchChild(ctx, c, stdout)
+		gcs := &gcsBuckets{opts: defaultGCS}
+		defer gcs.Close()
+		err = benchChild(ctx, c, gcs.open, stdout)
 	} else {
 		err = bench(ctx, c, stdout, stderr)
 	}
@@ -135,8 +137,8 @@ type benchResult struct {
 }
 
 // benchChild runs one conversion of c.In, repeated c.Repeat times, with c.Validators[0], and prints the result.
-func benchChild(ctx context.Context, c benchConfig, stdout io.Writer) error {
-	src, err := openSource(ctx, c.In)
+func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout io.Writer) error {
+	src, err := openSource(ctx, openGCS, c.In)
 	if err != nil {
 		return err
 	}
@@ -158,7 +160,7 @@ func benchChild(ctx context.Context, c benchConfig, stdout io.Writer) error {
 		return fmt.Errorf("create output directory: %w", err)
 	}
 	defer os.RemoveAll(out)
-	dst, err := openSink(ctx, out)
+	dst, err := openSink(ctx, openGCS, out)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -44,20 +45,23 @@ func convertCmd(ctx context.Context, args []string, getenv func(string) string, 
 		return 2
 	}
 	log := newLogger(c.Log, stderr)
-	if err := convert(ctx, c, log, stdout); err != nil {
+	gcs := &gcsBuckets{opts: defaultGCS}
+	defer gcs.Close()
+	if err := convert(ctx, c, gcs.open, log, stdout); err != nil {
 		log.Error("convert failed", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func convert(ctx context.Context, c convertConfig, log *slog.Logger, stdout io.Writer) error {
-	src, err := openSource(ctx, c.In)
+// convert converts c.In into c.Out; openGCS opens the gs:// buckets they name.
+func convert(ctx context.Context, c convertConfig, openGCS openGCSFunc, log *slog.Logger, stdout io.Writer) error {
+	src, err := openSource(ctx, openGCS, c.In)
 	if err != nil {
 		return err
 	}
 	defer src.Bucket.Close()
-	dst, err := openSink(ctx, c.Out)
+	dst, err := openSink(ctx, openGCS, c.Out)
 	if err != nil {
 		return err
 	}
@@ -106,7 +110,7 @@ func conversionOptions(c convertConfig, log *slog.Logger) pipeline.Options {
 }
 
 // openSource opens the input location; "" is the embedded sample.
-func openSource(ctx context.Context, loc string) (pipeline.Source, error) {
+func openSource(ctx context.Context, openGCS openGCSFunc, loc string) (pipeline.Source, error) {
 	if loc == "" {
 		b, err := sampleBucket(ctx)
 		if err != nil {
@@ -114,7 +118,7 @@ func openSource(ctx context.Context, loc string) (pipeline.Source, error) {
 		}
 		return pipeline.Source{Bucket: b, Name: sampleName}, nil
 	}
-	b, prefix, err := reader.OpenBucket(ctx, loc)
+	b, prefix, err := openLocation(ctx, openGCS, loc)
 	if err != nil {
 		return pipeline.Source{}, fmt.Errorf("open input %s: %w", loc, err)
 	}
@@ -133,17 +137,48 @@ func sourceName(loc string) string {
 	return loc
 }
 
-func openSink(ctx context.Context, loc string) (pipeline.Sink, error) {
+// openSink opens the output location, creating it when it is a local directory.
+func openSink(ctx context.Context, openGCS openGCSFunc, loc string) (pipeline.Sink, error) {
 	if !strings.Contains(loc, "://") {
 		if err := os.MkdirAll(loc, 0o755); err != nil {
 			return pipeline.Sink{}, fmt.Errorf("create output directory: %w", err)
 		}
 	}
-	b, prefix, err := reader.OpenBucket(ctx, loc)
+	b, prefix, err := openLocation(ctx, openGCS, loc)
 	if err != nil {
 		return pipeline.Sink{}, fmt.Errorf("open output %s: %w", loc, err)
 	}
 	return pipeline.Sink{Bucket: b, Prefix: prefix}, nil
+}
+
+// openGCSFunc opens the Cloud Storage bucket of that name: gcsBuckets.open, the storage client and retry settings
+// of the worker (gcsOptions), in production.
+type openGCSFunc func(ctx context.Context, name string) (*blob.Bucket, error)
+
+// openLocation opens loc and returns its bucket and key prefix as reader.OpenBucket does, except that a gs://
+// bucket is opened by openGCS rather than by gocloud's default client, which retries less (no retry of an upload)
+// and has no stall guard. A gs:// location takes no query parameters: gocloud's (credentials, anonymous access)
+// do not apply to that client.
+func openLocation(ctx context.Context, openGCS openGCSFunc, loc string) (*blob.Bucket, string, error) {
+	u, err := url.Parse(loc)
+	if err != nil || !strings.Contains(loc, "://") || !strings.EqualFold(u.Scheme, "gs") {
+		return reader.OpenBucket(ctx, loc)
+	}
+	if u.Host == "" {
+		return nil, "", errors.New("no bucket name")
+	}
+	if u.RawQuery != "" {
+		return nil, "", errors.New("a gs:// location takes no query parameters")
+	}
+	b, err := openGCS(ctx, u.Host)
+	if err != nil {
+		return nil, "", err
+	}
+	prefix := strings.TrimPrefix(u.Path, "/")
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return b, prefix, nil
 }
 
 func sampleBucket(ctx context.Context) (*blob.Bucket, error) {

@@ -113,17 +113,22 @@ type published struct {
 
 func (h *gcsHarness) published(t *testing.T, runID string) published {
 	t.Helper()
+	return readPublished(t, h.lake(t), "fhir/"+runID)
+}
+
+// readPublished is the run published under prefix (no trailing "/") of b.
+func readPublished(t *testing.T, b *blob.Bucket, prefix string) published {
+	t.Helper()
 	ctx := context.Background()
-	b := h.lake(t)
-	m, err := sinks.ReadManifest(ctx, b, "fhir/"+runID)
+	m, err := sinks.ReadManifest(ctx, b, prefix)
 	if err != nil {
-		t.Fatalf("run %s: %v", runID, err)
+		t.Fatalf("run %s: %v", prefix, err)
 	}
 	p := published{Totals: m.Totals, Resources: map[string]string{}, Inputs: len(m.Inputs), Rows: map[string][]string{}}
 	for typ, rs := range m.Resources {
 		p.Resources[typ] = fmt.Sprint(rs.Valid, rs.Rejected, rs.Rows, len(rs.Files))
 		for _, f := range rs.Files {
-			data, err := b.ReadAll(ctx, "fhir/"+runID+"/"+f.Key)
+			data, err := b.ReadAll(ctx, prefix+"/"+f.Key)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -98,15 +98,43 @@ type task struct {
 	stderr *syncBuffer
 }
 
+// syncBuffer is a process's output, written by os/exec's copying goroutine and read by the test.
 type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	waiters map[string]chan struct{} // seen channels not yet closed, by what they wait for
 }
 
 func (b *syncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.buf.Write(p)
+	n, err := b.buf.Write(p)
+	for s, ch := range b.waiters {
+		if bytes.Contains(b.buf.Bytes(), []byte(s)) {
+			close(ch)
+			delete(b.waiters, s)
+		}
+	}
+	return n, err
+}
+
+// seen returns a channel closed once the output holds s.
+func (b *syncBuffer) seen(s string) <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ch, ok := b.waiters[s]; ok {
+		return ch
+	}
+	ch := make(chan struct{})
+	if bytes.Contains(b.buf.Bytes(), []byte(s)) {
+		close(ch)
+		return ch
+	}
+	if b.waiters == nil {
+		b.waiters = map[string]chan struct{}{}
+	}
+	b.waiters[s] = ch
+	return ch
 }
 
 func (b *syncBuffer) String() string {
@@ -367,12 +395,10 @@ func TestConvertTaskKilled(t *testing.T) {
 		tasks = append(tasks, startTask(t, convertArgs(in, out, n, i, splitBytes)...))
 	}
 	// Kill the victim once it has started on its splits.
-	deadline := time.Now().Add(2 * time.Minute)
-	for !strings.Contains(tasks[victim].stderr.String(), `"task started"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("task %d never started:\n%s", victim, tasks[victim].stderr.String())
-		}
-		time.Sleep(5 * time.Millisecond) // polling a log, not synchronising on time
+	select {
+	case <-tasks[victim].stderr.seen(`"task started"`):
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("task %d never started:\n%s", victim, tasks[victim].stderr.String())
 	}
 	if err := tasks[victim].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)

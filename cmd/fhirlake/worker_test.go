@@ -314,8 +314,11 @@ func TestRedeliveryWhileExporting(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan outcome)
 	go func() { done <- h.r.handle(ctx, delivery{Data: []byte(msg), ID: "1", Source: "test"}) }()
-	for h.f.healthcare.Polls() < 2 { // the export started and is being waited on
-		time.Sleep(time.Millisecond)
+	select {
+	case <-h.f.healthcare.PollsReached(2): // the export started, its handle recorded, and is being waited on
+	case o := <-done:
+		cancel()
+		t.Fatalf("run ended before its export was waited on: %+v", o)
 	}
 	cancel()
 	o := <-done

@@ -32,6 +32,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,6 +105,13 @@ type Server struct {
 	cancels  int
 	requests int
 	injected int
+	waiters  []pollWaiter // PollsReached channels not yet closed
+}
+
+// pollWaiter is a channel PollsReached closes once polls reach n.
+type pollWaiter struct {
+	n  int
+	ch chan struct{}
 }
 
 type opState int
@@ -207,6 +215,20 @@ func (s *Server) Starts() int { s.mu.Lock(); defer s.mu.Unlock(); return s.start
 
 // Polls is the number of status polls answered (operations.get and getFhirOperationStatus), injected faults aside.
 func (s *Server) Polls() int { s.mu.Lock(); defer s.mu.Unlock(); return s.polls }
+
+// PollsReached returns a channel closed once n status polls have been answered (Polls() >= n): a test waits on it
+// for an export to be started and waited on, rather than polling Polls.
+func (s *Server) PollsReached(n int) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	if s.polls >= n {
+		close(ch)
+		return ch
+	}
+	s.waiters = append(s.waiters, pollWaiter{n: n, ch: ch})
+	return ch
+}
 
 // Cancels is the number of exports cancelled.
 func (s *Server) Cancels() int { s.mu.Lock(); defer s.mu.Unlock(); return s.cancels }
@@ -444,6 +466,13 @@ func (s *Server) startBulk(w http.ResponseWriter, r *http.Request, group *resour
 func (s *Server) advance(op *operation) {
 	s.polls++
 	op.polls++
+	s.waiters = slices.DeleteFunc(s.waiters, func(w pollWaiter) bool {
+		if s.polls >= w.n {
+			close(w.ch)
+			return true
+		}
+		return false
+	})
 	if op.state != running || s.faults.NeverComplete {
 		return
 	}

@@ -168,6 +168,45 @@ func TestGroupStartChecks(t *testing.T) {
 	}
 }
 
+// TestPollsReached: the channel of PollsReached(n) is closed by the n-th status poll, before its answer, and at
+// once when n polls were answered already.
+func TestPollsReached(t *testing.T) {
+	ctx := context.Background()
+	s, svc, _ := newFake(t, healthcaretest.Options{Faults: healthcaretest.Faults{NeverComplete: true}})
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	one, two := s.PollsReached(1), s.PollsReached(2)
+	op, err := svc.Projects.Locations.Datasets.FhirStores.Export(s.StoreName(), &healthcare.ExportResourcesRequest{
+		GcsDestination: &healthcare.GoogleCloudHealthcareV1FhirGcsDestination{UriPrefix: "gs://fake-bucket/x"},
+	}).Context(ctx).Do()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if closed(one) || closed(two) {
+		t.Fatal("a channel closed before any poll")
+	}
+	poll := func() {
+		t.Helper()
+		if _, err := svc.Projects.Locations.Datasets.Operations.Get(op.Name).Context(ctx).Do(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll()
+	if !closed(one) || closed(two) {
+		t.Fatalf("after one poll: PollsReached(1) closed %v, PollsReached(2) closed %v", closed(one), closed(two))
+	}
+	poll()
+	if !closed(two) || !closed(s.PollsReached(2)) || closed(s.PollsReached(3)) {
+		t.Fatal("after two polls: PollsReached(2) open, or PollsReached(3) closed")
+	}
+}
+
 func TestStoreExportLRO(t *testing.T) {
 	ctx := context.Background()
 	s, svc, c := newFake(t, healthcaretest.Options{Polls: 1, Delay: time.Minute})
