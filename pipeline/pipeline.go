@@ -68,7 +68,7 @@ type Options struct {
 	MaxLineBytes   int   // zero: the reader's default (64 MiB)
 	RecursionDepth int   // zero: the schema's default (2)
 	BatchRows      int   // rows per Arrow record batch; zero: 8192
-	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 16 MiB
+	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 8 MiB
 	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget for the run: the row groups
 	// being gathered, over all tables, hold about that much Arrow memory at most.
 	Parquet   sinks.ParquetOptions
@@ -145,11 +145,11 @@ type Progress struct {
 
 // DefaultTableBudget is the Arrow memory that the row groups being gathered may hold, over all the tables of a run,
 // unless Options.Parquet.Budget says otherwise.
-const DefaultTableBudget = 96 << 20
+const DefaultTableBudget = 40 << 20
 
 const (
 	defaultBatchRows  = 8192
-	defaultBatchBytes = 16 << 20
+	defaultBatchBytes = 8 << 20
 	// A batch of lines handed from a reader to a decoding worker. Small batches keep the hand-off cheap,
 	// bounded ones keep memory bounded: at most cap(work)+Workers batches are alive at once.
 	batchLines = 256
@@ -498,11 +498,8 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 			}
 		}
 		r.recycle(b)
-		// A full batch of one type, or too much memory held over all types: hand everything to the sinks.
-		if w.Full() {
-			if err := r.flush(ctx, w, 0); err != nil {
-				return err
-			}
+		if err := r.flushFull(ctx, w); err != nil {
+			return err
 		}
 		if lk.rows >= r.opts.BatchRows {
 			if err := r.flushLinks(ctx, lk); err != nil {
@@ -603,6 +600,20 @@ func (r *run) maxLineBytes() int {
 		return r.opts.MaxLineBytes
 	}
 	return reader.DefaultMaxLineBytes
+}
+
+// flushFull hands a decoder's full batches to the sinks: the types with a full batch, or every type when the
+// pending batches hold too much memory together. Flushing every type whenever one is full would cut the small
+// types into many small records, each as wide as its type.
+func (r *run) flushFull(ctx context.Context, w *transform.Worker) error {
+	if !w.Full() {
+		return nil
+	}
+	minRows := r.opts.BatchRows
+	if w.PendingBytes() >= r.opts.BatchBytes {
+		minRows = 0
+	}
+	return r.flush(ctx, w, minRows)
 }
 
 func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error {
@@ -739,15 +750,27 @@ func (r *run) close(ctx context.Context, started time.Time) (*sinks.Manifest, er
 		return rs
 	}
 	closing := time.Now()
+	// Closing a table writes its last row group: the tables close side by side, one per worker.
+	types := slices.Sorted(maps.Keys(r.tables))
+	closed := make([][]sinks.File, len(types))
+	errs := make([]error, len(types))
+	var g errgroup.Group
+	g.SetLimit(r.opts.Workers)
+	for i, typ := range types {
+		g.Go(func() error {
+			closed[i], errs[i] = r.tables[typ].Close(ctx)
+			return nil
+		})
+	}
+	_ = g.Wait()
 	var closeErr error
-	for _, typ := range slices.Sorted(maps.Keys(r.tables)) {
-		files, err := r.tables[typ].Close(ctx)
-		if err != nil {
-			closeErr = errors.Join(closeErr, fmt.Errorf("close %s table: %w", typ, err))
+	for i, typ := range types {
+		if errs[i] != nil {
+			closeErr = errors.Join(closeErr, fmt.Errorf("close %s table: %w", typ, errs[i]))
 			continue
 		}
 		rs := resource(typ)
-		for _, f := range files {
+		for _, f := range closed[i] {
 			rs.Rows += f.Rows
 			rs.Files = append(rs.Files, f)
 		}

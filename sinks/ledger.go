@@ -22,7 +22,9 @@ import (
 //
 // It lives in sinks because it is a run record on the output bucket, written whole through the same atomic commit
 // as the manifest, and because create-if-absent (blob.WriterOptions.IfNotExist, a generation-0 precondition on
-// Cloud Storage) is a storage concern; the worker in cmd decides what the states mean. Reads of the ledger skip
+// Cloud Storage) is a storage concern; the worker in cmd decides what the states mean. On a local directory
+// (fileblob) create-if-absent is a stat followed by a rename: two workers claiming one run at the same instant
+// there can both win, so a local output is for one worker at a time. Reads of the ledger skip
 // nothing the output readers need: every key starts with "_", which reader.List and RemoveStale leave alone.
 
 // Run states, in the order a run goes through them. Published and failed are final.

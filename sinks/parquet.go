@@ -24,6 +24,9 @@ const (
 	DefaultRowGroupRows  = 64 * 1024
 	DefaultRowGroupBytes = 64 << 20
 	DefaultMaxFileBytes  = 512 << 20
+	// DefaultMaxColumnChunks is 3 row groups of ExplanationOfBenefit (2,641 leaf columns), 9 of Observation
+	// (1,068): about 1 KiB of writer memory per chunk until the footer.
+	DefaultMaxColumnChunks = 10000
 )
 
 // ParquetOptions shape the files of a Table. The zero value works: zstd, row groups of 64Ki rows or 64 MiB of
@@ -40,6 +43,10 @@ type ParquetOptions struct {
 	// MaxFileBytes starts a new part file once the current one, with the row group it holds, reaches this size
 	// (row groups are not split, so a part can exceed it by up to one row group).
 	MaxFileBytes int64
+	// MaxColumnChunks starts a new part once the current one holds this many column chunks (row groups times
+	// leaf columns). The writer keeps the metadata of every chunk until it writes the footer, and a reader parses
+	// all of it to open the file: for tables thousands of columns wide this, not the bytes, is what grows.
+	MaxColumnChunks int
 	// Budget, when set, bounds the Arrow data held by all the Tables that share it: a Table whose Write finds the
 	// budget exceeded writes out its row group early if it holds at least its share.
 	Budget *MemoryBudget
@@ -51,8 +58,9 @@ type ParquetOptions struct {
 	PartPrefix string
 }
 
-// MemoryBudget is the Arrow memory that a set of Tables may hold in unwritten row groups, together. It is safe
-// for concurrent use.
+// MemoryBudget is the Arrow memory that a set of Tables may hold in the row groups they are gathering, together.
+// A row group being written is no longer counted: a Table writes one at a time, so the memory of a set of Tables
+// is bounded by the budget plus one row group per Table being written. It is safe for concurrent use.
 type MemoryBudget struct {
 	limit  int64
 	held   atomic.Int64
@@ -87,6 +95,9 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 	if o.MaxFileBytes <= 0 {
 		o.MaxFileBytes = DefaultMaxFileBytes
 	}
+	if o.MaxColumnChunks <= 0 {
+		o.MaxColumnChunks = DefaultMaxColumnChunks
+	}
 	if o.Allocator == nil {
 		o.Allocator = memory.DefaultAllocator
 	}
@@ -104,7 +115,9 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 // back. A part becomes visible only when it is complete: when it reaches MaxFileBytes or on Close. After any
 // failure, and after Abort, the open part is discarded and the Table only returns errors.
 //
-// Table is safe for concurrent use: Write calls are serialised.
+// Table is safe for concurrent use. Writes gather rows under a short lock; the Write that completes a row group
+// encodes it without holding that lock, so other goroutines go on gathering the next one meanwhile. Row groups
+// are encoded one at a time, in the order they were completed.
 type Table struct {
 	b      *blob.Bucket
 	out    string
@@ -113,21 +126,46 @@ type Table struct {
 	opts   ParquetOptions
 	props  *parquet.WriterProperties
 
-	mu     sync.Mutex
-	layout *tableLayout // built on the first row group
-	cur    *part
-	next   int // number of the next part
-	files  []File
-	err    error // first failure, or errAborted; sticky
-	done   bool  // Close or Abort was called
-	buf    leafBuf
+	mu      sync.Mutex
+	turned  *sync.Cond // broadcast when a row group has been written, or the Table failed
+	err     error      // first failure, or errAborted; sticky
+	done    bool       // Close or Abort was called
+	writing bool       // a goroutine is encoding a row group: it owns the writer state below
 
-	// The row group being gathered: records written and not yet encoded; the first pendingOff rows of pending[0]
-	// were written to the previous row group.
-	pending      []arrow.Record
+	// The row group being gathered: records written and not yet cut into a group; the first pendingOff rows of
+	// pending[0] went into the previous group.
+	pending      []pendingRecord
 	pendingOff   int
 	pendingRows  int
 	pendingBytes int64
+	seq, turn    int   // row groups cut so far; the one whose turn it is to be written
+	partBytes    int64 // size of the open part as of the last row group written
+
+	// Writer state: owned by the goroutine encoding a row group (writing), else by whoever holds mu.
+	layout *tableLayout // built with the first row group
+	cur    *part
+	next   int // number of the next part
+	files  []File
+	buf    leafBuf
+}
+
+type pendingRecord struct {
+	rec   arrow.Record
+	bytes int64 // arrowBytes(rec)
+}
+
+// group is a row group cut from the pending records, waiting for its turn to be written.
+type group struct {
+	seq       int
+	segs      []segment
+	rows      int
+	closePart bool  // the part is full: close it after this group
+}
+
+// segment is rows [lo, hi) of a record; the group holds a reference to rec.
+type segment struct {
+	rec    arrow.Record
+	lo, hi int
 }
 
 // tableLayout is the Parquet side of a Table's schema.
@@ -139,18 +177,19 @@ type tableLayout struct {
 
 // part is one Parquet file being written.
 type part struct {
-	rel  string
-	obj  *object
-	sink *countingWriter
-	fw   *file.Writer
-	rows int64
+	rel    string
+	obj    *object
+	sink   *countingWriter
+	fw     *file.Writer
+	rows   int64
+	chunks int // column chunks written: row groups times leaf columns
 }
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
 func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, opts ParquetOptions) *Table {
 	usePooledZstd()
 	opts = opts.withDefaults()
-	return &Table{
+	t := &Table{
 		b:      b,
 		out:    out,
 		typ:    resourceType,
@@ -162,6 +201,8 @@ func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, 
 			parquet.WithAllocator(opts.Allocator),
 		),
 	}
+	t.turned = sync.NewCond(&t.mu)
+	return t
 }
 
 // Write appends rec's rows. rec's schema must equal the table's; the Table keeps a reference to rec until its
@@ -181,54 +222,38 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 	case rec.NumRows() == 0:
 		return nil
 	}
-	err := ctx.Err()
-	if err != nil {
+	if err := ctx.Err(); err != nil {
 		err = fmt.Errorf("write %s table: %w", t.typ, err)
-	} else {
-		err = t.write(ctx, rec)
-	}
-	if err != nil {
 		t.fail(err)
 		return err
 	}
-	return nil
+	return t.writeGroups(ctx, t.gather(rec))
 }
 
-func (t *Table) write(ctx context.Context, rec arrow.Record) error {
+// gather adds rec to the pending rows and cuts the row groups that are complete. Called with mu held.
+func (t *Table) gather(rec arrow.Record) []*group {
 	rec.Retain()
-	t.pending = append(t.pending, rec)
-	t.pendingRows += int(rec.NumRows())
 	n := arrowBytes(rec)
+	t.pending = append(t.pending, pendingRecord{rec, n})
+	if t.pendingRows == 0 && t.opts.Budget != nil {
+		t.opts.Budget.tables.Add(1)
+	}
+	t.pendingRows += int(rec.NumRows())
 	t.pendingBytes += n
-	if bu := t.opts.Budget; bu != nil {
-		bu.held.Add(n)
-		if len(t.pending) == 1 {
-			bu.tables.Add(1)
-		}
+	if t.opts.Budget != nil {
+		t.opts.Budget.held.Add(n)
 	}
+	var gs []*group
 	for t.pendingRows >= t.opts.RowGroupRows {
-		if err := t.writeRowGroup(ctx, t.opts.RowGroupRows); err != nil {
-			return err
+		gs = append(gs, t.cut(t.opts.RowGroupRows, false))
+	}
+	if t.pendingRows > 0 {
+		fileFull := t.partBytes+t.pendingBytes >= t.opts.MaxFileBytes
+		if fileFull || t.pendingBytes >= t.opts.RowGroupBytes || t.overBudget() {
+			gs = append(gs, t.cut(t.pendingRows, fileFull))
 		}
 	}
-	if t.pendingRows == 0 {
-		return nil
-	}
-	var fileFull bool
-	if t.cur != nil {
-		fileFull = t.cur.sink.n+t.pendingBytes >= t.opts.MaxFileBytes
-	} else {
-		fileFull = t.pendingBytes >= t.opts.MaxFileBytes
-	}
-	if fileFull || t.pendingBytes >= t.opts.RowGroupBytes || t.overBudget() {
-		if err := t.writeRowGroup(ctx, t.pendingRows); err != nil {
-			return err
-		}
-		if fileFull && t.cur != nil {
-			return t.closePart(ctx)
-		}
-	}
-	return nil
+	return gs
 }
 
 // overBudget reports whether the shared budget is exceeded and this table holds at least its share of it.
@@ -241,9 +266,88 @@ func (t *Table) overBudget() bool {
 	return held > bu.limit && t.pendingBytes >= held/max(bu.tables.Load(), 1)
 }
 
-// writeRowGroup writes the first rows pending rows as one row group of the current part, opening one if needed,
-// leaf column after leaf column; a part that reached MaxFileBytes is closed.
-func (t *Table) writeRowGroup(ctx context.Context, rows int) error {
+// cut takes the first rows pending rows as the next row group. Called with mu held.
+func (t *Table) cut(rows int, closePart bool) *group {
+	g := &group{seq: t.seq, rows: rows, closePart: closePart}
+	t.seq++
+	for rows > 0 {
+		pr := t.pending[0]
+		left := int(pr.rec.NumRows()) - t.pendingOff
+		take := min(left, rows)
+		if take < left {
+			pr.rec.Retain()
+			g.segs = append(g.segs, segment{pr.rec, t.pendingOff, t.pendingOff + take})
+			t.pendingOff += take
+		} else {
+			g.segs = append(g.segs, segment{pr.rec, t.pendingOff, t.pendingOff + take}) // the group takes our reference
+			t.pendingBytes -= pr.bytes
+			if t.opts.Budget != nil {
+				t.opts.Budget.held.Add(-pr.bytes)
+			}
+			t.pending[0] = pendingRecord{}
+			t.pending = t.pending[1:]
+			t.pendingOff = 0
+		}
+		rows -= take
+		t.pendingRows -= take
+	}
+	if t.pendingRows == 0 && t.opts.Budget != nil {
+		t.opts.Budget.tables.Add(-1)
+	}
+	return g
+}
+
+// release drops the group's references.
+func (t *Table) release(g *group) {
+	for _, s := range g.segs {
+		s.rec.Release()
+	}
+	g.segs = nil
+}
+
+// writeGroups writes gs, each in its turn. Called with mu held, which it releases while encoding.
+func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
+	for i, g := range gs {
+		for t.turn != g.seq && t.err == nil {
+			t.turned.Wait()
+		}
+		if t.err != nil {
+			for _, g := range gs[i:] {
+				t.release(g)
+			}
+			return t.err
+		}
+		t.writing = true
+		t.mu.Unlock()
+		err := t.writeGroup(ctx, g)
+		t.mu.Lock()
+		t.writing = false
+		t.release(g)
+		t.turn++
+		t.partBytes = 0
+		if t.cur != nil {
+			t.partBytes = t.cur.sink.n
+		}
+		if err != nil {
+			t.fail(err)
+		} else if t.err != nil && t.cur != nil { // failed (or aborted) elsewhere while this group was written
+			t.cur.discard()
+			t.cur = nil
+		}
+		t.turned.Broadcast()
+		if t.err != nil {
+			for _, g := range gs[i+1:] {
+				t.release(g)
+			}
+			return t.err
+		}
+	}
+	return nil
+}
+
+// writeGroup writes g as one row group of the current part, opening one if needed, leaf column after leaf
+// column, and closes the part when it is full. The caller owns the writer state.
+func (t *Table) writeGroup(ctx context.Context, g *group) error {
 	if t.layout == nil {
 		l, err := newTableLayout(t.schema, t.props)
 		if err != nil {
@@ -258,22 +362,22 @@ func (t *Table) writeRowGroup(ctx context.Context, rows int) error {
 	}
 	p := t.cur
 	stop := p.obj.watch(ctx)
-	err := t.encodeRowGroup(p, rows)
+	err := t.encodeRowGroup(p, g)
 	if serr := stop(); err == nil {
 		err = serr
 	}
 	if err != nil {
 		return fmt.Errorf("write %s: %w", p.obj.key, err)
 	}
-	p.rows += int64(rows)
-	t.dropPending(rows)
-	if p.sink.n >= t.opts.MaxFileBytes {
+	p.rows += int64(g.rows)
+	p.chunks += len(t.layout.leaves)
+	if g.closePart || p.sink.n >= t.opts.MaxFileBytes || p.chunks+len(t.layout.leaves) > t.opts.MaxColumnChunks {
 		return t.closePart(ctx)
 	}
 	return nil
 }
 
-func (t *Table) encodeRowGroup(p *part, rows int) (err error) {
+func (t *Table) encodeRowGroup(p *part, g *group) (err error) {
 	defer func() {
 		// The Parquet library panics on some failures (a short write of the magic bytes among them).
 		if r := recover(); r != nil {
@@ -287,15 +391,8 @@ func (t *Table) encodeRowGroup(p *part, rows int) (err error) {
 			return err
 		}
 		t.buf.reset(&t.layout.leaves[i])
-		left, lo := rows, t.pendingOff
-		for _, rec := range t.pending {
-			hi := min(int(rec.NumRows()), lo+left)
-			t.buf.add(rec, lo, hi)
-			left -= hi - lo
-			lo = 0
-			if left == 0 {
-				break
-			}
+		for _, s := range g.segs {
+			t.buf.add(s.rec, s.lo, s.hi)
 		}
 		if err := t.buf.write(cw); err != nil {
 			return fmt.Errorf("column %s: %w", cw.Descr().Path(), err)
@@ -311,43 +408,16 @@ func (t *Table) encodeRowGroup(p *part, rows int) (err error) {
 	return p.sink.err
 }
 
-// dropPending forgets the first rows pending rows, which have been written.
-func (t *Table) dropPending(rows int) {
-	for rows > 0 && len(t.pending) > 0 {
-		rec := t.pending[0]
-		left := int(rec.NumRows()) - t.pendingOff
-		if rows < left {
-			t.pendingOff += rows
-			t.pendingRows -= rows
-			return
-		}
-		rows -= left
-		t.pendingRows -= left
-		t.pendingOff = 0
-		t.releaseFirst()
-	}
-}
-
-// releaseFirst releases pending[0] and gives its memory back to the budget.
-func (t *Table) releaseFirst() {
-	rec := t.pending[0]
-	n := arrowBytes(rec)
-	t.pendingBytes -= n
-	if bu := t.opts.Budget; bu != nil {
-		bu.held.Add(-n)
-		if len(t.pending) == 1 {
-			bu.tables.Add(-1)
-		}
-	}
-	rec.Release()
-	t.pending[0] = nil
-	t.pending = t.pending[1:]
-}
-
-// releasePending releases every record held.
+// releasePending releases every record gathered and not cut into a group. Called with mu held.
 func (t *Table) releasePending() {
-	for len(t.pending) > 0 {
-		t.releaseFirst()
+	for _, pr := range t.pending {
+		pr.rec.Release()
+		if t.opts.Budget != nil {
+			t.opts.Budget.held.Add(-pr.bytes)
+		}
+	}
+	if t.pendingRows > 0 && t.opts.Budget != nil {
+		t.opts.Budget.tables.Add(-1)
 	}
 	t.pending, t.pendingOff, t.pendingRows, t.pendingBytes = nil, 0, 0, 0
 }
@@ -371,8 +441,9 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	return &tableLayout{schema: ps, meta: meta, leaves: leaves}, nil
 }
 
-// arrowBytes is the memory rec's buffers hold, all-null arrays aside (a Worker builds them over one shared zeroed
-// buffer).
+// arrowBytes is the memory rec holds: its buffers, all-null arrays aside (a Worker builds them over one shared
+// zeroed buffer), and the Go objects of every array, which for a wide type's record of a few rows outweigh its
+// data.
 func arrowBytes(rec arrow.Record) int64 {
 	var n int64
 	for _, c := range rec.Columns() {
@@ -381,14 +452,16 @@ func arrowBytes(rec arrow.Record) int64 {
 	return n
 }
 
+// arrayOverhead is about what an array costs in Go objects (ArrayData, buffer headers, the typed array).
+const arrayOverhead = 512
+
 func dataBytes(d arrow.ArrayData) int64 {
-	if d.Len() > 0 && d.NullN() == d.Len() {
-		return 0
-	}
-	var n int64
-	for _, b := range d.Buffers() {
-		if b != nil {
-			n += int64(b.Cap())
+	n := int64(arrayOverhead)
+	if d.Len() == 0 || d.NullN() != d.Len() {
+		for _, b := range d.Buffers() {
+			if b != nil {
+				n += int64(b.Cap())
+			}
 		}
 	}
 	for _, c := range d.Children() {
@@ -438,16 +511,18 @@ func (t *Table) closePart(ctx context.Context) error {
 	return nil
 }
 
-// fail discards the open part and what is pending, and makes err sticky.
+// fail makes err sticky and discards what is pending and, unless a row group is being written (whose writer
+// discards it when done), the open part. Called with mu held.
 func (t *Table) fail(err error) {
-	if t.cur != nil {
-		t.cur.discard()
-		t.cur = nil
-	}
-	t.releasePending()
 	if t.err == nil {
 		t.err = err
 	}
+	t.releasePending()
+	if !t.writing && t.cur != nil {
+		t.cur.discard()
+		t.cur = nil
+	}
+	t.turned.Broadcast()
 }
 
 // discard cancels the part's object before the Parquet writer is closed (which writes a footer), so nothing of
@@ -468,16 +543,22 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 	}
 	if !t.done {
 		t.done = true
+		for t.turn != t.seq && t.err == nil { // row groups of Writes still going
+			t.turned.Wait()
+		}
+		if t.err != nil {
+			return nil, t.err
+		}
 		err := ctx.Err()
 		if err == nil && t.pendingRows > 0 {
-			err = t.writeRowGroup(ctx, t.pendingRows)
+			err = t.writeGroups(ctx, []*group{t.cut(t.pendingRows, false)})
 		}
 		if err == nil && t.cur != nil {
 			err = t.closePart(ctx)
 		}
 		if err != nil {
 			t.fail(err)
-			return nil, err
+			return nil, t.err
 		}
 	}
 	return append([]File(nil), t.files...), nil

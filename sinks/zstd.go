@@ -53,7 +53,9 @@ func (c *pooledZstd) encoder(level int) (*zstd.Encoder, error) {
 	if level != compress.DefaultCompressionLevel {
 		l = zstd.EncoderLevelFromZstd(level)
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true), zstd.WithEncoderLevel(l))
+	// A Parquet page is about 1 MiB: a longer window finds next to nothing more and costs memory per encoder.
+	enc, err := zstd.NewWriter(nil, zstd.WithZeroFrames(true), zstd.WithEncoderLevel(l), zstd.WithWindowSize(1<<20),
+		zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, err
 	}

@@ -215,6 +215,9 @@ func (w *Worker) Full() bool {
 // flushed records that have not been released yet.
 func (w *Worker) Bytes() int64 { return w.alloc.n.Load() }
 
+// PendingBytes returns the Arrow memory the pending batches hold (what Options.BatchBytes bounds).
+func (w *Worker) PendingBytes() int64 { return w.arena.held }
+
 // Pending returns the number of rows appended and not yet flushed, over all types.
 func (w *Worker) Pending() int {
 	n := 0
