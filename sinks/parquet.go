@@ -159,7 +159,7 @@ type group struct {
 	seq       int
 	segs      []segment
 	rows      int
-	closePart bool  // the part is full: close it after this group
+	closePart bool // the part is full: close it after this group
 }
 
 // segment is rows [lo, hi) of a record; the group holds a reference to rec.
