@@ -1,0 +1,126 @@
+package acceptance
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"gocloud.dev/blob/fileblob"
+
+	"github.com/fhirlake/fhirlake/pipeline"
+	"github.com/fhirlake/fhirlake/transform"
+)
+
+// The outside yardstick of issue 6: DuckDB's read_json into zstd Parquet, one file per resource type, against
+// fhirlake converting the same files with validation, on the same cores. DuckDB validates nothing (it infers a
+// schema from the data); fhirlake validates every resource against R4. Run with
+//
+//	go -C acceptance test -run '^$' -bench Yardstick -benchtime 3x -cpu 1,2
+//
+// and compare the MB/s of the sub-benchmarks at the same -cpu.
+
+// yardstickFiles returns the NDJSON files of synthea-100 and their total size.
+func yardstickFiles(b *testing.B) ([]string, int64) {
+	dir := filepath.Join(sharedData, "synthea-100")
+	files, err := filepath.Glob(filepath.Join(dir, "*.ndjson"))
+	if err != nil || len(files) == 0 {
+		b.Skipf("%s is absent", dir)
+	}
+	var size int64
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		size += st.Size()
+	}
+	return files, size
+}
+
+// duckdbCopy converts each file with DuckDB's read_json into a zstd Parquet file in out, on threads threads.
+func duckdbCopy(ctx context.Context, db *sql.DB, files []string, out string, threads int) error {
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, fmt.Sprintf("SET threads = %d", threads)); err != nil {
+		return err
+	}
+	for _, f := range files {
+		typ := strings.TrimSuffix(filepath.Base(f), ".ndjson")
+		q := fmt.Sprintf(`COPY (SELECT * FROM read_json('%s', format = 'newline_delimited', union_by_name = true))
+			TO '%s' (FORMAT parquet, COMPRESSION zstd)`, f, filepath.Join(out, typ+".parquet"))
+		if _, err := conn.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("duckdb %s: %w", typ, err)
+		}
+	}
+	return nil
+}
+
+func BenchmarkYardstick(b *testing.B) {
+	files, size := yardstickFiles(b)
+	dir := filepath.Dir(files[0])
+	cores := runtime.GOMAXPROCS(0)
+	b.Run("duckdb-read_json", func(b *testing.B) {
+		db, err := sql.Open("duckdb", "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		b.SetBytes(size)
+		for b.Loop() {
+			if err := duckdbCopy(context.Background(), db, files, b.TempDir(), cores); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, v := range []string{transform.ValidatorFast, transform.ValidatorReference} {
+		b.Run("fhirlake-"+v, func(b *testing.B) {
+			src, err := fileblob.OpenBucket(dir, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer src.Close()
+			b.SetBytes(size)
+			for b.Loop() {
+				dst, err := fileblob.OpenBucket(b.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+				if err != nil {
+					b.Fatal(err)
+				}
+				m, err := pipeline.Run(context.Background(), pipeline.Source{Bucket: src, Name: dir}, pipeline.Sink{Bucket: dst},
+					pipeline.Options{Validator: v, Workers: cores})
+				dst.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if m.Totals.Rejected != 0 {
+					b.Fatalf("%d rejected", m.Totals.Rejected)
+				}
+			}
+		})
+	}
+}
+
+// TestYardstickDuckDB keeps the yardstick's DuckDB statement working: it converts synthea-100's Patient file and
+// reads the rows back.
+func TestYardstickDuckDB(t *testing.T) {
+	dir := sharedDir(t, "synthea-100")
+	db := openDuckDB(t)
+	out := t.TempDir()
+	if err := duckdbCopy(context.Background(), db, []string{filepath.Join(dir, "Patient.ndjson")}, out, 1); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := db.QueryRow(fmt.Sprintf("SELECT count(*) FROM read_parquet('%s')", filepath.Join(out, "Patient.parquet"))).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 100 {
+		t.Errorf("DuckDB wrote %d Patient rows, want 100", n)
+	}
+}
