@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet"
@@ -356,7 +357,7 @@ func (t *Table) writeGroup(ctx context.Context, g *group) error {
 		t.layout = l
 	}
 	if t.cur == nil {
-		if err := t.openPart(ctx); err != nil {
+		if err := t.openPart(ctx, t.partProps(g)); err != nil {
 			return err
 		}
 	}
@@ -470,7 +471,48 @@ func dataBytes(d arrow.ArrayData) int64 {
 	return n
 }
 
-func (t *Table) openPart(ctx context.Context) error {
+// partProps returns the writer properties of a part that starts with g: without dictionary encoding for the
+// leaf columns that hold no value in g. In a wide FHIR table most leaves are empty in every row, and a
+// dictionary costs such a column an encoder and an empty dictionary page per row group; a column that does get
+// values in a later row group of the part is written PLAIN there, which is as correct and a little larger.
+func (t *Table) partProps(g *group) *parquet.WriterProperties {
+	opts := []parquet.WriterProperty{
+		parquet.WithCompression(t.opts.Compression),
+		parquet.WithMaxRowGroupLength(int64(t.opts.RowGroupRows)),
+		parquet.WithAllocator(t.opts.Allocator),
+	}
+	for i := range t.layout.leaves {
+		if !g.hasValues(&t.layout.leaves[i]) {
+			opts = append(opts, parquet.WithDictionaryFor(t.layout.schema.Column(i).Path(), false))
+		}
+	}
+	return parquet.NewWriterProperties(opts...)
+}
+
+// hasValues reports whether the records of g hold a value of leaf l (in any of their rows: a record g takes in
+// part counts whole).
+func (g *group) hasValues(l *leafPath) bool {
+	for _, s := range g.segs {
+		a := s.rec.Column(l.column)
+		for _, st := range l.steps {
+			if a.NullN() == a.Len() {
+				break
+			}
+			switch st.kind {
+			case stepStruct:
+				a = a.(*array.Struct).Field(st.field)
+			case stepList:
+				a = a.(*array.List).ListValues()
+			}
+		}
+		if a.Len() > a.NullN() {
+			return true
+		}
+	}
+	return false
+}
+
+func (t *Table) openPart(ctx context.Context, props *parquet.WriterProperties) error {
 	rel := fmt.Sprintf(partNameFormat, t.typ, t.opts.PartPrefix, t.next)
 	t.next++
 	obj, err := openObject(ctx, t.b, objectKey(t.out, rel), parquetType)
@@ -478,7 +520,7 @@ func (t *Table) openPart(ctx context.Context) error {
 		return err
 	}
 	sink := &countingWriter{w: obj.w}
-	fw := file.NewParquetWriter(sink, t.layout.schema.Root(), file.WithWriterProps(t.props), file.WithWriteMetadata(t.layout.meta))
+	fw := file.NewParquetWriter(sink, t.layout.schema.Root(), file.WithWriterProps(props), file.WithWriteMetadata(t.layout.meta))
 	if err := sink.err; err != nil {
 		_ = fw.Close()
 		obj.abort()
