@@ -616,10 +616,10 @@ func (t *Table) Abort() {
 	t.fail(fmt.Errorf("%s table: %w", t.typ, errAborted))
 }
 
-// countingWriter is the sink handed to the Parquet writer. It counts bytes and keeps the first write error instead of
-// returning it: parts of the Parquet writer panic on a write error (the magic bytes at start) or drop it
-// (NewBufferedRowGroup closing the previous row group), so the Table checks err after every call. It has no
-// Close method, so pqarrow's Close cannot commit the blob: the Table commits it when the footer is complete.
+// countingWriter is the sink handed to the Parquet writer. It counts bytes and keeps the first write error instead
+// of returning it: parts of the Parquet writer panic on a write error (the magic bytes at start) or drop it, so
+// the Table checks err after every call. It has no Close method, so the writer's Close cannot commit the blob: the
+// Table commits it when the footer is complete.
 type countingWriter struct {
 	w   interface{ Write([]byte) (int, error) }
 	n   int64
