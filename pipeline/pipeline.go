@@ -228,6 +228,9 @@ func (o Options) withDefaults() Options {
 	if o.Parquet.Budget == nil {
 		o.Parquet.Budget = sinks.NewMemoryBudget(DefaultTableBudget)
 	}
+	if o.Parquet.MaxOpenParts <= 0 {
+		o.Parquet.MaxOpenParts = o.Workers // a type that is most of the input is encoded on every core
+	}
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 5 * time.Second
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -48,6 +50,10 @@ type ParquetOptions struct {
 	// leaf columns). The writer keeps the metadata of every chunk until it writes the footer, and a reader parses
 	// all of it to open the file: for tables thousands of columns wide this, not the bytes, is what grows.
 	MaxColumnChunks int
+	// MaxOpenParts is how many row groups of the Table may be written at once, each into a part of its own (a
+	// part is written by one goroutine at a time). Zero means 1: one part at a time, in the order the row groups
+	// were completed. A run sets it to its decoders, so that one large type uses every core for encoding too.
+	MaxOpenParts int
 	// Budget, when set, bounds the Arrow data held by all the Tables that share it: a Table whose Write finds the
 	// budget exceeded writes out its row group early if it holds at least its share.
 	Budget *MemoryBudget
@@ -105,6 +111,9 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 	if o.PartPrefix == "" {
 		o.PartPrefix = "part-"
 	}
+	if o.MaxOpenParts <= 0 {
+		o.MaxOpenParts = 1
+	}
 	return o
 }
 
@@ -114,11 +123,11 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 // Each part stores the Arrow schema (ARROW:schema) and the schema's key-value metadata (fhirlake.schema_version,
 // fhir.version, fhir.resource_type) in the Parquet footer, so pqarrow and other Arrow readers get the Arrow types
 // back. A part becomes visible only when it is complete: when it reaches MaxFileBytes or on Close. After any
-// failure, and after Abort, the open part is discarded and the Table only returns errors.
+// failure, and after Abort, the open parts are discarded and the Table only returns errors.
 //
 // Table is safe for concurrent use. Writes gather rows under a short lock; the Write that completes a row group
-// encodes it without holding that lock, so other goroutines go on gathering the next one meanwhile. Row groups
-// are encoded one at a time, in the order they were completed.
+// encodes it without holding that lock, into an open part no other row group is being written to (up to
+// MaxOpenParts of them), so other goroutines go on gathering and encoding meanwhile.
 type Table struct {
 	b      *blob.Bucket
 	out    string
@@ -127,11 +136,10 @@ type Table struct {
 	opts   ParquetOptions
 	props  *parquet.WriterProperties
 
-	mu      sync.Mutex
-	turned  *sync.Cond // broadcast when a row group has been written, or the Table failed
-	err     error      // first failure, or errAborted; sticky
-	done    bool       // Close or Abort was called
-	writing bool       // a goroutine is encoding a row group: it owns the writer state below
+	mu    sync.Mutex
+	freed *sync.Cond // broadcast when a part is handed back or closed, or the Table failed
+	err   error      // first failure, or errAborted; sticky
+	done  bool       // Close or Abort was called
 
 	// The row group being gathered: records written and not yet cut into a group; the first pendingOff rows of
 	// pending[0] went into the previous group.
@@ -139,15 +147,13 @@ type Table struct {
 	pendingOff   int
 	pendingRows  int
 	pendingBytes int64
-	seq, turn    int   // row groups cut so far; the one whose turn it is to be written
-	partBytes    int64 // size of the open part as of the last row group written
+	partBytes    int64 // size of the part last handed back
 
-	// Writer state: owned by the goroutine encoding a row group (writing), else by whoever holds mu.
-	layout *tableLayout // built with the first row group
-	cur    *part
-	next   int // number of the next part
-	files  []File
-	buf    leafBuf
+	layout *tableLayout // built with the first row group, then read-only
+	idle   []*part      // open parts no row group is being written to
+	open   int          // open parts, idle or being written to
+	next   int          // number of the next part
+	files  []File       // committed parts
 }
 
 type pendingRecord struct {
@@ -155,9 +161,8 @@ type pendingRecord struct {
 	bytes int64 // arrowBytes(rec)
 }
 
-// group is a row group cut from the pending records, waiting for its turn to be written.
+// group is a row group cut from the pending records, to be written.
 type group struct {
-	seq       int
 	segs      []segment
 	rows      int
 	closePart bool // the part is full: close it after this group
@@ -183,7 +188,8 @@ type part struct {
 	sink   *countingWriter
 	fw     *file.Writer
 	rows   int64
-	chunks int // column chunks written: row groups times leaf columns
+	chunks int     // column chunks written: row groups times leaf columns
+	buf    leafBuf // levels and values of the leaf being written
 }
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
@@ -202,7 +208,7 @@ func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, 
 			parquet.WithAllocator(opts.Allocator),
 		),
 	}
-	t.turned = sync.NewCond(&t.mu)
+	t.freed = sync.NewCond(&t.mu)
 	return t
 }
 
@@ -269,8 +275,7 @@ func (t *Table) overBudget() bool {
 
 // cut takes the first rows pending rows as the next row group. Called with mu held.
 func (t *Table) cut(rows int, closePart bool) *group {
-	g := &group{seq: t.seq, rows: rows, closePart: closePart}
-	t.seq++
+	g := &group{rows: rows, closePart: closePart}
 	for rows > 0 {
 		pr := t.pending[0]
 		left := int(pr.rec.NumRows()) - t.pendingOff
@@ -306,11 +311,19 @@ func (t *Table) release(g *group) {
 	g.segs = nil
 }
 
-// writeGroups writes gs, each in its turn. Called with mu held, which it releases while encoding.
+// writeGroups writes each of gs into an open part no other group is being written to, opening one if fewer
+// than MaxOpenParts are open. Called with mu held, which it releases while encoding.
 func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
 	for i, g := range gs {
-		for t.turn != g.seq && t.err == nil {
-			t.turned.Wait()
+		for t.err == nil && len(t.idle) == 0 && t.open >= t.opts.MaxOpenParts {
+			t.freed.Wait()
+		}
+		if t.err == nil && t.layout == nil {
+			l, err := newTableLayout(t.schema, t.props)
+			if err != nil {
+				t.fail(fmt.Errorf("write %s table: %w", t.typ, err))
+			}
+			t.layout = l
 		}
 		if t.err != nil {
 			for _, g := range gs[i:] {
@@ -318,24 +331,41 @@ func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
 			}
 			return t.err
 		}
-		t.writing = true
+		var p *part
+		var rel string
+		if n := len(t.idle); n > 0 {
+			p, t.idle = t.idle[n-1], t.idle[:n-1]
+		} else {
+			rel = fmt.Sprintf(partNameFormat, t.typ, t.opts.PartPrefix, t.next)
+			t.next++
+			t.open++
+		}
 		t.mu.Unlock()
-		err := t.writeGroup(ctx, g)
+		var closed *File
+		var err error
+		if p == nil {
+			p, err = t.openPart(ctx, rel, t.partProps(g))
+		}
+		if err == nil {
+			closed, err = t.writeGroup(ctx, p, g)
+		}
 		t.mu.Lock()
-		t.writing = false
 		t.release(g)
-		t.turn++
-		t.partBytes = 0
-		if t.cur != nil {
-			t.partBytes = t.cur.sink.n
-		}
-		if err != nil {
+		switch {
+		case err != nil: // p is gone: writeGroup or openPart discarded it
+			t.open--
 			t.fail(err)
-		} else if t.err != nil && t.cur != nil { // failed (or aborted) elsewhere while this group was written
-			t.cur.discard()
-			t.cur = nil
+		case closed != nil:
+			t.open--
+			t.files = append(t.files, *closed)
+		case t.err != nil: // failed (or aborted) elsewhere while this group was written
+			t.open--
+			p.discard()
+		default:
+			t.idle = append(t.idle, p)
+			t.partBytes = p.sink.n
 		}
-		t.turned.Broadcast()
+		t.freed.Broadcast()
 		if t.err != nil {
 			for _, g := range gs[i+1:] {
 				t.release(g)
@@ -346,36 +376,28 @@ func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
 	return nil
 }
 
-// writeGroup writes g as one row group of the current part, opening one if needed, leaf column after leaf
-// column, and closes the part when it is full. The caller owns the writer state.
-func (t *Table) writeGroup(ctx context.Context, g *group) error {
-	if t.layout == nil {
-		l, err := newTableLayout(t.schema, t.props)
-		if err != nil {
-			return fmt.Errorf("write %s table: %w", t.typ, err)
-		}
-		t.layout = l
-	}
-	if t.cur == nil {
-		if err := t.openPart(ctx, t.partProps(g)); err != nil {
-			return err
-		}
-	}
-	p := t.cur
+// writeGroup writes g as one row group of p, leaf column after leaf column, and closes p when it is full,
+// returning what was committed. On failure p is discarded. The caller has p to itself.
+func (t *Table) writeGroup(ctx context.Context, p *part, g *group) (*File, error) {
 	stop := p.obj.watch(ctx)
 	err := t.encodeRowGroup(p, g)
 	if serr := stop(); err == nil {
 		err = serr
 	}
 	if err != nil {
-		return fmt.Errorf("write %s: %w", p.obj.key, err)
+		p.discard()
+		return nil, fmt.Errorf("write %s: %w", p.obj.key, err)
 	}
 	p.rows += int64(g.rows)
 	p.chunks += len(t.layout.leaves)
 	if g.closePart || p.sink.n >= t.opts.MaxFileBytes || p.chunks+len(t.layout.leaves) > t.opts.MaxColumnChunks {
-		return t.closePart(ctx)
+		f, err := t.closePart(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		return &f, nil
 	}
-	return nil
+	return nil, nil
 }
 
 func (t *Table) encodeRowGroup(p *part, g *group) (err error) {
@@ -391,18 +413,18 @@ func (t *Table) encodeRowGroup(p *part, g *group) (err error) {
 		if err != nil {
 			return err
 		}
-		t.buf.reset(&t.layout.leaves[i])
+		p.buf.reset(&t.layout.leaves[i])
 		for _, s := range g.segs {
-			t.buf.add(s.rec, s.lo, s.hi)
+			p.buf.add(s.rec, s.lo, s.hi)
 		}
-		if err := t.buf.write(cw); err != nil {
+		if err := p.buf.write(cw); err != nil {
 			return fmt.Errorf("column %s: %w", cw.Descr().Path(), err)
 		}
 		if p.sink.err != nil {
 			return p.sink.err
 		}
 	}
-	t.buf.reset(nil)
+	p.buf.reset(nil)
 	if err := rg.Close(); err != nil {
 		return err
 	}
@@ -512,28 +534,24 @@ func (g *group) hasValues(l *leafPath) bool {
 	return false
 }
 
-func (t *Table) openPart(ctx context.Context, props *parquet.WriterProperties) error {
-	rel := fmt.Sprintf(partNameFormat, t.typ, t.opts.PartPrefix, t.next)
-	t.next++
+// openPart starts the part file rel.
+func (t *Table) openPart(ctx context.Context, rel string, props *parquet.WriterProperties) (*part, error) {
 	obj, err := openObject(ctx, t.b, objectKey(t.out, rel), parquetType)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	sink := &countingWriter{w: obj.w}
 	fw := file.NewParquetWriter(sink, t.layout.schema.Root(), file.WithWriterProps(props), file.WithWriteMetadata(t.layout.meta))
 	if err := sink.err; err != nil {
 		_ = fw.Close()
 		obj.abort()
-		return fmt.Errorf("start parquet file %s: %w", obj.key, err)
+		return nil, fmt.Errorf("start parquet file %s: %w", obj.key, err)
 	}
-	t.cur = &part{rel: rel, obj: obj, sink: sink, fw: fw}
-	return nil
+	return &part{rel: rel, obj: obj, sink: sink, fw: fw}, nil
 }
 
-// closePart writes the footer of the current part and commits it.
-func (t *Table) closePart(ctx context.Context) error {
-	p := t.cur
-	t.cur = nil
+// closePart writes the footer of p and commits it. On failure p is discarded.
+func (t *Table) closePart(ctx context.Context, p *part) (File, error) {
 	stop := p.obj.watch(ctx)
 	err := p.fw.Close() // footer; sink has no Close, so this does not commit
 	if err == nil {
@@ -544,27 +562,27 @@ func (t *Table) closePart(ctx context.Context) error {
 	}
 	if err != nil {
 		p.obj.abort()
-		return fmt.Errorf("finish parquet file %s: %w", p.obj.key, err)
+		return File{}, fmt.Errorf("finish parquet file %s: %w", p.obj.key, err)
 	}
 	if err := p.obj.commit(ctx); err != nil {
-		return err
+		return File{}, err
 	}
-	t.files = append(t.files, File{Key: p.rel, Rows: p.rows, Bytes: p.sink.n})
-	return nil
+	return File{Key: p.rel, Rows: p.rows, Bytes: p.sink.n}, nil
 }
 
-// fail makes err sticky and discards what is pending and, unless a row group is being written (whose writer
-// discards it when done), the open part. Called with mu held.
+// fail makes err sticky and discards what is pending and the idle parts; a part being written to is discarded
+// by its writer when it is done. Called with mu held.
 func (t *Table) fail(err error) {
 	if t.err == nil {
 		t.err = err
 	}
 	t.releasePending()
-	if !t.writing && t.cur != nil {
-		t.cur.discard()
-		t.cur = nil
+	for _, p := range t.idle {
+		p.discard()
 	}
-	t.turned.Broadcast()
+	t.open -= len(t.idle)
+	t.idle = nil
+	t.freed.Broadcast()
 }
 
 // discard cancels the part's object before the Parquet writer is closed (which writes a footer), so nothing of
@@ -585,8 +603,8 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 	}
 	if !t.done {
 		t.done = true
-		for t.turn != t.seq && t.err == nil { // row groups of Writes still going
-			t.turned.Wait()
+		for t.err == nil && len(t.idle) < t.open { // row groups of Writes still being written
+			t.freed.Wait()
 		}
 		if t.err != nil {
 			return nil, t.err
@@ -595,13 +613,21 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 		if err == nil && t.pendingRows > 0 {
 			err = t.writeGroups(ctx, []*group{t.cut(t.pendingRows, false)})
 		}
-		if err == nil && t.cur != nil {
-			err = t.closePart(ctx)
+		slices.SortFunc(t.idle, func(a, b *part) int { return strings.Compare(a.rel, b.rel) })
+		for err == nil && len(t.idle) > 0 {
+			p := t.idle[0]
+			t.idle = t.idle[1:]
+			t.open--
+			var f File
+			if f, err = t.closePart(ctx, p); err == nil {
+				t.files = append(t.files, f)
+			}
 		}
 		if err != nil {
 			t.fail(err)
 			return nil, t.err
 		}
+		slices.SortFunc(t.files, func(a, b File) int { return strings.Compare(a.Key, b.Key) })
 	}
 	return append([]File(nil), t.files...), nil
 }

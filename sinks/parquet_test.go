@@ -441,11 +441,18 @@ func TestTableBudget(t *testing.T) {
 }
 
 func TestTableConcurrentWrites(t *testing.T) {
+	for _, open := range []int{1, 3} {
+		t.Run(fmt.Sprintf("MaxOpenParts %d", open), func(t *testing.T) { testTableConcurrentWrites(t, open) })
+	}
+}
+
+func testTableConcurrentWrites(t *testing.T, maxOpen int) {
 	ctx := context.Background()
 	mem := checkedAllocator(t)
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
-	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 64, MaxFileBytes: 16 << 10, Allocator: mem})
+	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 64, MaxFileBytes: 16 << 10,
+		MaxOpenParts: maxOpen, Allocator: mem})
 	const workers, batches, rows = 4, 25, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -478,12 +485,20 @@ func TestTableConcurrentWrites(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	var total int64
+	if !slices.IsSortedFunc(files, func(a, b File) int { return strings.Compare(a.Key, b.Key) }) {
+		t.Errorf("parts not in order: %v", files)
+	}
 	for _, f := range files {
 		got := readParquet(t, b, "out/"+f.Key, mem)
+		var partRows int64
 		for _, rg := range got.rowGroups {
+			partRows += rg
 			if rg > 64 {
 				t.Errorf("%s: row group of %d rows > 64", f.Key, rg)
 			}
+		}
+		if partRows != f.Rows {
+			t.Errorf("%s holds %d rows, Close says %d", f.Key, partRows, f.Rows)
 		}
 		for _, rec := range got.records {
 			ids := rec.Column(0).(*array.String)
