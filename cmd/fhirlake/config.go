@@ -19,7 +19,7 @@ type convertConfig struct {
 	MaxLineBytes   int
 	RecursionDepth int
 	Layout         layoutFlag // "" is auto
-	Validator      string     // "" (reference), "reference" or "fast": transform.Options.Validator
+	Validator      string     // "fast" (the default) or "reference": transform.Options.Validator
 	Log            logConfig
 	Task           taskConfig // a run spread over tasks (tasks.go)
 }
@@ -77,7 +77,7 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines (0: one per CPU)")
 	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
 	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
-	fs.StringVar(&c.Validator, "validator", "", "validation path: reference (google/fhir/go, the default) or fast (one pass over the bytes; the lines it cannot vouch for go to the reference)")
+	addValidatorFlag(fs, &c.Validator)
 	fs.Var(&c.Layout, "layout", "how objects are arranged: per-type, per-patient (Patient blocks) or auto (decided per object from its first lines)")
 	addLogFlags(fs, &c.Log)
 	addTaskFlags(fs, &c.Task)
@@ -144,9 +144,7 @@ func (c convertConfig) validate() error {
 		errs = append(errs, errors.New("--out is required"))
 	}
 	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
-	if c.Validator != "" && c.Validator != "reference" && c.Validator != "fast" {
-		errs = append(errs, fmt.Errorf("--validator must be reference or fast, not %q", c.Validator))
-	}
+	errs = append(errs, validatorError(c.Validator)...)
 	errs = append(errs, c.Task.errors()...)
 	return errors.Join(append(errs, c.Log.validate())...)
 }
@@ -162,4 +160,18 @@ func (c logConfig) validate() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// addValidatorFlag defines --validator (FHIRLAKE_VALIDATOR), shared by convert and the message-driven commands.
+func addValidatorFlag(fs *flag.FlagSet, v *string) {
+	fs.StringVar(v, "validator", "fast", "validation path: fast (one pass over the bytes against the R4 definitions; "+
+		"every line it cannot vouch for, every invalid one among them, goes to the reference) or reference "+
+		"(google/fhir/go jsonformat for every line); both give the same verdicts and issues")
+}
+
+func validatorError(v string) []error {
+	if v != "" && v != "reference" && v != "fast" { // "": pipeline.Options' zero value, the reference
+		return []error{fmt.Errorf("--validator must be fast or reference, not %q", v)}
+	}
+	return nil
 }

@@ -26,33 +26,39 @@ func TestParseConvertConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2,
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}},
 		},
 		{
 			name: "environment",
 			env:  map[string]string{"FHIRLAKE_IN": "gs://b/x", "FHIRLAKE_WORKERS": "3", "FHIRLAKE_LOG_FORMAT": "json"},
 			want: convertConfig{In: "gs://b/x", Out: "./fhirlake-out", Workers: 3, MaxLineBytes: 64 << 20,
-				RecursionDepth: 2, Log: logConfig{Format: "json", Level: "info"}},
+				RecursionDepth: 2, Validator: "fast", Log: logConfig{Format: "json", Level: "info"}},
 		},
 		{
 			name: "flags override the environment",
 			args: []string{"--workers", "5", "--out", "o", "--recursion-depth", "3"},
 			env:  map[string]string{"FHIRLAKE_WORKERS": "3", "FHIRLAKE_OUT": "elsewhere"},
-			want: convertConfig{Out: "o", Workers: 5, MaxLineBytes: 64 << 20, RecursionDepth: 3,
+			want: convertConfig{Out: "o", Workers: 5, MaxLineBytes: 64 << 20, RecursionDepth: 3, Validator: "fast",
+				Log: logConfig{Format: "auto", Level: "info"}},
+		},
+		{
+			name: "reference validator from the environment",
+			env:  map[string]string{"FHIRLAKE_VALIDATOR": "reference"},
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "reference",
 				Log: logConfig{Format: "auto", Level: "info"}},
 		},
 		{
 			name: "tasks from Cloud Run",
 			env:  map[string]string{"CLOUD_RUN_TASK_COUNT": "8", "CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_EXECUTION": "job-x7"},
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2,
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}, Task: taskConfig{Tasks: 8, TaskIndex: 3, RunID: "job-x7"}},
 		},
 		{
 			name: "task flags override Cloud Run",
 			args: []string{"--tasks", "3", "--task-index", "2", "--split-bytes", "1000"},
 			env:  map[string]string{"CLOUD_RUN_TASK_COUNT": "8", "CLOUD_RUN_TASK_INDEX": "7"},
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2,
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}, Task: taskConfig{Tasks: 3, TaskIndex: 2, SplitBytes: 1000}},
 		},
 		{name: "task index out of range", args: []string{"--tasks", "3", "--task-index", "3"}, wantErr: "--task-index"},
@@ -63,6 +69,8 @@ func TestParseConvertConfig(t *testing.T) {
 		{name: "tiny line limit", args: []string{"--max-line-bytes", "10"}, wantErr: "--max-line-bytes"},
 		{name: "zero depth", args: []string{"--recursion-depth", "0"}, wantErr: "--recursion-depth"},
 		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
+		{name: "unknown validator", args: []string{"--validator", "quick"}, wantErr: "--validator"},
+		{name: "bad validator flag over a good environment", env: map[string]string{"FHIRLAKE_VALIDATOR": "reference"}, args: []string{"--validator", "none"}, wantErr: "--validator"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected arguments"},
 	}

@@ -213,7 +213,7 @@ func demo(ctx context.Context, out, store string, log *slog.Logger, stdout io.Wr
 		runConfig: runConfig{
 			AllowStores: f.healthcare.StoreName(), AllowOutputs: output, DeadLetterTopic: f.topic(fakeDeadLetter),
 			Lease: time.Minute, ExportDeadline: time.Hour, PollFloor: 50 * time.Millisecond, PollCap: 200 * time.Millisecond,
-			MaxLineBytes: 64 << 20, RecursionDepth: 2,
+			MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
 		},
 		Subscription: f.subscription(fakeSubscription), MaxOutstandingMessages: 1, MaxOutstandingBytes: 1 << 20,
 		MaxExtension: time.Hour, ExitWhenIdle: 500 * time.Millisecond,

@@ -41,6 +41,7 @@ type runConfig struct {
 	Workers        int
 	MaxLineBytes   int
 	RecursionDepth int
+	Validator      string
 	Log            logConfig
 }
 
@@ -82,6 +83,7 @@ func addRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines per run (0: one per CPU)")
 	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
 	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
+	addValidatorFlag(fs, &c.Validator)
 	addLogFlags(fs, &c.Log)
 }
 
@@ -100,6 +102,7 @@ func (c runConfig) validate() error {
 		errs = append(errs, errors.New("--export-deadline and --poll-floor must be positive, --poll-cap at least --poll-floor"))
 	}
 	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
+	errs = append(errs, validatorError(c.Validator)...)
 	return errors.Join(append(errs, c.Log.validate())...)
 }
 
@@ -148,7 +151,7 @@ func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
 			Floor: c.PollFloor, Cap: c.PollCap, Deadline: c.ExportDeadline,
 		},
 		convert: pipeline.Options{
-			Workers: c.Workers, MaxLineBytes: c.MaxLineBytes, RecursionDepth: c.RecursionDepth,
+			Workers: c.Workers, MaxLineBytes: c.MaxLineBytes, RecursionDepth: c.RecursionDepth, Validator: c.Validator,
 		},
 		outputs:          &outputs{gcs: gcs},
 		openExportBucket: gcs.open,
