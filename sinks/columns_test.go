@@ -3,6 +3,7 @@ package sinks
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -36,9 +37,8 @@ func edgeSchema() *arrow.Schema {
 	}, &md)
 }
 
-// edgeRecord builds n rows; row i takes shape i%7 for each nested column.
-func edgeRecord(t *testing.T, mem memory.Allocator, start, n int) arrow.Record {
-	t.Helper()
+// edgeRecord builds n rows whose shapes pick chooses: pick(k) returns a number in [0, k).
+func edgeRecord(mem memory.Allocator, start, n int, pick func(k int) int) arrow.Record {
 	rb := array.NewRecordBuilder(mem, edgeSchema())
 	defer rb.Release()
 	id := rb.Field(0).(*array.StringBuilder)
@@ -85,7 +85,7 @@ func edgeRecord(t *testing.T, mem memory.Allocator, start, n int) arrow.Record {
 		}
 	}
 	for i := start; i < start+n; i++ {
-		shape := i % 7
+		shape := pick(7)
 		id.Append(string(rune('a'+i%26)) + "-id")
 		if shape == 0 {
 			bb.AppendNull()
@@ -131,10 +131,10 @@ func edgeRecord(t *testing.T, mem memory.Allocator, start, n int) arrow.Record {
 		default:
 			items.Append(true)
 			for k := range shape {
-				appendInner(item, i+k, (shape+k)%5)
+				appendInner(item, i+k, pick(5))
 			}
 		}
-		appendInner(one, i, shape%5)
+		appendInner(one, i, pick(5))
 	}
 	return rb.NewRecord()
 }
@@ -142,11 +142,12 @@ func edgeRecord(t *testing.T, mem memory.Allocator, start, n int) arrow.Record {
 // TestLeafWriterMatchesPqarrow writes edge-case records through a Table (row groups of 3 rows, so groups cut
 // records) and through pqarrow's writer, and reads both back: the values must be equal.
 func TestLeafWriterMatchesPqarrow(t *testing.T) {
-	ctx := context.Background()
 	mem := checkedAllocator(t)
 	var recs []arrow.Record
+	next := 0
+	cycle := func(k int) int { next++; return next % k } // every shape, in turn
 	for i, n := range []int{1, 7, 10, 4} {
-		recs = append(recs, edgeRecord(t, mem, i*100, n))
+		recs = append(recs, edgeRecord(mem, i*100, n, cycle))
 	}
 	defer func() {
 		for _, r := range recs {
@@ -154,64 +155,113 @@ func TestLeafWriterMatchesPqarrow(t *testing.T) {
 		}
 	}()
 	for _, rows := range []int{3, 64} {
-		b := memblob.OpenBucket(nil)
-		tbl := NewTable(b, "out", "Basic", edgeSchema(), ParquetOptions{RowGroupRows: rows, Allocator: mem})
-		for _, r := range recs {
-			if err := tbl.Write(ctx, r); err != nil {
-				t.Fatal(err)
-			}
+		if err := compareWithPqarrow(recs, rows, mem); err != nil {
+			t.Errorf("row groups of %d: %v", rows, err)
 		}
-		files, err := tbl.Close(ctx)
-		if err != nil || len(files) != 1 {
-			t.Fatalf("Close: %v, %v", files, err)
-		}
-		data, err := b.ReadAll(ctx, "out/"+files[0].Key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.Close()
-		var ref bytes.Buffer
-		fw, err := pqarrow.NewFileWriter(edgeSchema(), &ref, parquet.NewWriterProperties(parquet.WithAllocator(mem)),
-			pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema(), pqarrow.WithAllocator(mem)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			if err := fw.Write(r); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := fw.Close(); err != nil {
-			t.Fatal(err)
-		}
-		got, want := readArrowTable(t, data, mem), readArrowTable(t, ref.Bytes(), mem)
-		if got.NumRows() != 22 || want.NumRows() != 22 {
-			t.Fatalf("rows: ours %d, pqarrow %d, want 22", got.NumRows(), want.NumRows())
-		}
-		for i := 0; i < int(want.NumCols()); i++ {
-			if !array.ChunkedEqual(got.Column(i).Data(), want.Column(i).Data()) {
-				t.Errorf("row groups of %d: column %s differs from pqarrow's", rows, want.Schema().Field(i).Name)
-			}
-		}
-		got.Release()
-		want.Release()
 	}
 }
 
-func readArrowTable(t *testing.T, data []byte, mem memory.Allocator) arrow.Table {
-	t.Helper()
+// FuzzLeafWriter compares the leaf writer with pqarrow's on records whose shapes the input picks, cut into row
+// groups of 1 to 8 rows.
+func FuzzLeafWriter(f *testing.F) {
+	f.Add([]byte{0})
+	f.Add([]byte{7, 2, 1, 0, 3, 4, 6, 5, 2, 2, 0, 1})
+	f.Add([]byte{40, 0, 6, 6, 6, 6, 4, 4, 4, 4, 3, 3, 1})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) == 0 {
+			return
+		}
+		mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+		pos := 0
+		pick := func(k int) int {
+			v := int(data[pos%len(data)])
+			pos++
+			return v % k
+		}
+		rows := 1 + int(data[0])%40
+		first := rows / 2
+		var recs []arrow.Record
+		if first > 0 {
+			recs = append(recs, edgeRecord(mem, 0, first, pick))
+		}
+		recs = append(recs, edgeRecord(mem, first, rows-first, pick))
+		err := compareWithPqarrow(recs, 1+pick(8), mem)
+		for _, r := range recs {
+			r.Release()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		mem.AssertSize(t, 0)
+	})
+}
+
+// compareWithPqarrow writes recs through a Table with row groups of rows rows and through pqarrow's writer, reads
+// both back, and says where they differ.
+func compareWithPqarrow(recs []arrow.Record, rows int, mem memory.Allocator) error {
+	ctx := context.Background()
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Basic", edgeSchema(), ParquetOptions{RowGroupRows: rows, Allocator: mem})
+	var want int64
+	for _, r := range recs {
+		want += r.NumRows()
+		if err := tbl.Write(ctx, r); err != nil {
+			return err
+		}
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil || len(files) != 1 {
+		return fmt.Errorf("close: %v, %v", files, err)
+	}
+	data, err := b.ReadAll(ctx, "out/"+files[0].Key)
+	if err != nil {
+		return err
+	}
+	var ref bytes.Buffer
+	fw, err := pqarrow.NewFileWriter(edgeSchema(), &ref, parquet.NewWriterProperties(parquet.WithAllocator(mem)),
+		pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema(), pqarrow.WithAllocator(mem)))
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if err := fw.Write(r); err != nil {
+			return err
+		}
+	}
+	if err := fw.Close(); err != nil {
+		return err
+	}
+	got, err := readArrowTable(data, mem)
+	if err != nil {
+		return err
+	}
+	defer got.Release()
+	wantTbl, err := readArrowTable(ref.Bytes(), mem)
+	if err != nil {
+		return err
+	}
+	defer wantTbl.Release()
+	if got.NumRows() != want || wantTbl.NumRows() != want {
+		return fmt.Errorf("rows: ours %d, pqarrow %d, want %d", got.NumRows(), wantTbl.NumRows(), want)
+	}
+	for i := 0; i < int(wantTbl.NumCols()); i++ {
+		if !array.ChunkedEqual(got.Column(i).Data(), wantTbl.Column(i).Data()) {
+			return fmt.Errorf("column %s differs from pqarrow's", wantTbl.Schema().Field(i).Name)
+		}
+	}
+	return nil
+}
+
+func readArrowTable(data []byte, mem memory.Allocator) (arrow.Table, error) {
 	pf, err := file.NewParquetReader(bytes.NewReader(data), file.WithReadProps(parquet.NewReaderProperties(mem)))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer pf.Close()
 	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{}, mem)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	tbl, err := fr.ReadTable(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tbl
+	return fr.ReadTable(context.Background())
 }
