@@ -41,7 +41,7 @@ type ParquetOptions struct {
 	RowGroupRows int
 	// RowGroupBytes ends a row group once the Arrow data a Table holds for it reaches this size. A row group is
 	// held as the record batches written to it until it ends, then written out column by column, so this bounds
-	// a Table's memory (plus one column chunk being encoded).
+	// what a Table gathers; up to MaxOpenParts more row groups are held while they are written.
 	RowGroupBytes int64
 	// MaxFileBytes starts a new part file once the current one, with the row group it holds, reaches this size
 	// (row groups are not split, so a part can exceed it by up to one row group).
@@ -51,8 +51,8 @@ type ParquetOptions struct {
 	// all of it to open the file: for tables thousands of columns wide this, not the bytes, is what grows.
 	MaxColumnChunks int
 	// MaxOpenParts is how many row groups of the Table may be written at once, each into a part of its own (a
-	// part is written by one goroutine at a time). Zero means 1: one part at a time, in the order the row groups
-	// were completed. A run sets it to its decoders, so that one large type uses every core for encoding too.
+	// part is written by one goroutine at a time). Zero means 1: one part at a time. A run sets it to its
+	// decoders, so that one large type uses every core for encoding too.
 	MaxOpenParts int
 	// Budget, when set, bounds the Arrow data held by all the Tables that share it: a Table whose Write finds the
 	// budget exceeded writes out its row group early if it holds at least its share.
@@ -66,8 +66,8 @@ type ParquetOptions struct {
 }
 
 // MemoryBudget is the Arrow memory that a set of Tables may hold in the row groups they are gathering, together.
-// A row group being written is no longer counted: a Table writes one at a time, so the memory of a set of Tables
-// is bounded by the budget plus one row group per Table being written. It is safe for concurrent use.
+// A row group being written is no longer counted, so the memory of a set of Tables is bounded by the budget plus
+// the row groups being written: at most MaxOpenParts per Table. It is safe for concurrent use.
 type MemoryBudget struct {
 	limit  int64
 	held   atomic.Int64
