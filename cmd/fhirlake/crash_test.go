@@ -143,6 +143,13 @@ func (env *crashEnv) arm(k crashKill) <-chan struct{} {
 // outside the manifest, one export, and the ledger published. SIGTERM mid-run must exit 0 at once, nack the message
 // and leave the run resumable with its lease released.
 func TestCrashRedelivery(t *testing.T) {
+	if raceDetector {
+		// The worker under test is a separate, plain binary: the detector sees only the fakes and this harness.
+		// And pstest races with itself when a message nacked on one stream is redelivered on another
+		// (pstest/fake.go:1274 writes the AckId that the first stream's send loop read, without
+		// synchronisation), which the detector reports as this test's failure. test.sh runs it without -race.
+		t.Skip("the crash test runs without the race detector (see the comment)")
+	}
 	bin := buildFhirlake(t)
 	seeds := 24 // three per phase
 	kinds := []trigger.Kind{trigger.KindBulk, trigger.KindStore}
