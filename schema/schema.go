@@ -31,12 +31,12 @@ package schema
 
 import (
 	"fmt"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"slices"
 	"sync"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	cpb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // Version is the version of the table shapes; bump it on any change of shape.

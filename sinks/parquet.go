@@ -134,7 +134,6 @@ type Table struct {
 	typ    string
 	schema *arrow.Schema
 	opts   ParquetOptions
-	props  *parquet.WriterProperties
 
 	mu    sync.Mutex
 	freed *sync.Cond // broadcast when a part is handed back or closed, or the Table failed
@@ -202,11 +201,6 @@ func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, 
 		typ:    resourceType,
 		schema: s,
 		opts:   opts,
-		props: parquet.NewWriterProperties(
-			parquet.WithCompression(opts.Compression),
-			parquet.WithMaxRowGroupLength(int64(opts.RowGroupRows)),
-			parquet.WithAllocator(opts.Allocator),
-		),
 	}
 	t.freed = sync.NewCond(&t.mu)
 	return t
@@ -319,7 +313,7 @@ func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
 			t.freed.Wait()
 		}
 		if t.err == nil && t.layout == nil {
-			l, err := newTableLayout(t.schema, t.props)
+			l, err := newTableLayout(t.schema, t.writerProps())
 			if err != nil {
 				t.fail(fmt.Errorf("write %s table: %w", t.typ, err))
 			}
@@ -498,17 +492,22 @@ func dataBytes(d arrow.ArrayData) int64 {
 // dictionary costs such a column an encoder and an empty dictionary page per row group; a column that does get
 // values in a later row group of the part is written PLAIN there, which is as correct and a little larger.
 func (t *Table) partProps(g *group) *parquet.WriterProperties {
-	opts := []parquet.WriterProperty{
+	var noDict []parquet.WriterProperty
+	for i := range t.layout.leaves {
+		if !g.hasValues(&t.layout.leaves[i]) {
+			noDict = append(noDict, parquet.WithDictionaryFor(t.layout.schema.Column(i).Path(), false))
+		}
+	}
+	return t.writerProps(noDict...)
+}
+
+// writerProps returns the Table's Parquet writer properties (compression, allocator) with extra ones after them.
+func (t *Table) writerProps(extra ...parquet.WriterProperty) *parquet.WriterProperties {
+	return parquet.NewWriterProperties(append([]parquet.WriterProperty{
 		parquet.WithCompression(t.opts.Compression),
 		parquet.WithMaxRowGroupLength(int64(t.opts.RowGroupRows)),
 		parquet.WithAllocator(t.opts.Allocator),
-	}
-	for i := range t.layout.leaves {
-		if !g.hasValues(&t.layout.leaves[i]) {
-			opts = append(opts, parquet.WithDictionaryFor(t.layout.schema.Column(i).Path(), false))
-		}
-	}
-	return parquet.NewWriterProperties(opts...)
+	}, extra...)...)
 }
 
 // hasValues reports whether the records of g hold a value of leaf l (in any of their rows: a record g takes in
