@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io/fs"
 	"strings"
 	"testing"
 )
@@ -13,14 +12,7 @@ import (
 // converted the sample twice over.
 func TestBenchChild(t *testing.T) {
 	var lines, size int64
-	err := fs.WalkDir(sample, "sample", func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := sample.ReadFile(path)
-		if err != nil {
-			return err
-		}
+	err := eachSampleFile(func(_ string, data []byte) error {
 		size += int64(len(data))
 		for _, l := range bytes.Split(data, []byte("\n")) {
 			if len(bytes.TrimSpace(l)) > 0 {

@@ -183,7 +183,17 @@ func openLocation(ctx context.Context, openGCS openGCSFunc, loc string) (*blob.B
 
 func sampleBucket(ctx context.Context) (*blob.Bucket, error) {
 	b := memblob.OpenBucket(nil)
-	err := fs.WalkDir(sample, "sample", func(path string, d fs.DirEntry, err error) error {
+	err := eachSampleFile(func(name string, data []byte) error { return b.WriteAll(ctx, name, data, nil) })
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("load embedded sample: %w", err)
+	}
+	return b, nil
+}
+
+// eachSampleFile calls fn with the name and contents of every file of the embedded sample.
+func eachSampleFile(fn func(name string, data []byte) error) error {
+	return fs.WalkDir(sample, "sample", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -191,13 +201,8 @@ func sampleBucket(ctx context.Context) (*blob.Bucket, error) {
 		if err != nil {
 			return err
 		}
-		return b.WriteAll(ctx, d.Name(), data, nil)
+		return fn(d.Name(), data)
 	})
-	if err != nil {
-		b.Close()
-		return nil, fmt.Errorf("load embedded sample: %w", err)
-	}
-	return b, nil
 }
 
 func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"io/fs"
 	"log/slog"
-	"path"
 	"strings"
 	"testing"
 
@@ -35,15 +33,8 @@ type convertGCS struct {
 func newConvertGCS(t *testing.T) *convertGCS {
 	t.Helper()
 	var objs []fakestorage.Object
-	err := fs.WalkDir(sample, "sample", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		data, err := sample.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		objs = append(objs, fakeObject("export/"+path.Base(p), data))
+	err := eachSampleFile(func(name string, data []byte) error {
+		objs = append(objs, fakeObject("export/"+name, data))
 		return nil
 	})
 	if err != nil {
