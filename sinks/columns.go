@@ -7,20 +7,19 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/bitutil"
 	"github.com/apache/arrow/go/v17/parquet"
-	"github.com/apache/arrow/go/v17/parquet/file"
 	pqschema "github.com/apache/arrow/go/v17/parquet/schema"
 )
 
-// This file turns Arrow record batches into the definition levels, repetition levels and values of each Parquet
-// leaf column, and hands them to the Parquet library's column chunk writers.
+// This file finds the Parquet leaf columns of an Arrow schema and walks Arrow record batches to the definition
+// levels, repetition levels and values of one leaf, which chunk.go encodes.
 //
 // Why not pqarrow's writer: FHIR tables are wide and sparse (ExplanationOfBenefit has 2,641 leaf columns,
 // Observation 1,068, and a row fills a few dozen). pqarrow builds the levels of every leaf by walking every row,
 // absent subtrees included, and keeps a column writer (encoders, dictionary, page buffers) open for every leaf of
 // every open row group; that was most of a run's CPU and memory. Here the levels are computed over runs: a
 // subtree that is null over a range of rows costs one run whatever its width, and the leaves of a row group are
-// written one after the other, so one column writer is open at a time. The Parquet file (schema, pages,
-// statistics, dictionaries, footer) is still the Parquet library's, from pqarrow's own Arrow-to-Parquet schema.
+// written one after the other, so one column chunk is being encoded at a time. The Parquet schema is pqarrow's own
+// Arrow-to-Parquet schema.
 
 // stepKind is what an Arrow array on the way to a leaf is.
 type stepKind uint8
@@ -41,6 +40,7 @@ type step struct {
 
 // leafPath is how to reach one Parquet leaf column from a record.
 type leafPath struct {
+	index  int // of the leaf among the table's, in Parquet column order
 	column int // top-level column of the record
 	steps  []step
 	maxDef int16
@@ -68,6 +68,7 @@ func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
 		return nil, fmt.Errorf("%d leaves, parquet schema has %d columns", len(out), ps.NumColumns())
 	}
 	for i := range out {
+		out[i].index = i
 		d := ps.Column(i)
 		if d.MaxDefinitionLevel() != out[i].maxDef || d.MaxRepetitionLevel() != out[i].maxRep || d.PhysicalType() != out[i].ptype {
 			return nil, fmt.Errorf("leaf %s: levels %d/%d %s, parquet schema says %d/%d %s", d.Path(),
@@ -138,72 +139,24 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 	return append(out, leafPath{column: column, steps: p, maxDef: def, maxRep: rep, typ: t.ID(), ptype: ptype}), nil
 }
 
-// leafBuf collects the levels and values of one leaf over the records of a row group. It is reused from leaf to
-// leaf.
-type leafBuf struct {
-	path   *leafPath
-	def    []int16
-	rep    []int16
-	bytes  []parquet.ByteArray
-	bools  []bool
-	int64s []int64
-	floats []float64
-}
-
-func (b *leafBuf) reset(p *leafPath) {
-	b.path = p
-	b.def, b.rep = b.def[:0], b.rep[:0]
-	clear(b.bytes) // drop references to the records' buffers
-	b.bytes = b.bytes[:0]
-	b.bools, b.int64s, b.floats = b.bools[:0], b.int64s[:0], b.floats[:0]
-}
-
-// add appends the levels and values of rows [lo, hi) of rec.
-func (b *leafBuf) add(rec arrow.Record, lo, hi int) {
-	b.walk(0, rec.Column(b.path.column), lo, hi, 0, 0, 0)
-}
-
-// emit appends n entries at definition level d: the first at repetition level r0, the others at r.
-func (b *leafBuf) emit(n int, d, r0, r int16) {
-	if n <= 0 {
-		return
-	}
-	b.def = appendRepeat(b.def, d, n)
-	if b.path.maxRep > 0 {
-		b.rep = append(b.rep, r0)
-		b.rep = appendRepeat(b.rep, r, n-1)
-	}
-}
-
-func appendRepeat(s []int16, v int16, n int) []int16 {
-	s = append(s, make([]int16, n)...) // the compiler turns this into one growth and a clear
-	if v != 0 {
-		t := s[len(s)-n:]
-		for i := range t {
-			t[i] = v
-		}
-	}
-	return s
-}
-
 // walk appends the entries of elements [lo, hi) of arr, the array at step s, whose ancestors are all present at
 // definition level d. The first element starts at repetition level r0, the others at r.
-func (b *leafBuf) walk(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
+func (c *chunkWriter) walk(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
 	if lo >= hi {
 		return
 	}
-	st := &b.path.steps[s]
+	st := &c.leaf.steps[s]
 	if !st.optional {
-		b.present(s, arr, lo, hi, d, r0, r)
+		c.present(s, arr, lo, hi, d, r0, r)
 		return
 	}
 	nulls := arr.NullN()
 	switch {
 	case nulls == 0:
-		b.present(s, arr, lo, hi, d+1, r0, r)
+		c.present(s, arr, lo, hi, d+1, r0, r)
 		return
 	case nulls == arr.Len():
-		b.emit(hi-lo, d, r0, r)
+		c.emit(hi-lo, d, r0, r)
 		return
 	}
 	bits := arr.NullBitmapBytes()
@@ -219,20 +172,20 @@ func (b *leafBuf) walk(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
 			rr = r0
 		}
 		if valid {
-			b.present(s, arr, i, j, d+1, rr, r)
+			c.present(s, arr, i, j, d+1, rr, r)
 		} else {
-			b.emit(j-i, d, rr, r)
+			c.emit(j-i, d, rr, r)
 		}
 		i = j
 	}
 }
 
 // present is walk for elements that are all present, at definition level d.
-func (b *leafBuf) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
-	st := &b.path.steps[s]
+func (c *chunkWriter) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
+	st := &c.leaf.steps[s]
 	switch st.kind {
 	case stepStruct:
-		b.walk(s+1, arr.(*array.Struct).Field(st.field), lo, hi, d, r0, r)
+		c.walk(s+1, arr.(*array.Struct).Field(st.field), lo, hi, d, r0, r)
 	case stepList:
 		l := arr.(*array.List)
 		elems := l.ListValues()
@@ -243,67 +196,14 @@ func (b *leafBuf) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
 			}
 			start, end := l.ValueOffsets(i)
 			if start == end {
-				b.emit(1, d, rr, r) // present and empty
+				c.emit(1, d, rr, r) // present and empty
 				continue
 			}
-			b.walk(s+1, elems, int(start), int(end), d+1, rr, st.rep)
+			c.walk(s+1, elems, int(start), int(end), d+1, rr, st.rep)
 		}
 	case stepLeaf:
-		b.emit(hi-lo, d, r0, r)
-		b.values(arr, lo, hi)
+		c.emit(hi-lo, d, r0, r)
+		c.putValues(arr, lo, hi)
 	}
 }
 
-// values appends the values of elements [lo, hi) of a leaf array, all present.
-func (b *leafBuf) values(arr arrow.Array, lo, hi int) {
-	switch a := arr.(type) {
-	case *array.String:
-		data, base := a.ValueBytes(), a.ValueOffset(0) // data starts at the array's first value
-		for i := lo; i < hi; i++ {
-			start := a.ValueOffset(i) - base
-			b.bytes = append(b.bytes, data[start:start+a.ValueLen(i):start+a.ValueLen(i)])
-		}
-	case *array.Binary:
-		for i := lo; i < hi; i++ {
-			b.bytes = append(b.bytes, a.Value(i))
-		}
-	case *array.Boolean:
-		for i := lo; i < hi; i++ {
-			b.bools = append(b.bools, a.Value(i))
-		}
-	case *array.Int64:
-		b.int64s = append(b.int64s, a.Int64Values()[lo:hi]...)
-	case *array.Timestamp:
-		for _, v := range a.TimestampValues()[lo:hi] {
-			b.int64s = append(b.int64s, int64(v))
-		}
-	case *array.Float64:
-		b.floats = append(b.floats, a.Float64Values()[lo:hi]...)
-	}
-}
-
-// write hands what was collected to the leaf's column chunk writer.
-func (b *leafBuf) write(cw file.ColumnChunkWriter) error {
-	def := b.def
-	if b.path.maxDef == 0 {
-		def = nil
-	}
-	var rep []int16
-	if b.path.maxRep > 0 {
-		rep = b.rep
-	}
-	var err error
-	switch w := cw.(type) {
-	case *file.ByteArrayColumnChunkWriter:
-		_, err = w.WriteBatch(b.bytes, def, rep)
-	case *file.BooleanColumnChunkWriter:
-		_, err = w.WriteBatch(b.bools, def, rep)
-	case *file.Int64ColumnChunkWriter:
-		_, err = w.WriteBatch(b.int64s, def, rep)
-	case *file.Float64ColumnChunkWriter:
-		_, err = w.WriteBatch(b.floats, def, rep)
-	default:
-		err = fmt.Errorf("unexpected column writer %T", cw)
-	}
-	return err
-}

@@ -3,7 +3,10 @@ package sinks
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -11,6 +14,7 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/file"
+	"github.com/apache/arrow/go/v17/parquet/metadata"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 	"gocloud.dev/blob/memblob"
 )
@@ -159,10 +163,18 @@ func TestLeafWriterMatchesPqarrow(t *testing.T) {
 			t.Errorf("row groups of %d: %v", rows, err)
 		}
 	}
+	one, err := concatRecords(recs, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Release()
+	if err := compareStatsWithPqarrow(one, mem); err != nil {
+		t.Error(err)
+	}
 }
 
 // FuzzLeafWriter compares the leaf writer with pqarrow's on records whose shapes the input picks, cut into row
-// groups of 1 to 8 rows.
+// groups of 1 to 8 rows, and the statistics of the whole as one row group.
 func FuzzLeafWriter(f *testing.F) {
 	f.Add([]byte{0})
 	f.Add([]byte{7, 2, 1, 0, 3, 4, 6, 5, 2, 2, 0, 1})
@@ -186,6 +198,13 @@ func FuzzLeafWriter(f *testing.F) {
 		}
 		recs = append(recs, edgeRecord(mem, first, rows-first, pick))
 		err := compareWithPqarrow(recs, 1+pick(8), mem)
+		if err == nil {
+			var one arrow.Record
+			if one, err = concatRecords(recs, mem); err == nil {
+				err = compareStatsWithPqarrow(one, mem)
+				one.Release()
+			}
+		}
 		for _, r := range recs {
 			r.Release()
 		}
@@ -199,45 +218,24 @@ func FuzzLeafWriter(f *testing.F) {
 // compareWithPqarrow writes recs through a Table with row groups of rows rows and through pqarrow's writer, reads
 // both back, and says where they differ.
 func compareWithPqarrow(recs []arrow.Record, rows int, mem memory.Allocator) error {
-	ctx := context.Background()
-	b := memblob.OpenBucket(nil)
-	defer b.Close()
-	tbl := NewTable(b, "out", "Basic", edgeSchema(), ParquetOptions{RowGroupRows: rows, Allocator: mem})
+	data, err := writeOurs(recs, rows, mem)
+	if err != nil {
+		return err
+	}
+	ref, err := writePqarrow(recs, mem)
+	if err != nil {
+		return err
+	}
 	var want int64
 	for _, r := range recs {
 		want += r.NumRows()
-		if err := tbl.Write(ctx, r); err != nil {
-			return err
-		}
-	}
-	files, err := tbl.Close(ctx)
-	if err != nil || len(files) != 1 {
-		return fmt.Errorf("close: %v, %v", files, err)
-	}
-	data, err := b.ReadAll(ctx, "out/"+files[0].Key)
-	if err != nil {
-		return err
-	}
-	var ref bytes.Buffer
-	fw, err := pqarrow.NewFileWriter(edgeSchema(), &ref, parquet.NewWriterProperties(parquet.WithAllocator(mem)),
-		pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema(), pqarrow.WithAllocator(mem)))
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		if err := fw.Write(r); err != nil {
-			return err
-		}
-	}
-	if err := fw.Close(); err != nil {
-		return err
 	}
 	got, err := readArrowTable(data, mem)
 	if err != nil {
 		return err
 	}
 	defer got.Release()
-	wantTbl, err := readArrowTable(ref.Bytes(), mem)
+	wantTbl, err := readArrowTable(ref, mem)
 	if err != nil {
 		return err
 	}
@@ -253,6 +251,226 @@ func compareWithPqarrow(recs []arrow.Record, rows int, mem memory.Allocator) err
 	return nil
 }
 
+// writeOurs writes recs through a Table with row groups of rows rows and returns the one part file.
+func writeOurs(recs []arrow.Record, rows int, mem memory.Allocator) ([]byte, error) {
+	ctx := context.Background()
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Basic", recs[0].Schema(), ParquetOptions{RowGroupRows: rows, Allocator: mem})
+	for _, r := range recs {
+		if err := tbl.Write(ctx, r); err != nil {
+			return nil, err
+		}
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil || len(files) != 1 {
+		return nil, fmt.Errorf("close: %v, %v", files, err)
+	}
+	return b.ReadAll(ctx, "out/"+files[0].Key)
+}
+
+// writePqarrow writes recs with pqarrow's writer, a row group for each.
+func writePqarrow(recs []arrow.Record, mem memory.Allocator) ([]byte, error) {
+	var ref bytes.Buffer
+	fw, err := pqarrow.NewFileWriter(recs[0].Schema(), &ref, parquet.NewWriterProperties(parquet.WithAllocator(mem)),
+		pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema(), pqarrow.WithAllocator(mem)))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if err := fw.Write(r); err != nil {
+			return nil, err
+		}
+	}
+	if err := fw.Close(); err != nil {
+		return nil, err
+	}
+	return ref.Bytes(), nil
+}
+
+// compareStatsWithPqarrow writes rec as one row group through a Table and through pqarrow's writer, and compares
+// the metadata of every column chunk that readers use: the number of values, and the statistics (min, max, null
+// count) that BigQuery, DuckDB and Spark prune row groups by.
+func compareStatsWithPqarrow(rec arrow.Record, mem memory.Allocator) error {
+	ours, err := writeOurs([]arrow.Record{rec}, int(rec.NumRows()), mem)
+	if err != nil {
+		return err
+	}
+	ref, err := writePqarrow([]arrow.Record{rec}, mem)
+	if err != nil {
+		return err
+	}
+	open := func(data []byte) (*file.Reader, error) {
+		return file.NewParquetReader(bytes.NewReader(data), file.WithReadProps(parquet.NewReaderProperties(mem)))
+	}
+	o, err := open(ours)
+	if err != nil {
+		return fmt.Errorf("ours: %w", err)
+	}
+	defer o.Close()
+	r, err := open(ref)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if o.NumRowGroups() != 1 || r.NumRowGroups() != 1 {
+		return fmt.Errorf("row groups: ours %d, pqarrow %d", o.NumRowGroups(), r.NumRowGroups())
+	}
+	og, rg := o.MetaData().RowGroup(0), r.MetaData().RowGroup(0)
+	var errs []error
+	if og.NumRows() != rg.NumRows() {
+		return fmt.Errorf("rows: ours %d, pqarrow %d", og.NumRows(), rg.NumRows())
+	}
+	for i := 0; i < rg.NumColumns(); i++ {
+		oc, err := og.ColumnChunk(i)
+		if err != nil {
+			return err
+		}
+		rc, err := rg.ColumnChunk(i)
+		if err != nil {
+			return err
+		}
+		path := rc.PathInSchema().String()
+		if oc.NumValues() != rc.NumValues() {
+			return fmt.Errorf("%s: %d values, pqarrow %d", path, oc.NumValues(), rc.NumValues())
+		}
+		oset, err := oc.StatsSet()
+		if err != nil {
+			return err
+		}
+		rset, err := rc.StatsSet()
+		if err != nil {
+			return err
+		}
+		if oset != rset {
+			return fmt.Errorf("%s: statistics set %v, pqarrow %v", path, oset, rset)
+		}
+		if !oset {
+			continue
+		}
+		os, err := oc.Statistics()
+		if err != nil {
+			return err
+		}
+		rs, err := rc.Statistics()
+		if err != nil {
+			return err
+		}
+		oe, err := os.Encode()
+		if err != nil {
+			return err
+		}
+		re, err := rs.Encode()
+		if err != nil {
+			return err
+		}
+		// Min and max must be those of the values in the chunk. pqarrow's are not always: it leaves them out for
+		// some nested columns (lists of lists with null elements) and for columns whose values are all empty
+		// strings, and writes MaxInt64 and MinInt64 for an int64 column in a list without a value. Where its
+		// statistics are those of the values, they must be ours.
+		te, err := valueStats(o, i, mem)
+		if err != nil {
+			return err
+		}
+		if oe.HasNullCount != re.HasNullCount || oe.NullCount != re.NullCount ||
+			te.HasMin && re.HasMin && !bytes.Equal(oe.Min, re.Min) || te.HasMax && re.HasMax && !bytes.Equal(oe.Max, re.Max) {
+			errs = append(errs, fmt.Errorf("%s: statistics %s, pqarrow %s", path, statString(oe), statString(re)))
+		}
+		if oe.HasMin != te.HasMin || oe.HasMax != te.HasMax || oe.HasMin && !bytes.Equal(oe.Min, te.Min) ||
+			oe.HasMax && !bytes.Equal(oe.Max, te.Max) {
+			errs = append(errs, fmt.Errorf("%s: statistics %s, the values read back have %s", path, statString(oe), statString(te)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// statString shows what a comparison of statistics looks at, with min and max cut short.
+func statString(e metadata.EncodedStatistics) string {
+	cut := func(has bool, b []byte) string {
+		if !has {
+			return "none"
+		}
+		if len(b) > 16 {
+			return fmt.Sprintf("%q... (%d bytes)", b[:16], len(b))
+		}
+		return fmt.Sprintf("%q", b)
+	}
+	return fmt.Sprintf("{min %s max %s nulls %v/%d}", cut(e.HasMin, e.Min), cut(e.HasMax, e.Max), e.HasNullCount, e.NullCount)
+}
+
+// valueStats reads the values of column col of the first row group of f and returns their statistics, as the
+// Parquet library computes them.
+func valueStats(f *file.Reader, col int, mem memory.Allocator) (metadata.EncodedStatistics, error) {
+	rg := f.RowGroup(0)
+	cr, err := rg.Column(col)
+	if err != nil {
+		return metadata.EncodedStatistics{}, err
+	}
+	st := metadata.NewStatistics(cr.Descriptor(), mem)
+	n := rg.MetaData().NumRows() * 64 // enough for every level of a chunk of the test records
+	def, rep := make([]int16, n), make([]int16, n)
+	switch r := cr.(type) {
+	case *file.ByteArrayColumnChunkReader:
+		v := make([]parquet.ByteArray, n)
+		_, k, err := r.ReadBatch(n, v, def, rep)
+		if err != nil {
+			return metadata.EncodedStatistics{}, err
+		}
+		st.(*metadata.ByteArrayStatistics).Update(v[:k], 0)
+	case *file.Int64ColumnChunkReader:
+		v := make([]int64, n)
+		_, k, err := r.ReadBatch(n, v, def, rep)
+		if err != nil {
+			return metadata.EncodedStatistics{}, err
+		}
+		st.(*metadata.Int64Statistics).Update(v[:k], 0)
+	case *file.Float64ColumnChunkReader:
+		v := make([]float64, n)
+		_, k, err := r.ReadBatch(n, v, def, rep)
+		if err != nil {
+			return metadata.EncodedStatistics{}, err
+		}
+		st.(*metadata.Float64Statistics).Update(v[:k], 0)
+	case *file.BooleanColumnChunkReader:
+		v := make([]bool, n)
+		_, k, err := r.ReadBatch(n, v, def, rep)
+		if err != nil {
+			return metadata.EncodedStatistics{}, err
+		}
+		st.(*metadata.BooleanStatistics).Update(v[:k], 0)
+	default:
+		return metadata.EncodedStatistics{}, fmt.Errorf("column reader %T", cr)
+	}
+	enc, err := st.Encode()
+	if err != nil {
+		return enc, err
+	}
+	enc.ApplyStatSizeLimits(int(parquet.DefaultMaxStatsSize))
+	return enc, nil
+}
+
+// concatRecords returns recs as one record.
+func concatRecords(recs []arrow.Record, mem memory.Allocator) (arrow.Record, error) {
+	cols := make([]arrow.Array, recs[0].NumCols())
+	var rows int64
+	for _, r := range recs {
+		rows += r.NumRows()
+	}
+	for c := range cols {
+		parts := make([]arrow.Array, len(recs))
+		for i, r := range recs {
+			parts[i] = r.Column(c)
+		}
+		a, err := array.Concatenate(parts, mem)
+		if err != nil {
+			return nil, err
+		}
+		defer a.Release()
+		cols[c] = a
+	}
+	return array.NewRecord(recs[0].Schema(), cols, rows), nil
+}
+
 func readArrowTable(data []byte, mem memory.Allocator) (arrow.Table, error) {
 	pf, err := file.NewParquetReader(bytes.NewReader(data), file.WithReadProps(parquet.NewReaderProperties(mem)))
 	if err != nil {
@@ -264,4 +482,98 @@ func readArrowTable(data []byte, mem memory.Allocator) (arrow.Table, error) {
 		return nil, err
 	}
 	return fr.ReadTable(context.Background())
+}
+
+// TestChunkPagesAndDictionaryFallback writes columns large enough for several data pages, a dictionary that
+// outgrows its 1 MiB limit (so that the chunk falls back to PLAIN pages after it), strings longer than the 4 KiB
+// statistics limit, and signed zeros, and compares values and statistics with pqarrow's.
+func TestChunkPagesAndDictionaryFallback(t *testing.T) {
+	mem := checkedAllocator(t)
+	s := arrow.NewSchema([]arrow.Field{
+		{Name: "s", Type: arrow.BinaryTypes.String, Nullable: true},
+		{Name: "n", Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+		{Name: "f", Type: arrow.PrimitiveTypes.Float64, Nullable: true},
+		{Name: "long", Type: arrow.BinaryTypes.String, Nullable: true},
+		{Name: "tags", Type: arrow.ListOf(arrow.BinaryTypes.String), Nullable: true},
+	}, nil)
+	const rows = 5000
+	rb := array.NewRecordBuilder(mem, s)
+	defer rb.Release()
+	sb := rb.Field(0).(*array.StringBuilder)
+	nb := rb.Field(1).(*array.Int64Builder)
+	fb := rb.Field(2).(*array.Float64Builder)
+	lb := rb.Field(3).(*array.StringBuilder)
+	tb := rb.Field(4).(*array.ListBuilder)
+	tag := tb.ValueBuilder().(*array.StringBuilder)
+	pad := strings.Repeat("x", 600)
+	for i := range rows {
+		if i%7 == 3 {
+			sb.AppendNull()
+		} else {
+			sb.Append(fmt.Sprintf("%05d%s", (i*7919)%rows, pad)) // distinct, out of order
+		}
+		nb.Append(int64(i*i) - 1e6)
+		switch i % 5 {
+		case 0:
+			fb.Append(math.Copysign(0, -1))
+		case 1:
+			fb.Append(0)
+		case 2:
+			fb.AppendNull()
+		default:
+			fb.Append(float64(i) / 7)
+		}
+		if i%100 == 0 {
+			lb.Append(strings.Repeat(string(rune('a'+i%26)), 5000))
+		} else {
+			lb.Append("short")
+		}
+		tb.Append(true)
+		for k := range i % 4 {
+			tag.Append(fmt.Sprint(k, pad))
+		}
+	}
+	rec := rb.NewRecord()
+	defer rec.Release()
+	for _, rg := range []int{rows, 1700} {
+		if err := compareWithPqarrow([]arrow.Record{rec}, rg, mem); err != nil {
+			t.Errorf("row groups of %d: %v", rg, err)
+		}
+	}
+	if err := compareStatsWithPqarrow(rec, mem); err != nil {
+		t.Error(err)
+	}
+
+	// The chunk of s did fall back, after several dictionary-encoded pages.
+	data, err := writeOurs([]arrow.Record{rec}, rows, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := file.NewParquetReader(bytes.NewReader(data), file.WithReadProps(parquet.NewReaderProperties(mem)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pr, err := f.RowGroup(0).GetColumnPageReader(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dictPages int
+	pagesBy := map[parquet.Encoding]int{}
+	for pr.Next() {
+		pg := pr.Page()
+		switch pg.Type() {
+		case 2: // DICTIONARY_PAGE
+			dictPages++
+		case 0: // DATA_PAGE
+			pagesBy[parquet.Encoding(pg.Encoding())]++
+		}
+	}
+	if err := pr.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if dictPages != 1 || pagesBy[parquet.Encodings.RLEDict] < 1 || pagesBy[parquet.Encodings.Plain] < 2 {
+		t.Errorf("column s: %d dictionary pages, data pages by encoding %v; want a dictionary, its pages, then several PLAIN ones",
+			dictPages, pagesBy)
+	}
 }

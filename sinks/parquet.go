@@ -2,6 +2,7 @@ package sinks
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/base64"
 	"fmt"
 	"slices"
@@ -10,12 +11,10 @@ import (
 	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
-	"github.com/apache/arrow/go/v17/arrow/array"
 	"github.com/apache/arrow/go/v17/arrow/flight"
 	"github.com/apache/arrow/go/v17/arrow/memory"
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/compress"
-	"github.com/apache/arrow/go/v17/parquet/file"
 	"github.com/apache/arrow/go/v17/parquet/metadata"
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 	pqschema "github.com/apache/arrow/go/v17/parquet/schema"
@@ -176,6 +175,7 @@ type segment struct {
 // tableLayout is the Parquet side of a Table's schema.
 type tableLayout struct {
 	schema *pqschema.Schema
+	props  *parquet.WriterProperties
 	meta   metadata.KeyValueMetadata
 	leaves []leafPath
 }
@@ -185,10 +185,11 @@ type part struct {
 	rel    string
 	obj    *object
 	sink   *countingWriter
-	fw     *file.Writer
+	meta   *metadata.FileMetaDataBuilder // of the row groups written
 	rows   int64
-	chunks int     // column chunks written: row groups times leaf columns
-	buf    leafBuf // levels and values of the leaf being written
+	groups int
+	chunks int          // column chunks written: row groups times leaf columns
+	cw     *chunkWriter // encodes the chunk being written
 }
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
@@ -338,7 +339,7 @@ func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
 		var closed *File
 		var err error
 		if p == nil {
-			p, err = t.openPart(ctx, rel, t.partProps(g))
+			p, err = t.openPart(ctx, rel)
 		}
 		if err == nil {
 			closed, err = t.writeGroup(ctx, p, g)
@@ -394,34 +395,28 @@ func (t *Table) writeGroup(ctx context.Context, p *part, g *group) (*File, error
 	return nil, nil
 }
 
-func (t *Table) encodeRowGroup(p *part, g *group) (err error) {
-	defer func() {
-		// The Parquet library panics on some failures (a short write of the magic bytes among them).
-		if r := recover(); r != nil {
-			err = fmt.Errorf("parquet writer: %v", r)
-		}
-	}()
-	rg := p.fw.AppendRowGroup()
+func (t *Table) encodeRowGroup(p *part, g *group) error {
+	rg := p.meta.AppendRowGroup()
+	rg.SetNumRows(g.rows)
+	var total int64
 	for i := range t.layout.leaves {
-		cw, err := rg.NextColumn()
-		if err != nil {
-			return err
-		}
-		p.buf.reset(&t.layout.leaves[i])
+		l := &t.layout.leaves[i]
+		cc := rg.NextColumnChunk()
+		p.cw.begin(l, cc.Descr())
 		for _, s := range g.segs {
-			p.buf.add(s.rec, s.lo, s.hi)
+			p.cw.add(s.rec, s.lo, s.hi)
 		}
-		if err := p.buf.write(cw); err != nil {
-			return fmt.Errorf("column %s: %w", cw.Descr().Path(), err)
+		n, err := p.cw.finish(p.sink, cc)
+		if err != nil {
+			return fmt.Errorf("column %s: %w", cc.Descr().Path(), err)
 		}
-		if p.sink.err != nil {
-			return p.sink.err
-		}
+		total += n
 	}
-	p.buf.reset(nil)
-	if err := rg.Close(); err != nil {
+	p.cw.dict.reset()
+	if err := rg.Finish(total, int16(p.groups)); err != nil {
 		return err
 	}
+	p.groups++
 	return p.sink.err
 }
 
@@ -455,7 +450,7 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	// What pqarrow's own writer stores, so that Arrow readers restore the exact types (timestamp zones,
 	// string rather than binary).
 	meta.Append("ARROW:schema", base64.StdEncoding.EncodeToString(flight.SerializeSchema(s, props.Allocator())))
-	return &tableLayout{schema: ps, meta: meta, leaves: leaves}, nil
+	return &tableLayout{schema: ps, props: props, meta: meta, leaves: leaves}, nil
 }
 
 // arrowBytes is the memory rec holds: its buffers, all-null arrays aside (a Worker builds them over one shared
@@ -487,20 +482,6 @@ func dataBytes(d arrow.ArrayData) int64 {
 	return n
 }
 
-// partProps returns the writer properties of a part that starts with g: without dictionary encoding for the
-// leaf columns that hold no value in g. In a wide FHIR table most leaves are empty in every row, and a
-// dictionary costs such a column an encoder and an empty dictionary page per row group; a column that does get
-// values in a later row group of the part is written PLAIN there, which is as correct and a little larger.
-func (t *Table) partProps(g *group) *parquet.WriterProperties {
-	var noDict []parquet.WriterProperty
-	for i := range t.layout.leaves {
-		if !g.hasValues(&t.layout.leaves[i]) {
-			noDict = append(noDict, parquet.WithDictionaryFor(t.layout.schema.Column(i).Path(), false))
-		}
-	}
-	return t.writerProps(noDict...)
-}
-
 // writerProps returns the Table's Parquet writer properties (compression, allocator) with extra ones after them.
 func (t *Table) writerProps(extra ...parquet.WriterProperty) *parquet.WriterProperties {
 	return parquet.NewWriterProperties(append([]parquet.WriterProperty{
@@ -510,52 +491,33 @@ func (t *Table) writerProps(extra ...parquet.WriterProperty) *parquet.WriterProp
 	}, extra...)...)
 }
 
-// hasValues reports whether the records of g hold a value of leaf l (in any of their rows: a record g takes in
-// part counts whole).
-func (g *group) hasValues(l *leafPath) bool {
-	for _, s := range g.segs {
-		a := s.rec.Column(l.column)
-		for _, st := range l.steps {
-			if a.NullN() == a.Len() {
-				break
-			}
-			switch st.kind {
-			case stepStruct:
-				a = a.(*array.Struct).Field(st.field)
-			case stepList:
-				a = a.(*array.List).ListValues()
-			}
-		}
-		if a.Len() > a.NullN() {
-			return true
-		}
-	}
-	return false
-}
-
 // openPart starts the part file rel.
-func (t *Table) openPart(ctx context.Context, rel string, props *parquet.WriterProperties) (*part, error) {
+func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
+	cw, err := newChunkWriter(t.layout.props, len(t.layout.leaves))
+	if err != nil {
+		return nil, fmt.Errorf("parquet writer: %w", err)
+	}
 	obj, err := openObject(ctx, t.b, objectKey(t.out, rel), parquetType)
 	if err != nil {
 		return nil, err
 	}
 	sink := &countingWriter{w: obj.w}
-	fw := file.NewParquetWriter(sink, t.layout.schema.Root(), file.WithWriterProps(props), file.WithWriteMetadata(t.layout.meta))
+	sink.Write(parquetMagic)
 	if err := sink.err; err != nil {
-		_ = fw.Close()
 		obj.abort()
 		return nil, fmt.Errorf("start parquet file %s: %w", obj.key, err)
 	}
-	return &part{rel: rel, obj: obj, sink: sink, fw: fw}, nil
+	meta := metadata.NewFileMetadataBuilder(t.layout.schema, t.layout.props, t.layout.meta)
+	return &part{rel: rel, obj: obj, sink: sink, meta: meta, cw: cw}, nil
 }
+
+// parquetMagic starts and ends a Parquet file.
+var parquetMagic = []byte("PAR1")
 
 // closePart writes the footer of p and commits it. On failure p is discarded.
 func (t *Table) closePart(ctx context.Context, p *part) (File, error) {
 	stop := p.obj.watch(ctx)
-	err := p.fw.Close() // footer; sink has no Close, so this does not commit
-	if err == nil {
-		err = p.sink.err
-	}
+	err := writeFooter(p)
 	if serr := stop(); err == nil {
 		err = serr
 	}
@@ -567,6 +529,21 @@ func (t *Table) closePart(ctx context.Context, p *part) (File, error) {
 		return File{}, err
 	}
 	return File{Key: p.rel, Rows: p.rows, Bytes: p.sink.n}, nil
+}
+
+// writeFooter writes the file metadata of p, its length and the closing magic.
+func writeFooter(p *part) error {
+	fmd, err := p.meta.Finish()
+	if err != nil {
+		return err
+	}
+	start := p.sink.n
+	if _, err := fmd.WriteTo(p.sink, nil); err != nil {
+		return err
+	}
+	p.sink.Write(binary.LittleEndian.AppendUint32(nil, uint32(p.sink.n-start)))
+	p.sink.Write(parquetMagic)
+	return p.sink.err
 }
 
 // fail makes err sticky and discards what is pending and the idle parts; a part being written to is discarded
@@ -584,11 +561,9 @@ func (t *Table) fail(err error) {
 	t.freed.Broadcast()
 }
 
-// discard cancels the part's object before the Parquet writer is closed (which writes a footer), so nothing of
-// it is committed.
+// discard cancels the part's object, so nothing of it is committed.
 func (p *part) discard() {
 	p.obj.cancel()
-	_ = p.fw.Close()
 	p.obj.abort()
 }
 
@@ -641,10 +616,9 @@ func (t *Table) Abort() {
 	t.fail(fmt.Errorf("%s table: %w", t.typ, errAborted))
 }
 
-// countingWriter is the sink handed to the Parquet writer. It counts bytes and keeps the first write error instead
-// of returning it: parts of the Parquet writer panic on a write error (the magic bytes at start) or drop it, so
-// the Table checks err after every call. It has no Close method, so the writer's Close cannot commit the blob: the
-// Table commits it when the footer is complete.
+// countingWriter is where a part is written. It counts bytes (the offsets of pages in the footer) and keeps the
+// first write error instead of returning it, so that encoding goes on without checks and the Table checks err
+// once per chunk. The Table commits the blob when the footer is complete.
 type countingWriter struct {
 	w   interface{ Write([]byte) (int, error) }
 	n   int64
