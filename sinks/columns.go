@@ -206,4 +206,3 @@ func (c *chunkWriter) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16
 		c.putValues(arr, lo, hi)
 	}
 }
-

@@ -2,8 +2,8 @@ package sinks
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
