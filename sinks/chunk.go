@@ -65,6 +65,10 @@ type chunkWriter struct {
 	hasFalse       bool // boolean values seen, for the statistics
 	hasTrue        bool
 
+	// Chunks without a value, by what their levels depend on (emptyKey), for the row group being written.
+	empty map[string]emptyChunk
+	key   []byte
+
 	// Scratch.
 	body, zbuf, hdr []byte
 	tmpBytes        []parquet.ByteArray // PLAIN values not yet in the statistics
@@ -104,7 +108,65 @@ func newChunkWriter(props *parquet.WriterProperties, leaves int) (*chunkWriter, 
 		props: props,
 		stats: make([]metadata.TypedStatistics, leaves),
 		dict:  dictionary{strs: map[string]int32{}, nums: map[uint64]int32{}},
+		empty: map[string]emptyChunk{},
 	}, nil
+}
+
+// emptyChunk is the encoded data pages of a chunk without a value.
+type emptyChunk struct {
+	data         []byte
+	levels       int64
+	uncompressed int64
+	pages        int32
+}
+
+// A chunk without a value in a row group is only levels, and these depend only on the arrays above the first
+// step where the leaf's path is null in every element: every leaf under an absent struct or under the elements of
+// a list shares them. In a wide FHIR table most chunks are such, and many share, so a row group encodes (walks
+// and compresses) each distinct one once.
+
+// emptyKey returns what the levels of the current leaf's chunk of g depend on if it holds no value: for each
+// segment the node at which the path is null throughout the segment's record, and the bit widths of the levels. It reports false when it cannot tell that the chunk holds no value.
+func (c *chunkWriter) emptyKey(g *group) (string, bool) {
+	k := c.key[:0]
+	k = append(k, byte(c.def.width), byte(c.rep.width))
+	for _, sg := range g.segs {
+		a := sg.rec.Column(c.leaf.column)
+		cut := false
+		for _, st := range c.leaf.steps {
+			if st.optional && a.NullN() == a.Len() {
+				k = binary.AppendUvarint(k, uint64(st.node))
+				cut = true
+				break
+			}
+			switch st.kind {
+			case stepStruct:
+				a = a.(*array.Struct).Field(st.field)
+			case stepList:
+				a = a.(*array.List).ListValues()
+			}
+		}
+		if !cut {
+			c.key = k
+			return "", false
+		}
+	}
+	c.key = k
+	return unsafe.String(unsafe.SliceData(k), len(k)), true // only to look up, or copied by keep
+}
+
+// load makes the chunk the empty chunk e.
+func (c *chunkWriter) load(e emptyChunk) {
+	c.data = append(c.data[:0], e.data...)
+	c.levels, c.uncompressed, c.plainPages = e.levels, e.uncompressed, e.pages
+}
+
+// keep remembers the chunk just encoded, which holds no value, under key.
+func (c *chunkWriter) keep(key string) {
+	c.flushPage()
+	c.empty[string([]byte(key))] = emptyChunk{
+		data: append([]byte(nil), c.data...), levels: c.levels, uncompressed: c.uncompressed, pages: c.plainPages,
+	}
 }
 
 // begin starts the chunk of leaf l, whose Parquet column is descr.

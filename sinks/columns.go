@@ -35,6 +35,7 @@ type step struct {
 	kind     stepKind
 	optional bool  // the Parquet node of this array is OPTIONAL: present adds one definition level
 	field    int   // stepStruct: the child field the path goes on through
+	node     int32 // the schema node of this array, numbered in the table: leaves through the same node share it
 	rep      int16 // stepList: the repetition level of this list's elements after the first
 }
 
@@ -57,9 +58,10 @@ func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
 	if root.NumFields() != s.NumFields() {
 		return nil, fmt.Errorf("parquet schema has %d top-level fields, arrow schema %d", root.NumFields(), s.NumFields())
 	}
+	var nodes int32
 	for c, f := range s.Fields() {
 		var err error
-		out, err = appendLeaves(out, c, f.Type, root.Field(c), nil, 0)
+		out, err = appendLeaves(out, c, f.Type, root.Field(c), nil, 0, &nodes)
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", f.Name, err)
 		}
@@ -78,7 +80,9 @@ func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
 	return out, nil
 }
 
-func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node, path []step, rep int16) ([]leafPath, error) {
+func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node, path []step, rep int16, nodes *int32) ([]leafPath, error) {
+	node := *nodes
+	*nodes++
 	var optional bool
 	switch n.RepetitionType() {
 	case parquet.Repetitions.Optional:
@@ -94,9 +98,9 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 			return nil, fmt.Errorf("%s: struct does not match its parquet group", n.Name())
 		}
 		for i, f := range t.Fields() {
-			p := append(path[:len(path):len(path)], step{kind: stepStruct, optional: optional, field: i})
+			p := append(path[:len(path):len(path)], step{kind: stepStruct, optional: optional, field: i, node: node})
 			var err error
-			if out, err = appendLeaves(out, column, f.Type, g.Field(i), p, rep); err != nil {
+			if out, err = appendLeaves(out, column, f.Type, g.Field(i), p, rep, nodes); err != nil {
 				return nil, fmt.Errorf("%s: %w", f.Name, err)
 			}
 		}
@@ -110,8 +114,8 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 		if !ok || r.RepetitionType() != parquet.Repetitions.Repeated || r.NumFields() != 1 {
 			return nil, fmt.Errorf("%s: list without a repeated group of one element", n.Name())
 		}
-		p := append(path[:len(path):len(path)], step{kind: stepList, optional: optional, rep: rep + 1})
-		return appendLeaves(out, column, t.Elem(), r.Field(0), p, rep+1)
+		p := append(path[:len(path):len(path)], step{kind: stepList, optional: optional, rep: rep + 1, node: node})
+		return appendLeaves(out, column, t.Elem(), r.Field(0), p, rep+1, nodes)
 	}
 	var ptype parquet.Type
 	switch t.ID() {
@@ -126,7 +130,7 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 	default:
 		return nil, fmt.Errorf("%s: no parquet writer for arrow type %s", n.Name(), t)
 	}
-	p := append(path[:len(path):len(path)], step{kind: stepLeaf, optional: optional})
+	p := append(path[:len(path):len(path)], step{kind: stepLeaf, optional: optional, node: node})
 	var def int16
 	for _, s := range p {
 		if s.optional {

@@ -153,6 +153,11 @@ func TestLeafWriterMatchesPqarrow(t *testing.T) {
 	for i, n := range []int{1, 7, 10, 4} {
 		recs = append(recs, edgeRecord(mem, i*100, n, cycle))
 	}
+	// Records of one shape: whole subtrees null in every row, so that many chunks hold no value and share their
+	// levels.
+	for shape := range 3 {
+		recs = append(recs, edgeRecord(mem, 500+shape*10, 5, func(k int) int { return shape % k }))
+	}
 	defer func() {
 		for _, r := range recs {
 			r.Release()

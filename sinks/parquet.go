@@ -403,8 +403,16 @@ func (t *Table) encodeRowGroup(p *part, g *group) error {
 		l := &t.layout.leaves[i]
 		cc := rg.NextColumnChunk()
 		p.cw.begin(l, cc.Descr())
-		for _, s := range g.segs {
-			p.cw.add(s.rec, s.lo, s.hi)
+		key, empty := p.cw.emptyKey(g)
+		if e, ok := p.cw.empty[key]; empty && ok {
+			p.cw.load(e)
+		} else {
+			for _, s := range g.segs {
+				p.cw.add(s.rec, s.lo, s.hi)
+			}
+			if empty {
+				p.cw.keep(key)
+			}
 		}
 		n, err := p.cw.finish(p.sink, cc)
 		if err != nil {
@@ -413,6 +421,7 @@ func (t *Table) encodeRowGroup(p *part, g *group) error {
 		total += n
 	}
 	p.cw.dict.reset()
+	clear(p.cw.empty)
 	if err := rg.Finish(total, int16(p.groups)); err != nil {
 		return err
 	}
