@@ -65,6 +65,8 @@ type chunkWriter struct {
 	hasFalse       bool // boolean values seen, for the statistics
 	hasTrue        bool
 
+	shared map[sharedKey]any // metadata pieces shared by the part's chunks (shareMeta)
+
 	// Chunks without a value, by what their levels depend on (emptyKey), for the row group being written.
 	empty map[string]emptyChunk
 	key   []byte
@@ -104,11 +106,12 @@ func newChunkWriter(props *parquet.WriterProperties, leaves int) (*chunkWriter, 
 		return nil, err
 	}
 	return &chunkWriter{
-		codec: codec,
-		props: props,
-		stats: make([]metadata.TypedStatistics, leaves),
-		dict:  dictionary{strs: map[string]int32{}, nums: map[uint64]int32{}},
-		empty: map[string]emptyChunk{},
+		codec:  codec,
+		props:  props,
+		stats:  make([]metadata.TypedStatistics, leaves),
+		dict:   dictionary{strs: map[string]int32{}, nums: map[uint64]int32{}},
+		empty:  map[string]emptyChunk{},
+		shared: map[sharedKey]any{},
 	}, nil
 }
 
@@ -445,7 +448,7 @@ func (c *chunkWriter) finish(w *countingWriter, cc *metadata.ColumnChunkMetaData
 	if c.plainPages > 0 {
 		encStats.DataEncodingStats[parquet.Encodings.Plain] = c.plainPages
 	}
-	return uncompressed, cc.Finish(metadata.ChunkMetaInfo{
+	err := cc.Finish(metadata.ChunkMetaInfo{
 		NumValues:        c.levels,
 		DictPageOffset:   dictOffset,
 		IndexPageOffset:  -1,
@@ -453,6 +456,50 @@ func (c *chunkWriter) finish(w *countingWriter, cc *metadata.ColumnChunkMetaData
 		CompressedSize:   w.n - start,
 		UncompressedSize: uncompressed,
 	}, hasDict, c.fellBack, encStats, nil)
+	if err != nil {
+		return 0, err
+	}
+	c.shareMeta(cc)
+	return uncompressed, nil
+}
+
+// sharedKey names a piece of chunk metadata that many chunks of a part have alike.
+type sharedKey struct {
+	kind byte // 's' statistics without min and max, 'e' encodings, 'p' page encoding statistics
+	a, b int64
+}
+
+// shareMeta replaces the pieces of cc's metadata that many chunks have alike by one copy per part: the metadata
+// of every chunk of a part is kept until the footer, and in a wide table most chunks are a page of levels with
+// the same path, encodings and statistics but for the null count.
+func (c *chunkWriter) shareMeta(cc *metadata.ColumnChunkMetaDataBuilder) {
+	md := cc.Contents().MetaData
+	md.PathInSchema = c.leaf.path
+	if st := md.Statistics; st != nil && st.Max == nil && st.Min == nil && st.MaxValue == nil && st.MinValue == nil &&
+		st.NullCount != nil && st.DistinctCount == nil {
+		md.Statistics = shared(c.shared, sharedKey{'s', *st.NullCount, 0}, st)
+	}
+	var enc int64
+	for _, e := range md.Encodings {
+		enc = enc<<8 | int64(e)&0xff
+	}
+	if len(md.Encodings) <= 8 {
+		md.Encodings = shared(c.shared, sharedKey{'e', enc, int64(len(md.Encodings))}, md.Encodings)
+	}
+	if len(md.EncodingStats) == 1 {
+		es := md.EncodingStats[0]
+		md.EncodingStats = shared(c.shared, sharedKey{'p', int64(es.PageType)<<8 | int64(es.Encoding), int64(es.Count)},
+			md.EncodingStats)
+	}
+}
+
+// shared returns the value m holds under k, or v after storing it there.
+func shared[T any](m map[sharedKey]any, k sharedKey, v T) T {
+	if s, ok := m[k]; ok {
+		return s.(T)
+	}
+	m[k] = v
+	return v
 }
 
 // dictPage appends the PLAIN encoding of the dictionary to b.

@@ -41,8 +41,9 @@ type step struct {
 
 // leafPath is how to reach one Parquet leaf column from a record.
 type leafPath struct {
-	index  int // of the leaf among the table's, in Parquet column order
-	column int // top-level column of the record
+	index  int      // of the leaf among the table's, in Parquet column order
+	path   []string // of the Parquet column
+	column int      // top-level column of the record
 	steps  []step
 	maxDef int16
 	maxRep int16
@@ -72,6 +73,7 @@ func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
 	for i := range out {
 		out[i].index = i
 		d := ps.Column(i)
+		out[i].path = d.ColumnPath()
 		if d.MaxDefinitionLevel() != out[i].maxDef || d.MaxRepetitionLevel() != out[i].maxRep || d.PhysicalType() != out[i].ptype {
 			return nil, fmt.Errorf("leaf %s: levels %d/%d %s, parquet schema says %d/%d %s", d.Path(),
 				out[i].maxDef, out[i].maxRep, out[i].ptype, d.MaxDefinitionLevel(), d.MaxRepetitionLevel(), d.PhysicalType())

@@ -336,6 +336,9 @@ func compareStatsWithPqarrow(rec arrow.Record, mem memory.Allocator) error {
 			return err
 		}
 		path := rc.PathInSchema().String()
+		if oc.PathInSchema().String() != path {
+			return fmt.Errorf("column %d: path %s, pqarrow %s", i, oc.PathInSchema(), path)
+		}
 		if oc.NumValues() != rc.NumValues() {
 			return fmt.Errorf("%s: %d values, pqarrow %d", path, oc.NumValues(), rc.NumValues())
 		}
