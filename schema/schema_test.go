@@ -346,3 +346,13 @@ func TestDepthOption(t *testing.T) {
 		})
 	}
 }
+
+func TestBuildUnknownType(t *testing.T) {
+	r := newRegistry(t, Options{})
+	if _, err := r.Build("Patients"); err == nil || !strings.Contains(err.Error(), `"Patients" is not an R4 resource type`) {
+		t.Errorf("Build(Patients) = %v, want an error naming the type", err)
+	}
+	if res, err := r.Build("Patient"); err != nil || res.Type != "Patient" {
+		t.Errorf("Build(Patient) = %v, %v", res, err)
+	}
+}

@@ -169,9 +169,9 @@ func (w *Worker) table(typ string) (*table, error) {
 	if t, ok := w.tables[typ]; ok {
 		return t, nil
 	}
-	res, ok := w.reg.Resource(typ)
-	if !ok {
-		return nil, fmt.Errorf("convert %s: the validator accepted a type the schema registry does not know", typ)
+	res, err := w.reg.Build(typ)
+	if err != nil {
+		return nil, fmt.Errorf("convert %s: %w", typ, err)
 	}
 	p, err := newRootPlan(res, w.arena)
 	if err != nil {
