@@ -81,6 +81,9 @@ type chunkWriter struct {
 // emptyValue is the empty string or binary value: not nil.
 var emptyValue = []byte{}
 
+// scrubValues replaces the last min and max of a statistics object.
+var scrubValues = []parquet.ByteArray{emptyValue}
+
 // dictionary holds the distinct values of a chunk in order of first appearance.
 type dictionary struct {
 	strs   map[string]int32 // keys alias the Arrow buffers of the row group's records, which outlive the chunk
@@ -554,8 +557,14 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 		}
 	}
 	s.IncNulls(c.levels - c.values)
-	enc, err := s.Encode()
+	enc, err := s.Encode() // copies min and max
 	s.Reset()
+	if ba, ok := s.(*metadata.ByteArrayStatistics); ok {
+		// Reset leaves min and max pointing into the records' buffers, which would stay reachable as long as the
+		// statistics object: point them at a value of ours instead.
+		ba.Update(scrubValues, 0)
+		ba.Reset()
+	}
 	if err != nil {
 		return enc, fmt.Errorf("statistics: %w", err)
 	}
