@@ -416,36 +416,31 @@ func valueStats(f *file.Reader, col int, mem memory.Allocator) (metadata.Encoded
 	}
 	st := metadata.NewStatistics(cr.Descriptor(), mem)
 	n := rg.MetaData().NumRows() * 64 // enough for every level of a chunk of the test records
-	def, rep := make([]int16, n), make([]int16, n)
 	switch r := cr.(type) {
 	case *file.ByteArrayColumnChunkReader:
-		v := make([]parquet.ByteArray, n)
-		_, k, err := r.ReadBatch(n, v, def, rep)
+		v, err := readValues[parquet.ByteArray](r, n)
 		if err != nil {
 			return metadata.EncodedStatistics{}, err
 		}
-		st.(*metadata.ByteArrayStatistics).Update(v[:k], 0)
+		st.(*metadata.ByteArrayStatistics).Update(v, 0)
 	case *file.Int64ColumnChunkReader:
-		v := make([]int64, n)
-		_, k, err := r.ReadBatch(n, v, def, rep)
+		v, err := readValues[int64](r, n)
 		if err != nil {
 			return metadata.EncodedStatistics{}, err
 		}
-		st.(*metadata.Int64Statistics).Update(v[:k], 0)
+		st.(*metadata.Int64Statistics).Update(v, 0)
 	case *file.Float64ColumnChunkReader:
-		v := make([]float64, n)
-		_, k, err := r.ReadBatch(n, v, def, rep)
+		v, err := readValues[float64](r, n)
 		if err != nil {
 			return metadata.EncodedStatistics{}, err
 		}
-		st.(*metadata.Float64Statistics).Update(v[:k], 0)
+		st.(*metadata.Float64Statistics).Update(v, 0)
 	case *file.BooleanColumnChunkReader:
-		v := make([]bool, n)
-		_, k, err := r.ReadBatch(n, v, def, rep)
+		v, err := readValues[bool](r, n)
 		if err != nil {
 			return metadata.EncodedStatistics{}, err
 		}
-		st.(*metadata.BooleanStatistics).Update(v[:k], 0)
+		st.(*metadata.BooleanStatistics).Update(v, 0)
 	default:
 		return metadata.EncodedStatistics{}, fmt.Errorf("column reader %T", cr)
 	}
@@ -455,6 +450,15 @@ func valueStats(f *file.Reader, col int, mem memory.Allocator) (metadata.Encoded
 	}
 	enc.ApplyStatSizeLimits(int(parquet.DefaultMaxStatsSize))
 	return enc, nil
+}
+
+// readValues reads up to n levels of a column chunk and returns the values among them.
+func readValues[T any](r interface {
+	ReadBatch(int64, []T, []int16, []int16) (int64, int, error)
+}, n int64) ([]T, error) {
+	v := make([]T, n)
+	_, k, err := r.ReadBatch(n, v, make([]int16, n), make([]int16, n))
+	return v[:k], err
 }
 
 // concatRecords returns recs as one record.
