@@ -27,7 +27,7 @@ const (
 	DefaultRowGroupBytes = 64 << 20
 	DefaultMaxFileBytes  = 512 << 20
 	// DefaultMaxColumnChunks is 3 row groups of ExplanationOfBenefit (2,641 leaf columns), 9 of Observation
-	// (1,068): about 1 KiB of writer memory per chunk until the footer.
+	// (1,068): a few hundred bytes of metadata per chunk until the footer.
 	DefaultMaxColumnChunks = 10000
 )
 

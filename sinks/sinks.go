@@ -1,9 +1,10 @@
 // Package sinks is the last stage of a run: it puts what transform produced onto a bucket.
 //
 // pipeline feeds it; it imports nothing of ours beyond what the contract allows. Valid resources arrive as Arrow
-// records and go to one Parquet Table per resource type (OUT/<Type>/part-NNNNN.parquet), whose leaf columns it
-// encodes itself from the records (columns.go says why) into the Parquet library's files; invalid lines go, exactly
-// as they were read, to quarantine NDJSON under OUT/_rejects with one reason line each in OUT/_rejects/errors.ndjson.
+// records and go to one Parquet Table per resource type (OUT/<Type>/part-NNNNN.parquet), whose column chunks it
+// encodes itself (columns.go and chunk.go say why), with the Parquet library's schema, statistics and footer;
+// invalid lines go, exactly as they were read, to quarantine NDJSON under OUT/_rejects with one reason line each in
+// OUT/_rejects/errors.ndjson.
 // The patient-link table of per-Patient exports (schema.Links) is a Table too: OUT/_patient_links/part-NNNNN.parquet.
 // A run ends with RemoveStale (objects of an earlier run that this run did not write) and then WriteManifest:
 // OUT/_manifest.json is written last and is the publish point. A replacing run starts with Unpublish.
