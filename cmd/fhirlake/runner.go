@@ -218,9 +218,14 @@ type hold struct {
 }
 
 func (h *hold) state() string {
+	return h.snapshot().State
+}
+
+// snapshot returns the run's state as last saved. While the lease is being renewed, h.st is read only through it.
+func (h *hold) snapshot() sinks.RunState {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.st.State
+	return h.st
 }
 
 func (h *hold) save(ctx context.Context, change func(*sinks.RunState)) error {
@@ -257,6 +262,7 @@ func (h *hold) write(ctx context.Context, st sinks.RunState) error {
 // renew extends the lease every period until stop is called.
 func (h *hold) renew(ctx context.Context, period time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
+	runID := h.snapshot().RunID
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		t := time.NewTicker(period)
@@ -267,7 +273,7 @@ func (h *hold) renew(ctx context.Context, period time.Duration) (stop func()) {
 				return
 			case <-t.C:
 				if err := h.extend(ctx); err != nil && ctx.Err() == nil {
-					h.r.log.Warn("renew run lease", "run_id", h.st.RunID, "err", err)
+					h.r.log.Warn("renew run lease", "run_id", runID, "err", err)
 				}
 			}
 		}
@@ -410,7 +416,7 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 	}
 	exports := trigger.New(r.svc, topts)
 
-	if h.st.State == sinks.RunClaimed {
+	if st := h.snapshot(); st.State == sinks.RunClaimed {
 		start := r.now()
 		since, err := r.since(ctx, h, m)
 		if err != nil {
@@ -418,13 +424,13 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		}
 		dest := ""
 		if m.Kind == trigger.KindStore {
-			dest = fmt.Sprintf("%s/%s/attempt-%d/", m.ExportPrefix, m.RunID, h.st.Attempt)
+			dest = fmt.Sprintf("%s/%s/attempt-%d/", m.ExportPrefix, m.RunID, st.Attempt)
 		}
-		if h.st.ExportRequests > 0 {
+		if st.ExportRequests > 0 {
 			// An earlier holder asked for the export and died before recording its handle. Nothing finds that
 			// export again (the API takes no request id and lists no request), so another is started.
 			log.Warn("an earlier attempt may have started an export whose handle was never recorded; starting another",
-				"phase", "export", "export_requests", h.st.ExportRequests)
+				"phase", "export", "export_requests", st.ExportRequests)
 		}
 		if err := h.save(ctx, func(s *sinks.RunState) { s.ExportRequests++ }); err != nil {
 			return trigger.Handle{}, nil, err
@@ -455,7 +461,7 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 		}
 	}
 
-	handle, err := trigger.ParseHandle(h.st.Export)
+	handle, err := trigger.ParseHandle(h.snapshot().Export)
 	if err != nil {
 		return trigger.Handle{}, nil, fmt.Errorf("run %s: recorded export handle: %w: %w", m.RunID, errPermanent, err)
 	}
@@ -468,7 +474,7 @@ func (r *runner) export(ctx context.Context, log *slog.Logger, h *hold, m trigge
 	}
 	timed("export", start)
 	tt := out.TransactionTime.UTC().Format(time.RFC3339Nano)
-	if h.st.State == sinks.RunExporting {
+	if h.state() == sinks.RunExporting {
 		if err := h.save(ctx, func(s *sinks.RunState) { s.State, s.TransactionTime = sinks.RunConverting, tt }); err != nil {
 			return trigger.Handle{}, nil, err
 		}
@@ -583,7 +589,8 @@ func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, h
 		objs[i] = reader.Object{Key: o.Key, Size: o.Size, Layout: exportLayout(o.Layout)}
 	}
 	opts := r.convert
-	opts.RunID = h.st.RunID
+	runID := h.snapshot().RunID
+	opts.RunID = runID
 	opts.Annotate = annotate
 	started := r.now()
 	opts.Progress = func(p pipeline.Progress) {
@@ -601,7 +608,7 @@ func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, h
 	log.Info("convert starting", "phase", "convert", "files", len(objs))
 	mf, err := pipeline.Run(ctx,
 		pipeline.Source{Bucket: src, Name: "healthcare:" + handle.Operation, Objects: objs},
-		pipeline.Sink{Bucket: h.b, Prefix: runPrefix(h.prefix, h.st.RunID)},
+		pipeline.Sink{Bucket: h.b, Prefix: runPrefix(h.prefix, runID)},
 		opts)
 	if err != nil {
 		return nil, fmt.Errorf("convert export %s: %w", handle.Operation, err)
