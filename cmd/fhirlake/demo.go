@@ -32,6 +32,9 @@ import (
 // runs the demo from there); the embedded sample stands in when it is absent.
 const demoStore = "../shared/data/synthea-100"
 
+// demoIdle is how long the demo's worker waits for its message before it gives up.
+const demoIdle = 30 * time.Second
+
 const (
 	fakeProject      = "fhirlake-demo"
 	fakeTopic        = "runs"
@@ -216,7 +219,9 @@ func demo(ctx context.Context, out, store string, log *slog.Logger, stdout io.Wr
 			MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
 		},
 		Subscription: f.subscription(fakeSubscription), MaxOutstandingMessages: 1, MaxOutstandingBytes: 1 << 20,
-		MaxExtension: time.Hour, ExitWhenIdle: 500 * time.Millisecond,
+		// The worker stops once its message is acked (below); the idle exit is a safety net only, long enough for a
+		// loaded machine to deliver the message.
+		MaxExtension: time.Hour, ExitWhenIdle: demoIdle,
 	}
 	r, err := f.runner(ctx, c.runConfig, log)
 	if err != nil {
@@ -233,11 +238,23 @@ func demo(ctx context.Context, out, store string, log *slog.Logger, stdout io.Wr
 		return err
 	}
 	log.Info("demo message published", "message_id", id, "run_id", m.RunID, "store", store)
-	var last outcome
-	if err := work(ctx, c, r, f.ps, func(o outcome) { last = o }); err != nil {
+	var last *outcome
+	wctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	err = work(wctx, c, r, f.ps, func(o outcome) {
+		last = &o
+		if o.Verdict == ack { // published, or failed for good: a nacked run is delivered again
+			stop(errWorkDone)
+		}
+	})
+	switch {
+	case err != nil:
 		return err
-	}
-	if last.Err != nil {
+	case ctx.Err() != nil:
+		return fmt.Errorf("demo: %w", ctx.Err())
+	case last == nil:
+		return fmt.Errorf("demo: the worker saw no message in %s", demoIdle)
+	case last.Err != nil:
 		return last.Err
 	}
 	mf := last.Manifest

@@ -167,6 +167,9 @@ func workerCmd(ctx context.Context, args []string, getenv func(string) string, s
 	return 0
 }
 
+// errWorkDone is the cause with which a caller of work (the demo) cancels it once it has the outcomes it wanted.
+var errWorkDone = errors.New("the outcomes wanted are in")
+
 // work pulls messages until ctx ends (SIGTERM) or, with ExitWhenIdle, the queue has been idle that long. Each message
 // is one run; its outcome acks or nacks it. after, when set, sees every outcome (tests, demo).
 func work(ctx context.Context, c workerConfig, r *runner, ps *pubsub.Client, after func(outcome)) error {
@@ -202,9 +205,12 @@ func work(ctx context.Context, c workerConfig, r *runner, ps *pubsub.Client, aft
 	if err != nil {
 		return fmt.Errorf("receive from %s: %w", c.Subscription, err)
 	}
-	if ctx.Err() != nil {
+	switch {
+	case errors.Is(context.Cause(ctx), errWorkDone):
+		r.log.Info("worker stopped: the outcomes it was run for are in")
+	case ctx.Err() != nil:
 		r.log.Info("worker stopped by signal: in-flight runs were cancelled, left resumable and nacked")
-	} else {
+	default:
 		r.log.Info("worker idle: exiting", "idle", c.ExitWhenIdle.String())
 	}
 	return nil
