@@ -204,7 +204,7 @@ func sigkill(t *testing.T, bin string, k crashKill, ref *crashRef) {
 		case <-hit:
 		case <-w.exited:
 			t.Fatalf("worker exited (%v) before the kill point", w.err)
-		case <-time.After(2 * time.Minute):
+		case <-time.After(runTimeout):
 			t.Fatal("kill point not reached in 2 minutes")
 		}
 		hitAt := time.Now()
@@ -258,7 +258,7 @@ func sigterm(t *testing.T, bin string, k crashKill, ref *crashRef) {
 	case <-hit:
 	case <-w.exited:
 		t.Fatalf("worker exited (%v) before the stop point", w.err)
-	case <-time.After(2 * time.Minute):
+	case <-time.After(runTimeout):
 		t.Fatal("stop point not reached in 2 minutes")
 	}
 	w.signal(t, syscall.SIGTERM)

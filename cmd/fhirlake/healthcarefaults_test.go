@@ -37,7 +37,7 @@ func (h *harness) checkPublished(t *testing.T, o outcome) *sinks.Manifest {
 // the outcomes.
 func (h *harness) deliverUntilDone(t *testing.T, msg string) []outcome {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	var outs []outcome
 	for range 5 {

@@ -86,7 +86,7 @@ func (h *gcsHarness) message(runID string) []byte {
 
 func (h *gcsHarness) handle(t *testing.T, runID string) outcome {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	return h.r.handle(ctx, delivery{Data: h.message(runID), Source: "test"})
 }

@@ -397,7 +397,7 @@ func TestConvertTaskKilled(t *testing.T) {
 	// Kill the victim once it has started on its splits.
 	select {
 	case <-tasks[victim].stderr.seen(`"task started"`):
-	case <-time.After(2 * time.Minute):
+	case <-time.After(runTimeout):
 		t.Fatalf("task %d never started:\n%s", victim, tasks[victim].stderr.String())
 	}
 	if err := tasks[victim].cmd.Process.Signal(syscall.SIGKILL); err != nil {

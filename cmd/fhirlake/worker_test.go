@@ -92,10 +92,14 @@ func (h *harness) message(kind trigger.Kind, extra string) string {
 	return m + extra + "}"
 }
 
+// runTimeout bounds a test's run or wait: it catches a hang, it is not a speed check. A run under the race
+// detector on a loaded 2-core machine has taken more than 2 minutes.
+const runTimeout = 5 * time.Minute
+
 // work publishes msgs, runs the worker until it has seen n outcomes, and returns them in order.
 func (h *harness) work(t *testing.T, n int, msgs ...string) []outcome {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	for _, m := range msgs {
 		if _, err := h.f.publish(ctx, []byte(m)); err != nil {
