@@ -132,7 +132,8 @@ type emptyChunk struct {
 // and compresses) each distinct one once.
 
 // emptyKey returns what the levels of the current leaf's chunk of g depend on if it holds no value: for each
-// segment the node at which the path is null throughout the segment's record, and the bit widths of the levels. It reports false when it cannot tell that the chunk holds no value.
+// segment the node at which the path is null throughout the segment's record, and the bit widths of the levels.
+// It reports false when it cannot tell that the chunk holds no value.
 func (c *chunkWriter) emptyKey(g *group) (string, bool) {
 	k := c.key[:0]
 	k = append(k, byte(c.def.width), byte(c.rep.width))
