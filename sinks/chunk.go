@@ -162,6 +162,30 @@ func (c *chunkWriter) emptyKey(g *group) (string, bool) {
 	return unsafe.String(unsafe.SliceData(k), len(k)), true // only to look up, or copied by keep
 }
 
+// encode encodes the chunk of leaf l (Parquet column descr) of row group g, or takes it from the chunks without a
+// value encoded earlier in g when it is one of them.
+func (c *chunkWriter) encode(l *leafPath, descr *pqschema.Column, g *group) {
+	c.begin(l, descr)
+	key, empty := c.emptyKey(g)
+	if e, ok := c.empty[key]; empty && ok {
+		c.load(e)
+		return
+	}
+	for _, s := range g.segs {
+		c.add(s.rec, s.lo, s.hi)
+	}
+	if empty {
+		c.keep(key)
+	}
+}
+
+// endRowGroup forgets what refers to the row group's records (the last chunk's dictionary) or holds for it only
+// (its chunks without a value), before the records are released.
+func (c *chunkWriter) endRowGroup() {
+	c.dict.reset()
+	clear(c.empty)
+}
+
 // load makes the chunk the empty chunk e.
 func (c *chunkWriter) load(e emptyChunk) {
 	c.data = append(c.data[:0], e.data...)

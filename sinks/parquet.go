@@ -400,28 +400,15 @@ func (t *Table) encodeRowGroup(p *part, g *group) error {
 	rg.SetNumRows(g.rows)
 	var total int64
 	for i := range t.layout.leaves {
-		l := &t.layout.leaves[i]
 		cc := rg.NextColumnChunk()
-		p.cw.begin(l, cc.Descr())
-		key, empty := p.cw.emptyKey(g)
-		if e, ok := p.cw.empty[key]; empty && ok {
-			p.cw.load(e)
-		} else {
-			for _, s := range g.segs {
-				p.cw.add(s.rec, s.lo, s.hi)
-			}
-			if empty {
-				p.cw.keep(key)
-			}
-		}
+		p.cw.encode(&t.layout.leaves[i], cc.Descr(), g)
 		n, err := p.cw.finish(p.sink, cc)
 		if err != nil {
 			return fmt.Errorf("column %s: %w", cc.Descr().Path(), err)
 		}
 		total += n
 	}
-	p.cw.dict.reset()
-	clear(p.cw.empty)
+	p.cw.endRowGroup()
 	if err := rg.Finish(total, int16(p.groups)); err != nil {
 		return err
 	}
@@ -491,13 +478,13 @@ func dataBytes(d arrow.ArrayData) int64 {
 	return n
 }
 
-// writerProps returns the Table's Parquet writer properties (compression, allocator) with extra ones after them.
-func (t *Table) writerProps(extra ...parquet.WriterProperty) *parquet.WriterProperties {
-	return parquet.NewWriterProperties(append([]parquet.WriterProperty{
+// writerProps returns the Table's Parquet writer properties (compression, allocator).
+func (t *Table) writerProps() *parquet.WriterProperties {
+	return parquet.NewWriterProperties(
 		parquet.WithCompression(t.opts.Compression),
 		parquet.WithMaxRowGroupLength(int64(t.opts.RowGroupRows)),
 		parquet.WithAllocator(t.opts.Allocator),
-	}, extra...)...)
+	)
 }
 
 // openPart starts the part file rel.
