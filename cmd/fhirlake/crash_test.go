@@ -205,7 +205,7 @@ func sigkill(t *testing.T, bin string, k crashKill, ref *crashRef) {
 		case <-w.exited:
 			t.Fatalf("worker exited (%v) before the kill point", w.err)
 		case <-time.After(runTimeout):
-			t.Fatal("kill point not reached in 2 minutes")
+			t.Fatalf("kill point not reached in %s", runTimeout)
 		}
 		hitAt := time.Now()
 		time.Sleep(k.delay) // the kill point itself, not a synchronisation
@@ -259,7 +259,7 @@ func sigterm(t *testing.T, bin string, k crashKill, ref *crashRef) {
 	case <-w.exited:
 		t.Fatalf("worker exited (%v) before the stop point", w.err)
 	case <-time.After(runTimeout):
-		t.Fatal("stop point not reached in 2 minutes")
+		t.Fatalf("stop point not reached in %s", runTimeout)
 	}
 	w.signal(t, syscall.SIGTERM)
 	select {
