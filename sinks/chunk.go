@@ -34,26 +34,66 @@ const (
 	pageTypeDictionary = 2
 )
 
-// chunkWriter encodes one leaf column chunk after the other for a part. It is reused from chunk to chunk, keeping
-// its buffers.
+// chunkWriter encodes the row group a part is building, record after record as they are written, and writes it
+// out when it ends. It holds the state of every leaf's column chunk (leafChunk) for that row group only: what a
+// row group holds until it is written is its compressed pages, the page being filled and the dictionary of each
+// leaf, not the records, which the Table's caller may release as soon as Write returns.
 type chunkWriter struct {
+	codec  compress.Codec
+	props  *parquet.WriterProperties
+	leaves []leafChunk // by leaf index
+
+	leaf *leafPath  // of the chunk being encoded
+	lc   *leafChunk // the chunk being encoded
+
+	rows int   // of the row group
+	segs int   // records (or slices of them) added to the row group
+	held int64 // bytes the row group holds, as of the last add
+
+	// Levels of leaves without a value, for the row group (see add).
+	recording bool       // emit encodes into recDef and recRep instead of the chunk
+	recDef    rleEncoder // the run list being recorded
+	recRep    rleEncoder //
+	recN      int        // its level entries
+	listBytes []byte     // the encoded levels of every run list, one after the other
+	lists     []runList  // the run lists, by number
+	listOf    map[listKey]int32
+	chains    []chainLink // chain 0 is the empty chain
+	chainOf   map[chainLink]int32
+	empty     map[emptyKey]emptyChunk // chunks without a value, encoded
+
+	shared map[sharedKey]any // metadata pieces shared by the part's chunks (shareMeta)
+
+	// Scratch.
+	ix              rleEncoder // dictionary indices, at page end
+	body, zbuf, hdr []byte
+	tmpBytes        []parquet.ByteArray // PLAIN values not yet in the statistics
+	tmpInts         []int64
+	tmpFloats       []float64
+	minMax          [2]parquet.ByteArray
+}
+
+// leafChunk is the column chunk of one leaf in the row group being built.
+type leafChunk struct {
 	leaf  *leafPath
 	descr *pqschema.Column
-	codec compress.Codec
-	props *parquet.WriterProperties
-	stats []metadata.TypedStatistics // by leaf, made on first use and reset for each chunk
+	stats metadata.TypedStatistics // made on first use, reset for each chunk
+
+	// While the row group has given the leaf no value, its levels are not encoded: chain names the run lists
+	// they are made of, which leaves with the same history share.
+	deferred bool
+	chain    int32
 
 	useDict  bool // values go into the dictionary (until it reaches its size limit)
 	fellBack bool // the dictionary reached its limit: the pages after it are PLAIN
 
 	// The page being built.
 	def, rep   rleEncoder
-	ix         rleEncoder // dictionary indices, at page end
-	pageLevels int        // level entries: the page's num_values
-	pageValues int        // values present (def == maxDef)
-	plain      []byte     // PLAIN values
-	bools      int        // booleans packed into plain
-	idx        []uint32   // dictionary indices
+	pageLevels int      // level entries: the page's num_values
+	pageValues int      // values present (def == maxDef)
+	plain      []byte   // PLAIN values
+	bools      int      // booleans packed into plain
+	idx        []uint32 // dictionary indices
 
 	// The chunk.
 	levels, values int64
@@ -64,19 +104,21 @@ type chunkWriter struct {
 	dict           dictionary
 	hasFalse       bool // boolean values seen, for the statistics
 	hasTrue        bool
-
-	shared map[sharedKey]any // metadata pieces shared by the part's chunks (shareMeta)
-
-	// Chunks without a value, by what their levels depend on (emptyKey), for the row group being written.
-	empty map[string]emptyChunk
-	key   []byte
-
-	// Scratch.
-	body, zbuf, hdr []byte
-	tmpBytes        []parquet.ByteArray // PLAIN values not yet in the statistics
-	tmpInts         []int64
-	tmpFloats       []float64
+	statsAlias     bool // the byte array statistics' min or max may point into a record
 }
+
+// size is about what the chunk holds in memory: its data pages, the page being built and the dictionary.
+func (lc *leafChunk) size() int64 {
+	return int64(len(lc.data) + lc.pageMem() + lc.dict.size + dictEntryBytes*lc.dict.len())
+}
+
+// pageMem is what the page being built holds in memory.
+func (lc *leafChunk) pageMem() int {
+	return len(lc.plain) + 4*len(lc.idx) + len(lc.def.out) + len(lc.rep.out) + 4*(len(lc.def.lit)+len(lc.rep.lit))
+}
+
+// dictEntryBytes is about what a dictionary entry costs beside its value: its map entry and its slice.
+const dictEntryBytes = 64
 
 // emptyValue is the empty string or binary value: not nil.
 var emptyValue = []byte{}
@@ -84,38 +126,68 @@ var emptyValue = []byte{}
 // scrubValues replaces the last min and max of a statistics object.
 var scrubValues = []parquet.ByteArray{emptyValue}
 
-// dictionary holds the distinct values of a chunk in order of first appearance.
+// dictionary holds the distinct values of a chunk in order of first appearance. String values are copied into
+// its arena: the records they come from are released before the chunk is written.
 type dictionary struct {
-	strs   map[string]int32 // keys alias the Arrow buffers of the row group's records, which outlive the chunk
+	strs   map[string]int32 // keys alias the arena
 	nums   map[uint64]int32 // int64 values, and float64 values by their bits
 	bytes  []parquet.ByteArray
 	int64s []int64
 	floats []float64
 	size   int // PLAIN-encoded size
+	arena  byteArena
 }
 
 func (d *dictionary) len() int { return len(d.bytes) + len(d.int64s) + len(d.floats) }
 
-func (d *dictionary) reset() {
-	clear(d.strs)
-	clear(d.nums)
-	clear(d.bytes) // drop references to the records' buffers
-	d.bytes, d.int64s, d.floats, d.size = d.bytes[:0], d.int64s[:0], d.floats[:0], 0
+// byteArena copies byte strings into blocks that never move, so that what it returns stays valid until the
+// arena is dropped. Blocks grow from small, since most dictionaries of a wide table hold a few short values.
+type byteArena struct {
+	cur []byte
 }
 
-func newChunkWriter(props *parquet.WriterProperties, leaves int) (*chunkWriter, error) {
-	codec, err := compress.GetCodec(props.Compression())
-	if err != nil {
-		return nil, err
+const (
+	arenaFirstBlock = 256
+	arenaMaxBlock   = 64 << 10
+)
+
+func (a *byteArena) copy(b []byte) []byte {
+	if len(b) == 0 {
+		return emptyValue
 	}
-	return &chunkWriter{
-		codec:  codec,
-		props:  props,
-		stats:  make([]metadata.TypedStatistics, leaves),
-		dict:   dictionary{strs: map[string]int32{}, nums: map[uint64]int32{}},
-		empty:  map[string]emptyChunk{},
-		shared: map[sharedKey]any{},
-	}, nil
+	if len(b) > arenaMaxBlock/4 {
+		return append([]byte(nil), b...)
+	}
+	if cap(a.cur)-len(a.cur) < len(b) {
+		a.cur = make([]byte, 0, min(max(2*cap(a.cur), arenaFirstBlock, len(b)), arenaMaxBlock))
+	}
+	n := len(a.cur)
+	a.cur = append(a.cur, b...)
+	return a.cur[n:len(a.cur):len(a.cur)]
+}
+
+// runList is the levels of n entries, kept in the RLE/bit-packed hybrid as a data page has them (a row of a list
+// of several elements is a run of its own, and this packs them): listBytes[start:mid] the definition levels of
+// width defW, listBytes[mid:end] the repetition levels of width repW, none when repW is 0 (then all are 0).
+type runList struct {
+	start, mid, end int32
+	n               int32
+	defW, repW      uint8
+}
+
+// listKey names the run list of the leaves whose path is null throughout at node in the seg-th record added.
+type listKey struct {
+	seg  int32
+	node int32
+}
+
+// chainLink is a chain of run lists: the chain prev, then the list.
+type chainLink struct{ prev, list int32 }
+
+// emptyKey names the encoding of a chunk without a value: its run lists and the widths of its levels.
+type emptyKey struct {
+	chain      int32
+	defW, repW uint8
 }
 
 // emptyChunk is the encoded data pages of a chunk without a value.
@@ -126,144 +198,334 @@ type emptyChunk struct {
 	pages        int32
 }
 
-// A chunk without a value in a row group is only levels, and these depend only on the arrays above the first
-// step where the leaf's path is null in every element: every leaf under an absent struct or under the elements of
-// a list shares them. In a wide FHIR table most chunks are such, and many share, so a row group encodes (walks
-// and compresses) each distinct one once.
+func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, ps *pqschema.Schema) (*chunkWriter, error) {
+	codec, err := compress.GetCodec(props.Compression())
+	if err != nil {
+		return nil, err
+	}
+	c := &chunkWriter{
+		codec:   codec,
+		props:   props,
+		leaves:  make([]leafChunk, len(leaves)),
+		listOf:  map[listKey]int32{},
+		chainOf: map[chainLink]int32{},
+		empty:   map[emptyKey]emptyChunk{},
+		shared:  map[sharedKey]any{},
+	}
+	for i := range leaves {
+		c.leaves[i] = leafChunk{leaf: &leaves[i], descr: ps.Column(i)}
+	}
+	c.startRowGroup()
+	return c, nil
+}
 
-// emptyKey returns what the levels of the current leaf's chunk of g depend on if it holds no value: for each
-// segment the node at which the path is null throughout the segment's record, and the bit widths of the levels.
-// It reports false when it cannot tell that the chunk holds no value.
-func (c *chunkWriter) emptyKey(g *group) (string, bool) {
-	k := c.key[:0]
-	k = append(k, byte(c.def.width), byte(c.rep.width))
-	for _, sg := range g.segs {
-		a := sg.rec.Column(c.leaf.column)
-		cut := false
-		for _, st := range c.leaf.steps {
-			if st.optional && a.NullN() == a.Len() {
-				k = binary.AppendUvarint(k, uint64(st.node))
-				cut = true
+// startRowGroup readies every leaf for a new row group.
+func (c *chunkWriter) startRowGroup() {
+	c.rows, c.segs, c.held = 0, 0, 0
+	c.listBytes, c.lists = c.listBytes[:0], c.lists[:0]
+	clear(c.listOf)
+	clear(c.chainOf)
+	clear(c.empty)
+	c.chains = append(c.chains[:0], chainLink{-1, -1})
+	for i := range c.leaves {
+		c.begin(&c.leaves[i])
+	}
+}
+
+// A chunk without a value is only levels, and these depend only on the arrays above the first step where the
+// leaf's path is null in every element: every leaf under an absent struct or under the elements of a list shares
+// them. In a wide FHIR table most chunks are such, and many share, so a record's levels for such a leaf are
+// walked once per record and node (a run list), and a leaf that has had no value in the row group only keeps
+// which run lists its levels are made of (a chain). Chunks that end the row group without a value are encoded
+// (and compressed) once per chain and level widths; a leaf that gets a value replays its chain first.
+
+// cutNode returns the node at which the path of leaf l is null throughout rec's column, if there is one: the
+// leaf has no value in rec.
+func cutNode(l *leafPath, rec arrow.Record) (int32, bool) {
+	a := rec.Column(l.column)
+	for _, st := range l.steps {
+		if st.optional && a.NullN() == a.Len() {
+			return st.node, true
+		}
+		switch st.kind {
+		case stepStruct:
+			a = a.(*array.Struct).Field(st.field)
+		case stepList:
+			a = a.(*array.List).ListValues()
+		}
+	}
+	return 0, false
+}
+
+// add encodes rows [lo, hi) of rec into the row group.
+func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
+	seg := int32(c.segs)
+	c.segs++
+	c.rows += hi - lo
+	var held int64
+	for i := range c.leaves {
+		lc := &c.leaves[i]
+		c.leaf, c.lc = lc.leaf, lc
+		node, cut := cutNode(lc.leaf, rec)
+		switch {
+		case cut && lc.deferred:
+			lc.chain = c.extend(lc.chain, c.runList(rec, lo, hi, seg, node))
+		case cut:
+			c.replay(c.runList(rec, lo, hi, seg, node))
+			c.checkPage()
+		default:
+			if lc.deferred {
+				c.materialize()
+			}
+			c.addRows(rec, lo, hi)
+		}
+		if lc.statsAlias {
+			c.ownMinMax()
+		}
+		if lc.pageMem() >= spillPageBytes {
+			c.flushPage()
+			lc.trim()
+		}
+		held += lc.size()
+	}
+	c.held = held + int64(len(c.listBytes))
+}
+
+// trim drops the buffers of the page being built that grew large, once the page is written: what a leaf keeps
+// from Write to Write stays small, and a part has hundreds to thousands of leaves.
+func (lc *leafChunk) trim() {
+	const keep = 4 * spillPageBytes
+	if cap(lc.plain) > keep {
+		lc.plain = nil
+	}
+	if 4*cap(lc.idx) > keep {
+		lc.idx = nil
+	}
+	for _, e := range []*rleEncoder{&lc.def, &lc.rep} {
+		if cap(e.out) > keep || 4*cap(e.lit) > keep {
+			e.out, e.lit = nil, nil
+		}
+	}
+}
+
+// spillPageBytes is the memory from which the page being built is compressed at the end of a Write rather than
+// when it reaches the data page size: pages wait uncompressed for the next record only while they are small,
+// so that a row group holds about its compressed size and dictionaries.
+const spillPageBytes = 16 << 10
+
+// runList returns the number of the run list of the leaves of rows [lo, hi) of rec, the seg-th record added,
+// whose path is null throughout at node, walking the current leaf's path to make it.
+func (c *chunkWriter) runList(rec arrow.Record, lo, hi int, seg, node int32) int32 {
+	k := listKey{seg, node}
+	if n, ok := c.listOf[k]; ok {
+		return n
+	}
+	defW, repW := c.lc.def.width, c.lc.rep.width
+	c.recDef.reset(defW)
+	c.recRep.reset(repW)
+	c.recN, c.recording = 0, true
+	c.walk(0, rec.Column(c.leaf.column), lo, hi, 0, 0, 0)
+	c.recording = false
+	l := runList{start: int32(len(c.listBytes)), n: int32(c.recN), defW: uint8(defW), repW: uint8(repW)}
+	c.listBytes = append(c.listBytes, c.recDef.finish()...)
+	l.mid = int32(len(c.listBytes))
+	if repW > 0 {
+		c.listBytes = append(c.listBytes, c.recRep.finish()...)
+	}
+	l.end = int32(len(c.listBytes))
+	n := int32(len(c.lists))
+	c.lists = append(c.lists, l)
+	c.listOf[k] = n
+	return n
+}
+
+// extend returns the chain of chain followed by run list list.
+func (c *chunkWriter) extend(chain, list int32) int32 {
+	k := chainLink{chain, list}
+	if n, ok := c.chainOf[k]; ok {
+		return n
+	}
+	n := int32(len(c.chains))
+	c.chains = append(c.chains, k)
+	c.chainOf[k] = n
+	return n
+}
+
+// replay encodes the levels of run list n into the current chunk. The levels of a list fit the chunk's widths:
+// they are those of the arrays above a node every leaf under it shares.
+func (c *chunkWriter) replay(n int32) {
+	l := c.lists[n]
+	lc := c.lc
+	lc.pageLevels += int(l.n)
+	if c.leaf.maxDef > 0 {
+		putHybrid(&lc.def, c.listBytes[l.start:l.mid], int(l.defW), int(l.n))
+	}
+	if c.leaf.maxRep > 0 {
+		if l.repW == 0 {
+			lc.rep.put(0, int(l.n))
+		} else {
+			putHybrid(&lc.rep, c.listBytes[l.mid:l.end], int(l.repW), int(l.n))
+		}
+	}
+}
+
+// putHybrid decodes the first n values of enc, in the RLE/bit-packed hybrid at width w, into e.
+func putHybrid(e *rleEncoder, enc []byte, w, n int) {
+	for n > 0 && len(enc) > 0 {
+		h, k := binary.Uvarint(enc)
+		enc = enc[k:]
+		if h&1 == 0 { // RLE run
+			var v uint32
+			nb := (w + 7) / 8
+			for b := range nb {
+				v |= uint32(enc[b]) << (8 * b)
+			}
+			enc = enc[nb:]
+			m := min(int(h>>1), n)
+			e.put(v, m)
+			n -= m
+			continue
+		}
+		groups := int(h >> 1) // of 8 values, w bytes each
+		data := enc[:groups*w]
+		enc = enc[groups*w:]
+		var acc uint64
+		nb := 0
+		mask := uint64(1)<<w - 1
+		for range groups * 8 {
+			if n == 0 {
 				break
 			}
-			switch st.kind {
-			case stepStruct:
-				a = a.(*array.Struct).Field(st.field)
-			case stepList:
-				a = a.(*array.List).ListValues()
+			for nb < w {
+				acc |= uint64(data[0]) << nb
+				data = data[1:]
+				nb += 8
 			}
-		}
-		if !cut {
-			c.key = k
-			return "", false
+			e.put(uint32(acc&mask), 1)
+			acc >>= w
+			nb -= w
+			n--
 		}
 	}
-	c.key = k
-	return unsafe.String(unsafe.SliceData(k), len(k)), true // only to look up, or copied by keep
 }
 
-// encode encodes the chunk of leaf l (Parquet column descr) of row group g, or takes it from the chunks without a
-// value encoded earlier in g when it is one of them.
-func (c *chunkWriter) encode(l *leafPath, descr *pqschema.Column, g *group) {
-	c.begin(l, descr)
-	key, empty := c.emptyKey(g)
-	if e, ok := c.empty[key]; empty && ok {
-		c.load(e)
+// materialize encodes the levels of the current chunk's chain, for a leaf that gets its first value.
+func (c *chunkWriter) materialize() {
+	c.replayChain(c.lc.chain)
+	c.lc.deferred = false
+}
+
+func (c *chunkWriter) replayChain(chain int32) {
+	if chain == 0 {
 		return
 	}
-	for _, s := range g.segs {
-		c.add(s.rec, s.lo, s.hi)
+	l := c.chains[chain]
+	c.replayChain(l.prev)
+	c.replay(l.list)
+	c.checkPage()
+}
+
+// emptyChunk returns the encoded data pages of the current chunk, which has no value.
+func (c *chunkWriter) emptyChunk() emptyChunk {
+	lc := c.lc
+	k := emptyKey{lc.chain, uint8(lc.def.width), uint8(lc.rep.width)}
+	if e, ok := c.empty[k]; ok {
+		return e
 	}
-	if empty {
-		c.keep(key)
-	}
-}
-
-// endRowGroup forgets what refers to the row group's records (the last chunk's dictionary) or holds for it only
-// (its chunks without a value), before the records are released.
-func (c *chunkWriter) endRowGroup() {
-	c.dict.reset()
-	clear(c.empty)
-}
-
-// load makes the chunk the empty chunk e.
-func (c *chunkWriter) load(e emptyChunk) {
-	c.data = append(c.data[:0], e.data...)
-	c.levels, c.uncompressed, c.plainPages = e.levels, e.uncompressed, e.pages
-}
-
-// keep remembers the chunk just encoded, which holds no value, under key.
-func (c *chunkWriter) keep(key string) {
+	c.replayChain(lc.chain)
 	c.flushPage()
-	c.empty[string([]byte(key))] = emptyChunk{
-		data: append([]byte(nil), c.data...), levels: c.levels, uncompressed: c.uncompressed, pages: c.plainPages,
-	}
+	e := emptyChunk{data: lc.data, levels: lc.levels, uncompressed: lc.uncompressed, pages: lc.plainPages}
+	c.empty[k] = e
+	lc.data = nil // the cache owns it
+	return e
 }
 
-// begin starts the chunk of leaf l, whose Parquet column is descr.
-func (c *chunkWriter) begin(l *leafPath, descr *pqschema.Column) {
-	c.leaf, c.descr = l, descr
-	c.useDict = l.ptype != parquet.Types.Boolean && c.props.DictionaryEnabledFor(descr.Path())
-	c.fellBack = false
-	c.levels, c.values = 0, 0
-	c.data, c.uncompressed = c.data[:0], 0
-	c.dictPages, c.plainPages = 0, 0
-	c.dict.reset()
-	c.hasFalse, c.hasTrue = false, false
-	c.resetPage()
+// begin readies lc for a new row group: no level, no value, nothing held.
+func (c *chunkWriter) begin(lc *leafChunk) {
+	lc.deferred, lc.chain = true, 0
+	lc.useDict = lc.leaf.ptype != parquet.Types.Boolean && c.props.DictionaryEnabledFor(lc.descr.Path())
+	lc.fellBack = false
+	lc.levels, lc.values = 0, 0
+	lc.data, lc.uncompressed = nil, 0
+	lc.dictPages, lc.plainPages = 0, 0
+	lc.dict = dictionary{strs: lc.dict.strs, nums: lc.dict.nums}
+	clear(lc.dict.strs)
+	clear(lc.dict.nums)
+	lc.hasFalse, lc.hasTrue, lc.statsAlias = false, false, false
+	lc.def = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxDef))}
+	lc.rep = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxRep))}
+	lc.pageLevels, lc.pageValues = 0, 0
+	lc.plain, lc.idx, lc.bools = nil, nil, 0
 }
 
 func (c *chunkWriter) resetPage() {
-	c.def.reset(bits.Len16(uint16(c.leaf.maxDef)))
-	c.rep.reset(bits.Len16(uint16(c.leaf.maxRep)))
-	c.pageLevels, c.pageValues = 0, 0
-	c.plain, c.idx, c.bools = c.plain[:0], c.idx[:0], 0
+	lc := c.lc
+	lc.def.reset(lc.def.width)
+	lc.rep.reset(lc.rep.width)
+	lc.pageLevels, lc.pageValues = 0, 0
+	lc.plain, lc.idx, lc.bools = lc.plain[:0], lc.idx[:0], 0
 }
 
-// add encodes rows [lo, hi) of rec.
-func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
+// addRows encodes rows [lo, hi) of rec into the current chunk.
+func (c *chunkWriter) addRows(rec arrow.Record, lo, hi int) {
 	col := rec.Column(c.leaf.column)
 	for lo < hi {
 		end := min(hi, lo+sliceRows)
 		c.walk(0, col, lo, end, 0, 0, 0)
 		lo = end
-		if c.useDict && int64(c.dict.size) >= c.props.DictionaryPageSizeLimit() {
-			c.flushPage() // the last dictionary-encoded page
-			c.useDict, c.fellBack = false, true
-		}
-		if c.pageBytes() >= c.props.DataPageSize() {
-			c.flushPage()
-		}
+		c.checkPage()
+	}
+}
+
+// checkPage ends the current page when it is full, or when the dictionary is (the pages after it are PLAIN).
+func (c *chunkWriter) checkPage() {
+	lc := c.lc
+	if lc.useDict && int64(lc.dict.size) >= c.props.DictionaryPageSizeLimit() {
+		c.flushPage() // the last dictionary-encoded page
+		lc.useDict, lc.fellBack = false, true
+	}
+	if c.pageBytes() >= c.props.DataPageSize() {
+		c.flushPage()
 	}
 }
 
 // pageBytes estimates the encoded size of the page being built.
 func (c *chunkWriter) pageBytes() int64 {
-	n := len(c.plain) + len(c.def.out) + len(c.rep.out) + len(c.def.lit) + len(c.rep.lit)
-	if len(c.idx) > 0 {
-		n += len(c.idx) * bits.Len(uint(c.dict.len())) / 8
+	lc := c.lc
+	n := len(lc.plain) + len(lc.def.out) + len(lc.rep.out) + len(lc.def.lit) + len(lc.rep.lit)
+	if len(lc.idx) > 0 {
+		n += len(lc.idx) * bits.Len(uint(lc.dict.len())) / 8
 	}
 	return int64(n)
 }
 
-// emit appends n entries at definition level d: the first at repetition level r0, the others at r.
+// emit appends n entries at definition level d: the first at repetition level r0, the others at r. While a run
+// list is recorded, it appends them to it instead.
 func (c *chunkWriter) emit(n int, d, r0, r int16) {
 	if n <= 0 {
 		return
 	}
-	c.pageLevels += n
+	if c.recording {
+		c.recN += n
+		c.recDef.put(uint32(d), n)
+		c.recRep.put(uint32(r0), 1)
+		c.recRep.put(uint32(r), n-1)
+		return
+	}
+	lc := c.lc
+	lc.pageLevels += n
 	if c.leaf.maxDef > 0 {
-		c.def.put(uint32(d), n)
+		lc.def.put(uint32(d), n)
 	}
 	if c.leaf.maxRep > 0 {
-		c.rep.put(uint32(r0), 1)
-		c.rep.put(uint32(r), n-1)
+		lc.rep.put(uint32(r0), 1)
+		lc.rep.put(uint32(r), n-1)
 	}
 }
 
 // putValues encodes the values of elements [lo, hi) of a leaf array, all present.
 func (c *chunkWriter) putValues(arr arrow.Array, lo, hi int) {
-	c.pageValues += hi - lo
+	c.lc.pageValues += hi - lo
 	switch a := arr.(type) {
 	case *array.String:
 		data, base := a.ValueBytes(), a.ValueOffset(0) // data starts at the array's first value
@@ -303,6 +565,7 @@ func (c *chunkWriter) flushStats() {
 	if len(c.tmpBytes) > 0 {
 		if s, ok := c.chunkStats().(*metadata.ByteArrayStatistics); ok {
 			s.Update(c.tmpBytes, 0)
+			c.lc.statsAlias = true
 		}
 		clear(c.tmpBytes)
 		c.tmpBytes = c.tmpBytes[:0]
@@ -321,108 +584,151 @@ func (c *chunkWriter) flushStats() {
 	}
 }
 
+// ownMinMax copies the current chunk's byte array min and max out of the record they came from, which its
+// owner may release or reuse once Write returns.
+func (c *chunkWriter) ownMinMax() {
+	lc := c.lc
+	lc.statsAlias = false
+	s, ok := lc.stats.(*metadata.ByteArrayStatistics)
+	if !ok || !s.HasMinMax() {
+		return
+	}
+	// Fresh copies: min or max may be our last copy, which the statistics must not see overwritten.
+	lo := append([]byte(nil), s.Min()...)
+	hi := append([]byte(nil), s.Max()...)
+	c.minMax = [2]parquet.ByteArray{nonNil(lo), nonNil(hi)}
+	s.Reset()
+	s.Update(c.minMax[:], 0)
+	c.minMax = [2]parquet.ByteArray{}
+}
+
+// nonNil returns b, or the empty value for nil: statistics take nil for no value.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return emptyValue
+	}
+	return b
+}
+
 func (c *chunkWriter) putBytes(b []byte) {
 	if b == nil {
 		b = emptyValue // the statistics take a nil value for none
 	}
-	if !c.useDict {
-		c.plain = binary.LittleEndian.AppendUint32(c.plain, uint32(len(b)))
-		c.plain = append(c.plain, b...)
+	lc := c.lc
+	if !lc.useDict {
+		lc.plain = binary.LittleEndian.AppendUint32(lc.plain, uint32(len(b)))
+		lc.plain = append(lc.plain, b...)
 		c.tmpBytes = append(c.tmpBytes, b)
 		return
 	}
-	key := unsafe.String(unsafe.SliceData(b), len(b)) // no copy: see dictionary.strs
-	id, ok := c.dict.strs[key]
-	if !ok {
-		id = int32(len(c.dict.bytes))
-		c.dict.strs[key] = id
-		c.dict.bytes = append(c.dict.bytes, b)
-		c.dict.size += 4 + len(b)
+	d := &lc.dict
+	if d.strs == nil {
+		d.strs = map[string]int32{}
 	}
-	c.idx = append(c.idx, uint32(id))
+	id, ok := d.strs[unsafe.String(unsafe.SliceData(b), len(b))] // no copy to look up
+	if !ok {
+		v := d.arena.copy(b)
+		id = int32(len(d.bytes))
+		d.strs[unsafe.String(unsafe.SliceData(v), len(v))] = id
+		d.bytes = append(d.bytes, v)
+		d.size += 4 + len(v)
+	}
+	lc.idx = append(lc.idx, uint32(id))
 }
 
 func (c *chunkWriter) putInt64(v int64) {
-	if !c.useDict {
-		c.plain = binary.LittleEndian.AppendUint64(c.plain, uint64(v))
+	lc := c.lc
+	if !lc.useDict {
+		lc.plain = binary.LittleEndian.AppendUint64(lc.plain, uint64(v))
 		c.tmpInts = append(c.tmpInts, v)
 		return
 	}
-	id, ok := c.dict.nums[uint64(v)]
-	if !ok {
-		id = int32(len(c.dict.int64s))
-		c.dict.nums[uint64(v)] = id
-		c.dict.int64s = append(c.dict.int64s, v)
-		c.dict.size += 8
+	d := &lc.dict
+	if d.nums == nil {
+		d.nums = map[uint64]int32{}
 	}
-	c.idx = append(c.idx, uint32(id))
+	id, ok := d.nums[uint64(v)]
+	if !ok {
+		id = int32(len(d.int64s))
+		d.nums[uint64(v)] = id
+		d.int64s = append(d.int64s, v)
+		d.size += 8
+	}
+	lc.idx = append(lc.idx, uint32(id))
 }
 
 func (c *chunkWriter) putFloat64(v float64) {
+	lc := c.lc
 	u := math.Float64bits(v)
-	if !c.useDict {
-		c.plain = binary.LittleEndian.AppendUint64(c.plain, u)
+	if !lc.useDict {
+		lc.plain = binary.LittleEndian.AppendUint64(lc.plain, u)
 		c.tmpFloats = append(c.tmpFloats, v)
 		return
 	}
-	id, ok := c.dict.nums[u]
-	if !ok {
-		id = int32(len(c.dict.floats))
-		c.dict.nums[u] = id
-		c.dict.floats = append(c.dict.floats, v)
-		c.dict.size += 8
+	d := &lc.dict
+	if d.nums == nil {
+		d.nums = map[uint64]int32{}
 	}
-	c.idx = append(c.idx, uint32(id))
+	id, ok := d.nums[u]
+	if !ok {
+		id = int32(len(d.floats))
+		d.nums[u] = id
+		d.floats = append(d.floats, v)
+		d.size += 8
+	}
+	lc.idx = append(lc.idx, uint32(id))
 }
 
 // putBool packs booleans PLAIN: one bit each, from the lowest bit of each byte.
 func (c *chunkWriter) putBool(v bool) {
-	if c.bools%8 == 0 {
-		c.plain = append(c.plain, 0)
+	lc := c.lc
+	if lc.bools%8 == 0 {
+		lc.plain = append(lc.plain, 0)
 	}
 	if v {
-		c.plain[len(c.plain)-1] |= 1 << (c.bools % 8)
-		c.hasTrue = true
+		lc.plain[len(lc.plain)-1] |= 1 << (lc.bools % 8)
+		lc.hasTrue = true
 	} else {
-		c.hasFalse = true
+		lc.hasFalse = true
 	}
-	c.bools++
+	lc.bools++
 }
 
 // flushPage writes the page being built into the chunk's data.
 func (c *chunkWriter) flushPage() {
-	if c.pageLevels == 0 {
+	lc := c.lc
+	if lc.pageLevels == 0 {
 		return
 	}
 	body := c.body[:0]
 	if c.leaf.maxRep > 0 {
-		body = appendLevels(body, &c.rep)
+		body = appendLevels(body, &lc.rep)
 	}
 	if c.leaf.maxDef > 0 {
-		body = appendLevels(body, &c.def)
+		body = appendLevels(body, &lc.def)
 	}
 	enc := parquet.Encodings.Plain
-	if c.useDict && c.pageValues > 0 {
+	if lc.useDict && lc.pageValues > 0 {
 		enc = c.props.DictionaryIndexEncoding()
-		w := max(1, bits.Len(uint(c.dict.len()-1)))
+		w := max(1, bits.Len(uint(lc.dict.len()-1)))
 		c.ix.reset(w)
-		for _, id := range c.idx {
+		for _, id := range lc.idx {
 			c.ix.put(id, 1)
 		}
 		body = append(body, byte(w))
 		body = append(body, c.ix.finish()...)
-		c.dictPages++
+		lc.dictPages++
 	} else {
-		body = append(body, c.plain...)
-		c.plainPages++
+		body = append(body, lc.plain...)
+		lc.plainPages++
 	}
 	z := c.codec.Encode(c.zbuf[:0], body)
-	c.hdr = appendPageHeader(c.hdr[:0], pageTypeData, len(body), len(z), c.pageLevels, enc)
-	c.data = append(c.data, c.hdr...)
-	c.data = append(c.data, z...)
-	c.uncompressed += int64(len(c.hdr) + len(body))
-	c.levels += int64(c.pageLevels)
-	c.values += int64(c.pageValues)
+	c.hdr = appendPageHeader(c.hdr[:0], pageTypeData, len(body), len(z), lc.pageLevels, enc)
+	lc.data = append(lc.data, c.hdr...)
+	lc.data = append(lc.data, z...)
+	lc.uncompressed += int64(len(c.hdr) + len(body))
+	lc.levels += int64(lc.pageLevels)
+	lc.values += int64(lc.pageValues)
 	c.body, c.zbuf = body[:0], z[:0]
 	c.resetPage()
 }
@@ -434,18 +740,42 @@ func appendLevels(b []byte, e *rleEncoder) []byte {
 	return append(b, enc...)
 }
 
-// finish writes the chunk (its dictionary page, then its data pages) to w and completes its metadata cc. It
-// returns the chunk's uncompressed size.
+// writeRowGroup writes every chunk of the row group to w, completing its metadata rg, and readies the writer for
+// the next row group. It returns the row group's uncompressed size.
+func (c *chunkWriter) writeRowGroup(w *countingWriter, rg *metadata.RowGroupMetaDataBuilder) (int64, error) {
+	rg.SetNumRows(c.rows)
+	var total int64
+	for i := range c.leaves {
+		lc := &c.leaves[i]
+		c.leaf, c.lc = lc.leaf, lc
+		cc := rg.NextColumnChunk()
+		if lc.deferred {
+			e := c.emptyChunk()
+			lc.data, lc.levels, lc.uncompressed, lc.plainPages = e.data, e.levels, e.uncompressed, e.pages
+		}
+		n, err := c.finish(w, cc)
+		if err != nil {
+			return 0, fmt.Errorf("column %s: %w", lc.descr.Path(), err)
+		}
+		total += n
+	}
+	c.startRowGroup()
+	return total, nil
+}
+
+// finish writes the current chunk (its dictionary page, then its data pages) to w and completes its metadata cc.
+// It returns the chunk's uncompressed size.
 func (c *chunkWriter) finish(w *countingWriter, cc *metadata.ColumnChunkMetaDataBuilder) (int64, error) {
+	lc := c.lc
 	c.flushPage()
 	start := w.n
-	uncompressed := c.uncompressed
-	hasDict := c.dict.len() > 0
+	uncompressed := lc.uncompressed
+	hasDict := lc.dict.len() > 0
 	var dictOffset int64
 	if hasDict {
 		body := c.dictPage(c.body[:0])
 		z := c.codec.Encode(c.zbuf[:0], body)
-		c.hdr = appendPageHeader(c.hdr[:0], pageTypeDictionary, len(body), len(z), c.dict.len(),
+		c.hdr = appendPageHeader(c.hdr[:0], pageTypeDictionary, len(body), len(z), lc.dict.len(),
 			c.props.DictionaryPageEncoding())
 		dictOffset = w.n
 		w.Write(c.hdr)
@@ -454,12 +784,12 @@ func (c *chunkWriter) finish(w *countingWriter, cc *metadata.ColumnChunkMetaData
 		c.body, c.zbuf = body[:0], z[:0]
 	}
 	dataOffset := w.n
-	w.Write(c.data)
+	w.Write(lc.data)
 	if w.err != nil {
 		return 0, w.err
 	}
 
-	if c.descr.SortOrder() != pqschema.SortUNKNOWN {
+	if lc.descr.SortOrder() != pqschema.SortUNKNOWN {
 		st, err := c.encodeStats()
 		if err != nil {
 			return 0, err
@@ -470,20 +800,20 @@ func (c *chunkWriter) finish(w *countingWriter, cc *metadata.ColumnChunkMetaData
 	if hasDict {
 		encStats.DictEncodingStats = map[parquet.Encoding]int32{c.props.DictionaryPageEncoding(): 1}
 	}
-	if c.dictPages > 0 {
-		encStats.DataEncodingStats[c.props.DictionaryIndexEncoding()] = c.dictPages
+	if lc.dictPages > 0 {
+		encStats.DataEncodingStats[c.props.DictionaryIndexEncoding()] = lc.dictPages
 	}
-	if c.plainPages > 0 {
-		encStats.DataEncodingStats[parquet.Encodings.Plain] = c.plainPages
+	if lc.plainPages > 0 {
+		encStats.DataEncodingStats[parquet.Encodings.Plain] = lc.plainPages
 	}
 	err := cc.Finish(metadata.ChunkMetaInfo{
-		NumValues:        c.levels,
+		NumValues:        lc.levels,
 		DictPageOffset:   dictOffset,
 		IndexPageOffset:  -1,
 		DataPageOffset:   dataOffset,
 		CompressedSize:   w.n - start,
 		UncompressedSize: uncompressed,
-	}, hasDict, c.fellBack, encStats, nil)
+	}, hasDict, lc.fellBack, encStats, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -530,71 +860,72 @@ func shared[T any](m map[sharedKey]any, k sharedKey, v T) T {
 	return v
 }
 
-// dictPage appends the PLAIN encoding of the dictionary to b.
+// dictPage appends the PLAIN encoding of the current chunk's dictionary to b.
 func (c *chunkWriter) dictPage(b []byte) []byte {
-	for _, v := range c.dict.bytes {
+	d := &c.lc.dict
+	for _, v := range d.bytes {
 		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
 		b = append(b, v...)
 	}
-	for _, v := range c.dict.int64s {
+	for _, v := range d.int64s {
 		b = binary.LittleEndian.AppendUint64(b, uint64(v))
 	}
-	for _, v := range c.dict.floats {
+	for _, v := range d.floats {
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
 	}
 	return b
 }
 
-// chunkStats returns the leaf's statistics object, made on first use.
+// chunkStats returns the current leaf's statistics object, made on first use.
 func (c *chunkWriter) chunkStats() metadata.TypedStatistics {
-	s := c.stats[c.leaf.index]
-	if s == nil {
-		s = metadata.NewStatistics(c.descr, c.props.Allocator())
-		c.stats[c.leaf.index] = s
+	lc := c.lc
+	if lc.stats == nil {
+		lc.stats = metadata.NewStatistics(lc.descr, c.props.Allocator())
 	}
-	return s
+	return lc.stats
 }
 
 // encodeStats returns the chunk's statistics as the library's column writer would have them: min and max over
 // the values (dropped when longer than the size limit), and the null count (entries without a value, empty lists
 // included).
 func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
-	if c.values == 0 && c.stats[c.leaf.index] == nil {
+	lc := c.lc
+	if lc.values == 0 && lc.stats == nil {
 		// No value: no min or max, and no statistics object to make.
 		return metadata.EncodedStatistics{
-			HasNullCount: true, NullCount: c.levels, Signed: c.descr.SortOrder() == pqschema.SortSIGNED,
+			HasNullCount: true, NullCount: lc.levels, Signed: lc.descr.SortOrder() == pqschema.SortSIGNED,
 		}, nil
 	}
 	s := c.chunkStats()
 	switch s := s.(type) {
 	case *metadata.ByteArrayStatistics:
-		s.Update(c.dict.bytes, 0)
+		s.Update(lc.dict.bytes, 0)
 	case *metadata.Int64Statistics:
-		s.Update(c.dict.int64s, 0)
+		s.Update(lc.dict.int64s, 0)
 	case *metadata.Float64Statistics:
-		s.Update(c.dict.floats, 0)
+		s.Update(lc.dict.floats, 0)
 	case *metadata.BooleanStatistics:
-		if c.hasFalse {
+		if lc.hasFalse {
 			s.Update([]bool{false}, 0)
 		}
-		if c.hasTrue {
+		if lc.hasTrue {
 			s.Update([]bool{true}, 0)
 		}
 	}
-	s.IncNulls(c.levels - c.values)
+	s.IncNulls(lc.levels - lc.values)
 	enc, err := s.Encode() // copies min and max
 	s.Reset()
 	if ba, ok := s.(*metadata.ByteArrayStatistics); ok {
-		// Reset leaves min and max pointing into the records' buffers, which would stay reachable as long as the
-		// statistics object: point them at a value of ours instead.
+		// Reset leaves min and max pointing at the last values, in the dictionary or our buffers, which would
+		// stay reachable as long as the statistics object: point them at a value of ours instead.
 		ba.Update(scrubValues, 0)
 		ba.Reset()
 	}
 	if err != nil {
 		return enc, fmt.Errorf("statistics: %w", err)
 	}
-	enc.ApplyStatSizeLimits(int(c.props.MaxStatsSizeFor(c.descr.Path())))
-	enc.Signed = c.descr.SortOrder() == pqschema.SortSIGNED
+	enc.ApplyStatSizeLimits(int(c.props.MaxStatsSizeFor(lc.descr.Path())))
+	enc.Signed = lc.descr.SortOrder() == pqschema.SortSIGNED
 	return enc, nil
 }
 

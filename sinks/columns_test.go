@@ -168,12 +168,7 @@ func TestLeafWriterMatchesPqarrow(t *testing.T) {
 			t.Errorf("row groups of %d: %v", rows, err)
 		}
 	}
-	one, err := concatRecords(recs, mem)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer one.Release()
-	if err := compareStatsWithPqarrow(one, mem); err != nil {
+	if err := compareStatsWithPqarrow(recs, mem); err != nil {
 		t.Error(err)
 	}
 }
@@ -204,11 +199,7 @@ func FuzzLeafWriter(f *testing.F) {
 		recs = append(recs, edgeRecord(mem, first, rows-first, pick))
 		err := compareWithPqarrow(recs, 1+pick(8), mem)
 		if err == nil {
-			var one arrow.Record
-			if one, err = concatRecords(recs, mem); err == nil {
-				err = compareStatsWithPqarrow(one, mem)
-				one.Release()
-			}
+			err = compareStatsWithPqarrow(recs, mem)
 		}
 		for _, r := range recs {
 			r.Release()
@@ -256,14 +247,25 @@ func compareWithPqarrow(recs []arrow.Record, rows int, mem memory.Allocator) err
 	return nil
 }
 
-// writeOurs writes recs through a Table with row groups of rows rows and returns the one part file.
+// writeOurs writes recs through a Table with row groups of rows rows and returns the one part file. It writes a
+// copy of each record and overwrites the copy's memory once Write returns, since the Table must keep nothing of
+// it (values, dictionary entries, statistics) beyond that.
 func writeOurs(recs []arrow.Record, rows int, mem memory.Allocator) ([]byte, error) {
 	ctx := context.Background()
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
 	tbl := NewTable(b, "out", "Basic", recs[0].Schema(), ParquetOptions{RowGroupRows: rows, Allocator: mem})
 	for _, r := range recs {
-		if err := tbl.Write(ctx, r); err != nil {
+		c, err := concatRecords([]arrow.Record{r}, mem)
+		if err != nil {
+			return nil, err
+		}
+		err = tbl.Write(ctx, c)
+		for _, col := range c.Columns() {
+			clobber(col.Data())
+		}
+		c.Release()
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -272,6 +274,20 @@ func writeOurs(recs []arrow.Record, rows int, mem memory.Allocator) ([]byte, err
 		return nil, fmt.Errorf("close: %v, %v", files, err)
 	}
 	return b.ReadAll(ctx, "out/"+files[0].Key)
+}
+
+// clobber overwrites the memory of d and its children.
+func clobber(d arrow.ArrayData) {
+	for _, b := range d.Buffers() {
+		if b != nil {
+			for i := range b.Bytes() {
+				b.Bytes()[i] = 0xa5
+			}
+		}
+	}
+	for _, c := range d.Children() {
+		clobber(c)
+	}
 }
 
 // writePqarrow writes recs with pqarrow's writer, a row group for each.
@@ -293,11 +309,16 @@ func writePqarrow(recs []arrow.Record, mem memory.Allocator) ([]byte, error) {
 	return ref.Bytes(), nil
 }
 
-// compareStatsWithPqarrow writes rec as one row group through a Table and through pqarrow's writer, and compares
-// the metadata of every column chunk that readers use: the number of values, and the statistics (min, max, null
-// count) that BigQuery, DuckDB and Spark prune row groups by.
-func compareStatsWithPqarrow(rec arrow.Record, mem memory.Allocator) error {
-	ours, err := writeOurs([]arrow.Record{rec}, int(rec.NumRows()), mem)
+// compareStatsWithPqarrow writes recs as one row group through a Table (a Write each) and through pqarrow's
+// writer, and compares the metadata of every column chunk that readers use: the number of values, and the
+// statistics (min, max, null count) that BigQuery, DuckDB and Spark prune row groups by.
+func compareStatsWithPqarrow(recs []arrow.Record, mem memory.Allocator) error {
+	rec, err := concatRecords(recs, mem)
+	if err != nil {
+		return err
+	}
+	defer rec.Release()
+	ours, err := writeOurs(recs, int(rec.NumRows()), mem)
 	if err != nil {
 		return err
 	}
@@ -552,8 +573,23 @@ func TestChunkPagesAndDictionaryFallback(t *testing.T) {
 			t.Errorf("row groups of %d: %v", rg, err)
 		}
 	}
-	if err := compareStatsWithPqarrow(rec, mem); err != nil {
+	if err := compareStatsWithPqarrow([]arrow.Record{rec}, mem); err != nil {
 		t.Error(err)
+	}
+	// Written in slices, one Write each: the fallback comes in the middle of a Write, and the statistics of PLAIN
+	// values are carried from Write to Write.
+	var slices []arrow.Record
+	for lo := int64(0); lo < rows; lo += 1300 {
+		slices = append(slices, rec.NewSlice(lo, min(lo+1300, rows)))
+	}
+	if err := compareStatsWithPqarrow(slices, mem); err != nil {
+		t.Errorf("in slices: %v", err)
+	}
+	if err := compareWithPqarrow(slices, rows, mem); err != nil {
+		t.Errorf("in slices: %v", err)
+	}
+	for _, s := range slices {
+		s.Release()
 	}
 
 	// The chunk of s did fall back, after several dictionary-encoded pages.

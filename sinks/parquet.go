@@ -31,16 +31,16 @@ const (
 	DefaultMaxColumnChunks = 10000
 )
 
-// ParquetOptions shape the files of a Table. The zero value works: zstd, row groups of 64Ki rows or 64 MiB of
-// Arrow data, parts of 512 MiB, memory.DefaultAllocator, no budget shared with other tables.
+// ParquetOptions shape the files of a Table. The zero value works: zstd, row groups of 64Ki rows or 64 MiB held,
+// parts of 512 MiB, memory.DefaultAllocator, no budget shared with other tables.
 type ParquetOptions struct {
 	// Compression of every column. The zero value (compress.Codecs.Uncompressed) means zstd.
 	Compression compress.Compression
 	// RowGroupRows caps the rows of a row group.
 	RowGroupRows int
-	// RowGroupBytes ends a row group once the Arrow data a Table holds for it reaches this size. A row group is
-	// held as the record batches written to it until it ends, then written out column by column, so this bounds
-	// what a Table gathers; up to MaxOpenParts more row groups are held while they are written.
+	// RowGroupBytes ends a row group once what a part holds for it reaches this size. A row group is encoded as
+	// records are written to it, and held until it ends as every column's compressed pages, the page being filled
+	// and the dictionary; it is then written out column by column.
 	RowGroupBytes int64
 	// MaxFileBytes starts a new part file once the current one, with the row group it holds, reaches this size
 	// (row groups are not split, so a part can exceed it by up to one row group).
@@ -53,8 +53,8 @@ type ParquetOptions struct {
 	// part is written by one goroutine at a time). Zero means 1: one part at a time. A run sets it to its
 	// decoders, so that one large type uses every core for encoding too.
 	MaxOpenParts int
-	// Budget, when set, bounds the Arrow data held by all the Tables that share it: a Table whose Write finds the
-	// budget exceeded writes out its row group early if it holds at least its share.
+	// Budget, when set, bounds what the row groups being built hold in all the Tables that share it: a Table
+	// whose Write finds the budget exceeded writes out its row group early if it holds at least its share.
 	Budget *MemoryBudget
 	// Allocator for the writer's buffers.
 	Allocator memory.Allocator
@@ -64,9 +64,9 @@ type ParquetOptions struct {
 	PartPrefix string
 }
 
-// MemoryBudget is the Arrow memory that a set of Tables may hold in the row groups they are gathering, together.
-// A row group being written is no longer counted, so the memory of a set of Tables is bounded by the budget plus
-// the row groups being written: at most MaxOpenParts per Table. It is safe for concurrent use.
+// MemoryBudget is the memory that a set of Tables may hold in the row groups they are building, together: their
+// compressed pages, the pages being filled and the dictionaries. A row group being written out is no longer
+// counted. It is safe for concurrent use.
 type MemoryBudget struct {
 	limit  int64
 	held   atomic.Int64
@@ -124,9 +124,9 @@ func (o ParquetOptions) withDefaults() ParquetOptions {
 // back. A part becomes visible only when it is complete: when it reaches MaxFileBytes or on Close. After any
 // failure, and after Abort, the open parts are discarded and the Table only returns errors.
 //
-// Table is safe for concurrent use. Writes gather rows under a short lock; the Write that completes a row group
-// encodes it without holding that lock, into an open part no other row group is being written to (up to
-// MaxOpenParts of them), so other goroutines go on gathering and encoding meanwhile.
+// Table is safe for concurrent use. A Write takes an open part no other Write is encoding into (up to
+// MaxOpenParts of them) under a short lock, and encodes its rows into the part's row group without that lock, so
+// other goroutines go on encoding into other parts meanwhile. The Write that completes a row group writes it out.
 type Table struct {
 	b      *blob.Bucket
 	out    string
@@ -139,37 +139,12 @@ type Table struct {
 	err   error      // first failure, or errAborted; sticky
 	done  bool       // Close or Abort was called
 
-	// The row group being gathered: records written and not yet cut into a group; the first pendingOff rows of
-	// pending[0] went into the previous group.
-	pending      []pendingRecord
-	pendingOff   int
-	pendingRows  int
-	pendingBytes int64
-	partBytes    int64 // size of the part last handed back
-
+	held   int64        // what the row groups of the open parts hold (chunkWriter.held), as of their last Write
 	layout *tableLayout // built with the first row group, then read-only
-	idle   []*part      // open parts no row group is being written to
-	open   int          // open parts, idle or being written to
+	idle   []*part      // open parts no Write is encoding into
+	open   int          // open parts, idle or taken
 	next   int          // number of the next part
 	files  []File       // committed parts
-}
-
-type pendingRecord struct {
-	rec   arrow.Record
-	bytes int64 // arrowBytes(rec)
-}
-
-// group is a row group cut from the pending records, to be written.
-type group struct {
-	segs      []segment
-	rows      int
-	closePart bool // the part is full: close it after this group
-}
-
-// segment is rows [lo, hi) of a record; the group holds a reference to rec.
-type segment struct {
-	rec    arrow.Record
-	lo, hi int
 }
 
 // tableLayout is the Parquet side of a Table's schema.
@@ -189,7 +164,7 @@ type part struct {
 	rows   int64
 	groups int
 	chunks int          // column chunks written: row groups times leaf columns
-	cw     *chunkWriter // encodes the chunk being written
+	cw     *chunkWriter // the row group being built
 }
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
@@ -207,8 +182,8 @@ func NewTable(b *blob.Bucket, out string, resourceType string, s *arrow.Schema, 
 	return t
 }
 
-// Write appends rec's rows. rec's schema must equal the table's; the Table keeps a reference to rec until its
-// rows are written out, and the caller keeps its own.
+// Write appends rec's rows. rec's schema must equal the table's. The Table keeps no reference to rec: its rows
+// are encoded before Write returns.
 func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -221,41 +196,123 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 		return fmt.Errorf("write table: %q is not a resource type or a table of ours", t.typ)
 	case !rec.Schema().Equal(t.schema):
 		return fmt.Errorf("write %s table: record schema differs from the table schema", t.typ)
-	case rec.NumRows() == 0:
-		return nil
 	}
-	if err := ctx.Err(); err != nil {
-		err = fmt.Errorf("write %s table: %w", t.typ, err)
-		t.fail(err)
-		return err
-	}
-	return t.writeGroups(ctx, t.gather(rec))
-}
-
-// gather adds rec to the pending rows and cuts the row groups that are complete. Called with mu held.
-func (t *Table) gather(rec arrow.Record) []*group {
-	rec.Retain()
-	n := arrowBytes(rec)
-	t.pending = append(t.pending, pendingRecord{rec, n})
-	if t.pendingRows == 0 && t.opts.Budget != nil {
-		t.opts.Budget.tables.Add(1)
-	}
-	t.pendingRows += int(rec.NumRows())
-	t.pendingBytes += n
-	if t.opts.Budget != nil {
-		t.opts.Budget.held.Add(n)
-	}
-	var gs []*group
-	for t.pendingRows >= t.opts.RowGroupRows {
-		gs = append(gs, t.cut(t.opts.RowGroupRows, false))
-	}
-	if t.pendingRows > 0 {
-		fileFull := t.partBytes+t.pendingBytes >= t.opts.MaxFileBytes
-		if fileFull || t.pendingBytes >= t.opts.RowGroupBytes || t.overBudget() {
-			gs = append(gs, t.cut(t.pendingRows, fileFull))
+	for lo, n := 0, int(rec.NumRows()); lo < n; {
+		if err := ctx.Err(); err != nil {
+			err = fmt.Errorf("write %s table: %w", t.typ, err)
+			t.fail(err)
+			return err
+		}
+		p, err := t.take(ctx)
+		if err != nil {
+			return err
+		}
+		held := p.cw.held
+		t.mu.Unlock()
+		hi := lo + min(n-lo, t.opts.RowGroupRows-p.cw.rows)
+		p.cw.add(rec, lo, hi)
+		lo = hi
+		t.mu.Lock()
+		t.account(p.cw.held - held)
+		if err := t.handBack(ctx, p); err != nil {
+			return err
 		}
 	}
-	return gs
+	return nil
+}
+
+// take returns an open part no Write is encoding into, opening one if fewer than MaxOpenParts are open. Called
+// with mu held, which it releases while it opens a part.
+func (t *Table) take(ctx context.Context) (*part, error) {
+	for t.err == nil && len(t.idle) == 0 && t.open >= t.opts.MaxOpenParts {
+		t.freed.Wait()
+	}
+	if t.err == nil && t.layout == nil {
+		l, err := newTableLayout(t.schema, t.writerProps())
+		if err != nil {
+			t.fail(fmt.Errorf("write %s table: %w", t.typ, err))
+		}
+		t.layout = l
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
+	if n := len(t.idle); n > 0 {
+		p := t.idle[n-1]
+		t.idle = t.idle[:n-1]
+		return p, nil
+	}
+	rel := fmt.Sprintf(partNameFormat, t.typ, t.opts.PartPrefix, t.next)
+	t.next++
+	t.open++
+	t.mu.Unlock()
+	p, err := t.openPart(ctx, rel)
+	t.mu.Lock()
+	if err == nil && t.err != nil { // failed (or aborted) elsewhere meanwhile
+		p.discard()
+		err = t.err
+	}
+	if err != nil {
+		t.open--
+		t.fail(err)
+		t.freed.Broadcast()
+		return nil, t.err
+	}
+	return p, nil
+}
+
+// account adds delta to what the Table and its budget hold. Called with mu held.
+func (t *Table) account(delta int64) {
+	was := t.held
+	t.held += delta
+	if bu := t.opts.Budget; bu != nil {
+		bu.held.Add(delta)
+		switch {
+		case was == 0 && t.held > 0:
+			bu.tables.Add(1)
+		case was > 0 && t.held == 0:
+			bu.tables.Add(-1)
+		}
+	}
+}
+
+// handBack returns p, which the caller took and encoded into, to the idle parts, after writing out its row group
+// if that is complete, too large, or over the budget, and closing p if it is full. On failure p is discarded.
+// Called with mu held, which it releases while writing.
+func (t *Table) handBack(ctx context.Context, p *part) error {
+	rows, held := p.cw.rows, p.cw.held
+	fileFull := p.sink.n+held >= t.opts.MaxFileBytes
+	if rows > 0 && (rows >= t.opts.RowGroupRows || held >= t.opts.RowGroupBytes || fileFull || t.overBudget()) {
+		t.account(-held)
+		t.mu.Unlock()
+		closed, err := t.writeRowGroup(ctx, p, fileFull)
+		t.mu.Lock()
+		switch {
+		case err != nil: // p is gone: writeRowGroup discarded it
+			t.open--
+			t.fail(err)
+		case closed != nil:
+			t.open--
+			t.files = append(t.files, *closed)
+		case t.err != nil: // failed (or aborted) elsewhere while the row group was written
+			t.open--
+			p.discard()
+		default:
+			t.idle = append(t.idle, p)
+		}
+		t.freed.Broadcast()
+		return t.err
+	}
+	if t.err != nil {
+		t.account(-held)
+		t.open--
+		p.discard()
+		t.freed.Broadcast()
+		return t.err
+	}
+	t.idle = append(t.idle, p)
+	t.freed.Broadcast()
+	return nil
 }
 
 // overBudget reports whether the shared budget is exceeded and this table holds at least its share of it.
@@ -265,117 +322,22 @@ func (t *Table) overBudget() bool {
 		return false
 	}
 	held := bu.held.Load()
-	return held > bu.limit && t.pendingBytes >= held/max(bu.tables.Load(), 1)
+	return held > bu.limit && t.held >= held/max(bu.tables.Load(), 1)
 }
 
-// cut takes the first rows pending rows as the next row group. Called with mu held.
-func (t *Table) cut(rows int, closePart bool) *group {
-	g := &group{rows: rows, closePart: closePart}
-	for rows > 0 {
-		pr := t.pending[0]
-		left := int(pr.rec.NumRows()) - t.pendingOff
-		take := min(left, rows)
-		if take < left {
-			pr.rec.Retain()
-			g.segs = append(g.segs, segment{pr.rec, t.pendingOff, t.pendingOff + take})
-			t.pendingOff += take
-		} else {
-			g.segs = append(g.segs, segment{pr.rec, t.pendingOff, t.pendingOff + take}) // the group takes our reference
-			t.pendingBytes -= pr.bytes
-			if t.opts.Budget != nil {
-				t.opts.Budget.held.Add(-pr.bytes)
-			}
-			t.pending[0] = pendingRecord{}
-			t.pending = t.pending[1:]
-			t.pendingOff = 0
-		}
-		rows -= take
-		t.pendingRows -= take
-	}
-	if t.pendingRows == 0 && t.opts.Budget != nil {
-		t.opts.Budget.tables.Add(-1)
-	}
-	return g
-}
-
-// release drops the group's references.
-func (t *Table) release(g *group) {
-	for _, s := range g.segs {
-		s.rec.Release()
-	}
-	g.segs = nil
-}
-
-// writeGroups writes each of gs into an open part no other group is being written to, opening one if fewer
-// than MaxOpenParts are open. Called with mu held, which it releases while encoding.
-func (t *Table) writeGroups(ctx context.Context, gs []*group) error {
-	for i, g := range gs {
-		for t.err == nil && len(t.idle) == 0 && t.open >= t.opts.MaxOpenParts {
-			t.freed.Wait()
-		}
-		if t.err == nil && t.layout == nil {
-			l, err := newTableLayout(t.schema, t.writerProps())
-			if err != nil {
-				t.fail(fmt.Errorf("write %s table: %w", t.typ, err))
-			}
-			t.layout = l
-		}
-		if t.err != nil {
-			for _, g := range gs[i:] {
-				t.release(g)
-			}
-			return t.err
-		}
-		var p *part
-		var rel string
-		if n := len(t.idle); n > 0 {
-			p, t.idle = t.idle[n-1], t.idle[:n-1]
-		} else {
-			rel = fmt.Sprintf(partNameFormat, t.typ, t.opts.PartPrefix, t.next)
-			t.next++
-			t.open++
-		}
-		t.mu.Unlock()
-		var closed *File
-		var err error
-		if p == nil {
-			p, err = t.openPart(ctx, rel)
-		}
-		if err == nil {
-			closed, err = t.writeGroup(ctx, p, g)
-		}
-		t.mu.Lock()
-		t.release(g)
-		switch {
-		case err != nil: // p is gone: writeGroup or openPart discarded it
-			t.open--
-			t.fail(err)
-		case closed != nil:
-			t.open--
-			t.files = append(t.files, *closed)
-		case t.err != nil: // failed (or aborted) elsewhere while this group was written
-			t.open--
-			p.discard()
-		default:
-			t.idle = append(t.idle, p)
-			t.partBytes = p.sink.n
-		}
-		t.freed.Broadcast()
-		if t.err != nil {
-			for _, g := range gs[i+1:] {
-				t.release(g)
-			}
-			return t.err
-		}
-	}
-	return nil
-}
-
-// writeGroup writes g as one row group of p, leaf column after leaf column, and closes p when it is full,
-// returning what was committed. On failure p is discarded. The caller has p to itself.
-func (t *Table) writeGroup(ctx context.Context, p *part, g *group) (*File, error) {
+// writeRowGroup writes the row group p has built, leaf column after leaf column, and closes p when it is full (or
+// closePart says so), returning what was committed. On failure p is discarded. The caller has p to itself.
+func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*File, error) {
 	stop := p.obj.watch(ctx)
-	err := t.encodeRowGroup(p, g)
+	rows := p.cw.rows
+	rg := p.meta.AppendRowGroup()
+	total, err := p.cw.writeRowGroup(p.sink, rg)
+	if err == nil {
+		err = rg.Finish(total, int16(p.groups))
+	}
+	if err == nil {
+		err = p.sink.err
+	}
 	if serr := stop(); err == nil {
 		err = serr
 	}
@@ -383,9 +345,10 @@ func (t *Table) writeGroup(ctx context.Context, p *part, g *group) (*File, error
 		p.discard()
 		return nil, fmt.Errorf("write %s: %w", p.obj.key, err)
 	}
-	p.rows += int64(g.rows)
+	p.groups++
+	p.rows += int64(rows)
 	p.chunks += len(t.layout.leaves)
-	if g.closePart || p.sink.n >= t.opts.MaxFileBytes || p.chunks+len(t.layout.leaves) > t.opts.MaxColumnChunks {
+	if closePart || p.sink.n >= t.opts.MaxFileBytes || p.chunks+len(t.layout.leaves) > t.opts.MaxColumnChunks {
 		f, err := t.closePart(ctx, p)
 		if err != nil {
 			return nil, err
@@ -393,41 +356,6 @@ func (t *Table) writeGroup(ctx context.Context, p *part, g *group) (*File, error
 		return &f, nil
 	}
 	return nil, nil
-}
-
-func (t *Table) encodeRowGroup(p *part, g *group) error {
-	rg := p.meta.AppendRowGroup()
-	rg.SetNumRows(g.rows)
-	var total int64
-	for i := range t.layout.leaves {
-		cc := rg.NextColumnChunk()
-		p.cw.encode(&t.layout.leaves[i], cc.Descr(), g)
-		n, err := p.cw.finish(p.sink, cc)
-		if err != nil {
-			return fmt.Errorf("column %s: %w", cc.Descr().Path(), err)
-		}
-		total += n
-	}
-	p.cw.endRowGroup()
-	if err := rg.Finish(total, int16(p.groups)); err != nil {
-		return err
-	}
-	p.groups++
-	return p.sink.err
-}
-
-// releasePending releases every record gathered and not cut into a group. Called with mu held.
-func (t *Table) releasePending() {
-	for _, pr := range t.pending {
-		pr.rec.Release()
-		if t.opts.Budget != nil {
-			t.opts.Budget.held.Add(-pr.bytes)
-		}
-	}
-	if t.pendingRows > 0 && t.opts.Budget != nil {
-		t.opts.Budget.tables.Add(-1)
-	}
-	t.pending, t.pendingOff, t.pendingRows, t.pendingBytes = nil, 0, 0, 0
 }
 
 func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLayout, error) {
@@ -449,35 +377,6 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	return &tableLayout{schema: ps, props: props, meta: meta, leaves: leaves}, nil
 }
 
-// arrowBytes is the memory rec holds: its buffers, all-null arrays aside (a Worker builds them over one shared
-// zeroed buffer), and the Go objects of every array, which for a wide type's record of a few rows outweigh its
-// data.
-func arrowBytes(rec arrow.Record) int64 {
-	var n int64
-	for _, c := range rec.Columns() {
-		n += dataBytes(c.Data())
-	}
-	return n
-}
-
-// arrayOverhead is about what an array costs in Go objects (ArrayData, buffer headers, the typed array).
-const arrayOverhead = 512
-
-func dataBytes(d arrow.ArrayData) int64 {
-	n := int64(arrayOverhead)
-	if d.Len() == 0 || d.NullN() != d.Len() {
-		for _, b := range d.Buffers() {
-			if b != nil {
-				n += int64(b.Cap())
-			}
-		}
-	}
-	for _, c := range d.Children() {
-		n += dataBytes(c)
-	}
-	return n
-}
-
 // writerProps returns the Table's Parquet writer properties (compression, allocator).
 func (t *Table) writerProps() *parquet.WriterProperties {
 	return parquet.NewWriterProperties(
@@ -489,7 +388,7 @@ func (t *Table) writerProps() *parquet.WriterProperties {
 
 // openPart starts the part file rel.
 func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
-	cw, err := newChunkWriter(t.layout.props, len(t.layout.leaves))
+	cw, err := newChunkWriter(t.layout.props, t.layout.leaves, t.layout.schema)
 	if err != nil {
 		return nil, fmt.Errorf("parquet writer: %w", err)
 	}
@@ -542,14 +441,14 @@ func writeFooter(p *part) error {
 	return p.sink.err
 }
 
-// fail makes err sticky and discards what is pending and the idle parts; a part being written to is discarded
-// by its writer when it is done. Called with mu held.
+// fail makes err sticky and discards the idle parts; a part taken by a Write is discarded by that Write when it
+// hands it back. Called with mu held.
 func (t *Table) fail(err error) {
 	if t.err == nil {
 		t.err = err
 	}
-	t.releasePending()
 	for _, p := range t.idle {
+		t.account(-p.cw.held)
 		p.discard()
 	}
 	t.open -= len(t.idle)
@@ -573,24 +472,30 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 	}
 	if !t.done {
 		t.done = true
-		for t.err == nil && len(t.idle) < t.open { // row groups of Writes still being written
+		for t.err == nil && len(t.idle) < t.open { // parts still taken by Writes
 			t.freed.Wait()
 		}
 		if t.err != nil {
 			return nil, t.err
 		}
 		err := ctx.Err()
-		if err == nil && t.pendingRows > 0 {
-			err = t.writeGroups(ctx, []*group{t.cut(t.pendingRows, false)})
-		}
 		slices.SortFunc(t.idle, func(a, b *part) int { return strings.Compare(a.rel, b.rel) })
 		for err == nil && len(t.idle) > 0 {
 			p := t.idle[0]
 			t.idle = t.idle[1:]
 			t.open--
-			var f File
-			if f, err = t.closePart(ctx, p); err == nil {
-				t.files = append(t.files, f)
+			t.account(-p.cw.held)
+			var f *File
+			if p.cw.rows > 0 {
+				f, err = t.writeRowGroup(ctx, p, true)
+			} else {
+				var ff File
+				if ff, err = t.closePart(ctx, p); err == nil {
+					f = &ff
+				}
+			}
+			if err == nil {
+				t.files = append(t.files, *f)
 			}
 		}
 		if err != nil {
@@ -602,7 +507,7 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 	return append([]File(nil), t.files...), nil
 }
 
-// Abort discards the open part and the rows not yet written, without committing anything more; later calls
+// Abort discards the open parts and the rows not yet written, without committing anything more; later calls
 // return an error. Parts already committed (each complete) stay until RemoveStale; they are not published until a
 // manifest lists them.
 func (t *Table) Abort() {
