@@ -117,8 +117,9 @@ func (lc *leafChunk) pageMem() int {
 	return len(lc.plain) + 4*len(lc.idx) + len(lc.def.out) + len(lc.rep.out) + 4*(len(lc.def.lit)+len(lc.rep.lit))
 }
 
-// dictEntryBytes is about what a dictionary entry costs beside its value: its map entry and its slice.
-const dictEntryBytes = 64
+// dictEntryBytes is about what a dictionary entry costs beside its value: its map entry and its slice, with the
+// room both keep to grow.
+const dictEntryBytes = 96
 
 // emptyValue is the empty string or binary value: not nil.
 var emptyValue = []byte{}

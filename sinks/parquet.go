@@ -66,15 +66,39 @@ type ParquetOptions struct {
 
 // MemoryBudget is the memory that a set of Tables may hold in the row groups they are building, together: their
 // compressed pages, the pages being filled and the dictionaries. A row group being written out is no longer
-// counted. It is safe for concurrent use.
+// counted. When a Write finds the budget exceeded, it writes out the row group of its own part if its Table holds
+// at least its share, and otherwise the row groups of the idle parts of the Table that holds the most, so that a
+// Table that no longer gets rows does not keep its share. It is safe for concurrent use.
 type MemoryBudget struct {
 	limit  int64
 	held   atomic.Int64
 	tables atomic.Int64 // tables holding rows
+
+	mu      sync.Mutex
+	members map[*Table]struct{} // tables holding rows
 }
 
 // NewMemoryBudget returns a budget of limit bytes.
-func NewMemoryBudget(limit int64) *MemoryBudget { return &MemoryBudget{limit: limit} }
+func NewMemoryBudget(limit int64) *MemoryBudget {
+	return &MemoryBudget{limit: limit, members: map[*Table]struct{}{}}
+}
+
+// over reports whether the budget is exceeded.
+func (b *MemoryBudget) over() bool { return b.held.Load() > b.limit }
+
+// largest returns the table that holds the most, nil if none holds anything.
+func (b *MemoryBudget) largest() *Table {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var best *Table
+	var most int64
+	for t := range b.members {
+		if h := t.heldNow.Load(); h > most {
+			best, most = t, h
+		}
+	}
+	return best
+}
 
 // Held returns the bytes held now.
 func (b *MemoryBudget) Held() int64 { return b.held.Load() }
@@ -139,12 +163,14 @@ type Table struct {
 	err   error      // first failure, or errAborted; sticky
 	done  bool       // Close or Abort was called
 
-	held   int64        // what the row groups of the open parts hold (chunkWriter.held), as of their last Write
-	layout *tableLayout // built with the first row group, then read-only
-	idle   []*part      // open parts no Write is encoding into
-	open   int          // open parts, idle or taken
-	next   int          // number of the next part
-	files  []File       // committed parts
+	held    int64        // what the row groups of the open parts hold (chunkWriter.held), as of their last Write
+	heldNow atomic.Int64 // held, for MemoryBudget.largest
+	rowsIn  int64        // rows written so far
+	layout  *tableLayout // built with the first row group, then read-only
+	idle    []*part      // open parts no Write is encoding into
+	open    int          // open parts, idle or taken
+	next    int          // number of the next part
+	files   []File       // committed parts
 }
 
 // tableLayout is the Parquet side of a Table's schema.
@@ -211,20 +237,29 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 		t.mu.Unlock()
 		hi := lo + min(n-lo, t.opts.RowGroupRows-p.cw.rows)
 		p.cw.add(rec, lo, hi)
-		lo = hi
 		t.mu.Lock()
+		t.rowsIn += int64(hi - lo)
 		t.account(p.cw.held - held)
 		if err := t.handBack(ctx, p); err != nil {
 			return err
 		}
+		lo = hi
 	}
-	return nil
+	if bu := t.opts.Budget; bu != nil && bu.over() {
+		t.mu.Unlock()
+		relieve(ctx, bu)
+		t.mu.Lock()
+	}
+	return t.err
 }
 
-// take returns an open part no Write is encoding into, opening one if fewer than MaxOpenParts are open. Called
-// with mu held, which it releases while it opens a part.
+// take returns an open part no Write is encoding into, opening one if fewer than MaxOpenParts are open and the
+// Table has had a row group's worth of rows: every part repeats the schema and chunk metadata in its footer, so a
+// small table waits for its one part rather than spreading over several. Called with mu held, which it releases
+// while it opens a part.
 func (t *Table) take(ctx context.Context) (*part, error) {
-	for t.err == nil && len(t.idle) == 0 && t.open >= t.opts.MaxOpenParts {
+	for t.err == nil && len(t.idle) == 0 &&
+		(t.open >= t.opts.MaxOpenParts || t.open > 0 && t.rowsIn < int64(t.opts.RowGroupRows)) {
 		t.freed.Wait()
 	}
 	if t.err == nil && t.layout == nil {
@@ -265,13 +300,62 @@ func (t *Table) take(ctx context.Context) (*part, error) {
 func (t *Table) account(delta int64) {
 	was := t.held
 	t.held += delta
+	t.heldNow.Store(t.held)
 	if bu := t.opts.Budget; bu != nil {
 		bu.held.Add(delta)
 		switch {
 		case was == 0 && t.held > 0:
 			bu.tables.Add(1)
+			bu.mu.Lock()
+			bu.members[t] = struct{}{}
+			bu.mu.Unlock()
 		case was > 0 && t.held == 0:
 			bu.tables.Add(-1)
+			bu.mu.Lock()
+			delete(bu.members, t)
+			bu.mu.Unlock()
+		}
+	}
+}
+
+// relieve writes out the row groups of the idle parts of the table of the budget that holds the most, when the
+// budget is exceeded. Called without any Table's mu held.
+func relieve(ctx context.Context, bu *MemoryBudget) {
+	if bu == nil || !bu.over() {
+		return
+	}
+	if t := bu.largest(); t != nil {
+		t.writeIdle(ctx)
+	}
+}
+
+// writeIdle writes out the row groups of the idle parts. A failure fails the Table, and is for its own Writes
+// and Close to report.
+func (t *Table) writeIdle(ctx context.Context) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err != nil || t.done {
+		return
+	}
+	var ps []*part
+	keep := t.idle[:0]
+	for _, p := range t.idle {
+		if p.cw.rows > 0 {
+			ps = append(ps, p)
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	t.idle = keep
+	for i, p := range ps {
+		if err := t.flush(ctx, p, false); err != nil {
+			for _, p := range ps[i+1:] {
+				t.account(-p.cw.held)
+				t.open--
+				p.discard()
+			}
+			t.freed.Broadcast()
+			return
 		}
 	}
 }
@@ -283,25 +367,7 @@ func (t *Table) handBack(ctx context.Context, p *part) error {
 	rows, held := p.cw.rows, p.cw.held
 	fileFull := p.sink.n+held >= t.opts.MaxFileBytes
 	if rows > 0 && (rows >= t.opts.RowGroupRows || held >= t.opts.RowGroupBytes || fileFull || t.overBudget()) {
-		t.account(-held)
-		t.mu.Unlock()
-		closed, err := t.writeRowGroup(ctx, p, fileFull)
-		t.mu.Lock()
-		switch {
-		case err != nil: // p is gone: writeRowGroup discarded it
-			t.open--
-			t.fail(err)
-		case closed != nil:
-			t.open--
-			t.files = append(t.files, *closed)
-		case t.err != nil: // failed (or aborted) elsewhere while the row group was written
-			t.open--
-			p.discard()
-		default:
-			t.idle = append(t.idle, p)
-		}
-		t.freed.Broadcast()
-		return t.err
+		return t.flush(ctx, p, fileFull)
 	}
 	if t.err != nil {
 		t.account(-held)
@@ -313,6 +379,31 @@ func (t *Table) handBack(ctx context.Context, p *part) error {
 	t.idle = append(t.idle, p)
 	t.freed.Broadcast()
 	return nil
+}
+
+// flush writes out the row group of p, which the caller took, closes p if it is full (or closePart says so), and
+// hands p back. On failure p is discarded and the Table fails. Called with mu held, which it releases while
+// writing.
+func (t *Table) flush(ctx context.Context, p *part, closePart bool) error {
+	t.account(-p.cw.held)
+	t.mu.Unlock()
+	closed, err := t.writeRowGroup(ctx, p, closePart)
+	t.mu.Lock()
+	switch {
+	case err != nil: // p is gone: writeRowGroup discarded it
+		t.open--
+		t.fail(err)
+	case closed != nil:
+		t.open--
+		t.files = append(t.files, *closed)
+	case t.err != nil: // failed (or aborted) elsewhere while the row group was written
+		t.open--
+		p.discard()
+	default:
+		t.idle = append(t.idle, p)
+	}
+	t.freed.Broadcast()
+	return t.err
 }
 
 // overBudget reports whether the shared budget is exceeded and this table holds at least its share of it.

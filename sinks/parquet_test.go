@@ -383,28 +383,43 @@ func TestTableRowGroupBytes(t *testing.T) {
 	}
 }
 
+// heldAfter returns what a Table holds after writing, without a budget, records of rows rows starting at each
+// of starts: its open row group, as the budget counts it.
+func heldAfter(t *testing.T, mem memory.Allocator, rows int, starts ...int) int64 {
+	ctx := context.Background()
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{Allocator: mem})
+	defer tbl.Abort()
+	for _, s := range starts {
+		rec := testRecord(t, mem, s, rows)
+		err := tbl.Write(ctx, rec)
+		rec.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	tbl.mu.Lock()
+	defer tbl.mu.Unlock()
+	if tbl.held <= 0 {
+		t.Fatalf("a table with an open row group holds %d bytes", tbl.held)
+	}
+	return tbl.held
+}
+
 // TestTableBudget: tables sharing a MemoryBudget write their row groups early once the budget is exceeded, so
 // what they hold together stays near it; without a budget the same writes make one row group per table.
 func TestTableBudget(t *testing.T) {
 	ctx := context.Background()
 	mem := checkedAllocator(t)
-	probe := testRecord(t, mem, 0, 20)
-	limit := int64(0)
-	for _, c := range probe.Columns() {
-		for _, b := range c.Data().Buffers() {
-			if b != nil {
-				limit += int64(b.Len())
-			}
-		}
-	}
-	probe.Release()
+	one := heldAfter(t, mem, 20, 0) // what one write of 20 rows holds
 	tests := []struct {
 		name       string
 		budget     *MemoryBudget
 		wantGroups func(n int) bool
 	}{
 		{"no budget", nil, func(n int) bool { return n == 1 }},
-		{"a budget of about two batches", NewMemoryBudget(2 * limit), func(n int) bool { return n >= 3 }},
+		{"a budget of about two writes", NewMemoryBudget(2 * one), func(n int) bool { return n >= 3 }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -419,7 +434,7 @@ func TestTableBudget(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if tc.budget != nil && tc.budget.Held() > tc.budget.limit+2*limit {
+				if tc.budget != nil && tc.budget.Held() > tc.budget.limit+2*one {
 					t.Errorf("after write %d the tables hold %d bytes, budget %d", i, tc.budget.Held(), tc.budget.limit)
 				}
 			}
@@ -437,6 +452,93 @@ func TestTableBudget(t *testing.T) {
 				t.Errorf("budget holds %d bytes after Close", tc.budget.Held())
 			}
 		})
+	}
+}
+
+// TestTableBudgetRelief: a table that holds most of an exceeded budget gives it back when another table writes,
+// though it gets no rows itself; the writing table, under its share, keeps its row group.
+func TestTableBudgetRelief(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	big := heldAfter(t, mem, 20, 0, 20, 40, 60) // Patient after 4 writes
+	small := heldAfter(t, mem, 20, 1000)        // Person after 1
+	if small >= big {
+		t.Fatalf("one write holds %d bytes, four %d", small, big)
+	}
+	budget := NewMemoryBudget(big + small - 1) // exceeded only by both
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	opts := ParquetOptions{Budget: budget, Allocator: mem}
+	a := NewTable(b, "out", "Patient", testSchema(), opts)
+	p := NewTable(b, "out", "Person", testSchema(), opts)
+	write := func(tbl *Table, start int) {
+		t.Helper()
+		rec := testRecord(t, mem, start, 20)
+		defer rec.Release()
+		if err := tbl.Write(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []int{0, 20, 40, 60} {
+		write(a, s)
+	}
+	if got := budget.Held(); got != big {
+		t.Fatalf("after four writes the budget holds %d bytes, want %d", got, big)
+	}
+	write(p, 1000)
+	if h := a.heldNow.Load(); h != 0 {
+		t.Errorf("Patient still holds %d bytes: not relieved", h)
+	}
+	if got := budget.Held(); got != small {
+		t.Errorf("budget holds %d bytes after the relief, want Person's %d", got, small)
+	}
+	write(a, 80)
+	want := map[*Table][]int64{a: {80, 20}, p: {20}}
+	for _, tbl := range []*Table{a, p} {
+		files, err := tbl.Close(ctx)
+		if err != nil || len(files) != 1 {
+			t.Fatalf("Close %s: %+v, %v", tbl.typ, files, err)
+		}
+		got := readParquet(t, b, "out/"+files[0].Key, mem)
+		if !slices.Equal(got.rowGroups, want[tbl]) {
+			t.Errorf("%s: row groups %v, want %v", tbl.typ, got.rowGroups, want[tbl])
+		}
+	}
+}
+
+// TestTableSmallTableOnePart: concurrent Writes to a table that has not had a row group's worth of rows share
+// one part (each part repeats the footer), whatever MaxOpenParts allows.
+func TestTableSmallTableOnePart(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 1000, MaxOpenParts: 4, Allocator: mem})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				rec := testRecord(t, mem, (w*10+i)*10, 10)
+				err := tbl.Write(ctx, rec)
+				rec.Release()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil || len(files) != 1 || files[0].Rows != 400 {
+		t.Fatalf("Close: %+v, %v; want one part of 400 rows", files, err)
 	}
 }
 
