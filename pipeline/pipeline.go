@@ -468,8 +468,12 @@ func damageOf(ctx context.Context, err error) (reason string, ok bool) {
 }
 
 func (r *run) decode(ctx context.Context, work <-chan batch) error {
+	alloc := r.opts.Allocator
+	if alloc == memory.DefaultAllocator {
+		alloc = nil // the Worker's own, which reuses the memory of the records written (flush releases them)
+	}
 	w, err := transform.NewWorker(r.reg, transform.Options{
-		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: r.opts.Allocator,
+		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: alloc,
 		Validator: r.opts.Validator,
 	})
 	if err != nil {
@@ -627,12 +631,16 @@ func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error
 		return fmt.Errorf("build record batches: %w", err)
 	}
 	defer r.opts.Timings.add(phaseWrite, time.Now())
+	// Each record is released once written (the tables keep nothing of it), so that a flush holds one record's
+	// memory at a time, not all of them until the last is written.
 	defer func() {
 		for _, rec := range recs {
-			rec.Release()
+			if rec != nil {
+				rec.Release()
+			}
 		}
 	}()
-	for _, rec := range recs {
+	for i, rec := range recs {
 		t, err := r.table(rec.Schema())
 		if err != nil {
 			return err
@@ -640,6 +648,8 @@ func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error
 		if err := t.Write(ctx, rec); err != nil {
 			return fmt.Errorf("write %s: %w", resourceTypeOf(rec.Schema()), err)
 		}
+		rec.Release()
+		recs[i] = nil
 	}
 	return nil
 }

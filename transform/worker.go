@@ -26,7 +26,8 @@ type Options struct {
 	// times its JSON size (every choice type of every ElementDefinition is a column), so rows alone do not
 	// bound memory.
 	BatchBytes int64
-	// Allocator backs the record builders; nil means memory.DefaultAllocator.
+	// Allocator backs the record builders; nil means Go memory that is reused once the records are released
+	// (the caller must then keep nothing of a record's memory after releasing it).
 	Allocator memory.Allocator
 	// Validator chooses the validation path: ValidatorReference ("" too) validates every line with google/fhir/go
 	// jsonformat; ValidatorFast checks each line in one pass over its bytes against a plan compiled from the same
@@ -92,7 +93,7 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("new worker: BatchBytes %d is negative", opts.BatchBytes)
 	}
 	if opts.Allocator == nil {
-		opts.Allocator = memory.DefaultAllocator
+		opts.Allocator = goRecycler
 	}
 	v, err := NewValidator()
 	if err != nil {
