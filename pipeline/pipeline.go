@@ -69,10 +69,12 @@ type Options struct {
 	RecursionDepth int   // zero: the schema's default (2)
 	BatchRows      int   // rows per Arrow record batch; zero: 8192
 	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 8 MiB
-	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget for the run: the row groups
-	// being gathered, over all tables, hold about that much Arrow memory at most.
-	Parquet   sinks.ParquetOptions
-	Allocator memory.Allocator // zero: memory.DefaultAllocator
+	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget for the run: the open row
+	// groups, over all tables, hold about that much memory at most.
+	Parquet sinks.ParquetOptions
+	// Allocator backs the Arrow batches and the Parquet writer. Zero: memory.DefaultAllocator, except for the
+	// decoders' batches, whose memory is reused once their records are written (transform.Options.Allocator).
+	Allocator memory.Allocator
 	RunID     string
 	// Layout of the objects whose own Layout is unknown; zero: reader.LayoutAuto, decided per object from its
 	// first lines.
@@ -143,8 +145,8 @@ type Progress struct {
 	Elapsed                   time.Duration
 }
 
-// DefaultTableBudget is the Arrow memory that the row groups being gathered may hold, over all the tables of a run,
-// unless Options.Parquet.Budget says otherwise.
+// DefaultTableBudget is the memory that the open row groups may hold (compressed pages, pages being filled,
+// dictionaries), over all the tables of a run, unless Options.Parquet.Budget says otherwise.
 const DefaultTableBudget = 40 << 20
 
 const (

@@ -135,7 +135,8 @@ type dictionary struct {
 	bytes  []parquet.ByteArray
 	int64s []int64
 	floats []float64
-	size   int // PLAIN-encoded size
+	size   int   // PLAIN-encoded size
+	last   int32 // 1 + the index of the last byte array value put, 0 for none: runs of a value skip the map
 	arena  byteArena
 }
 
@@ -623,6 +624,10 @@ func (c *chunkWriter) putBytes(b []byte) {
 		return
 	}
 	d := &lc.dict
+	if d.last > 0 && string(d.bytes[d.last-1]) == string(b) {
+		lc.idx = append(lc.idx, uint32(d.last-1))
+		return
+	}
 	if d.strs == nil {
 		d.strs = map[string]int32{}
 	}
@@ -634,6 +639,7 @@ func (c *chunkWriter) putBytes(b []byte) {
 		d.bytes = append(d.bytes, v)
 		d.size += 4 + len(v)
 	}
+	d.last = id + 1
 	lc.idx = append(lc.idx, uint32(id))
 }
 
