@@ -514,48 +514,18 @@ func TestTableSmallTableOnePart(t *testing.T) {
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
 	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 1000, MaxOpenParts: 4, Allocator: mem})
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 10 {
-				rec := testRecord(t, mem, (w*10+i)*10, 10)
-				err := tbl.Write(ctx, rec)
-				rec.Release()
-				if err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	writeConcurrently(t, tbl, mem, 4, 10, 10)
 	files, err := tbl.Close(ctx)
 	if err != nil || len(files) != 1 || files[0].Rows != 400 {
 		t.Fatalf("Close: %+v, %v; want one part of 400 rows", files, err)
 	}
 }
 
-func TestTableConcurrentWrites(t *testing.T) {
-	for _, open := range []int{1, 3} {
-		t.Run(fmt.Sprintf("MaxOpenParts %d", open), func(t *testing.T) { testTableConcurrentWrites(t, open) })
-	}
-}
-
-func testTableConcurrentWrites(t *testing.T, maxOpen int) {
+// writeConcurrently writes workers × batches records of rows rows to tbl from workers goroutines, each record with
+// ids of its own.
+func writeConcurrently(t *testing.T, tbl *Table, mem memory.Allocator, workers, batches, rows int) {
+	t.Helper()
 	ctx := context.Background()
-	mem := checkedAllocator(t)
-	b := memblob.OpenBucket(nil)
-	defer b.Close()
-	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 64, MaxFileBytes: 16 << 10,
-		MaxOpenParts: maxOpen, Allocator: mem})
-	const workers, batches, rows = 4, 25, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
@@ -578,6 +548,23 @@ func testTableConcurrentWrites(t *testing.T, maxOpen int) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+func TestTableConcurrentWrites(t *testing.T) {
+	for _, open := range []int{1, 3} {
+		t.Run(fmt.Sprintf("MaxOpenParts %d", open), func(t *testing.T) { testTableConcurrentWrites(t, open) })
+	}
+}
+
+func testTableConcurrentWrites(t *testing.T, maxOpen int) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{RowGroupRows: 64, MaxFileBytes: 16 << 10,
+		MaxOpenParts: maxOpen, Allocator: mem})
+	const workers, batches, rows = 4, 25, 10
+	writeConcurrently(t, tbl, mem, workers, batches, rows)
 	files, err := tbl.Close(ctx)
 	if err != nil {
 		t.Fatal(err)
