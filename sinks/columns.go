@@ -17,9 +17,8 @@ import (
 // Observation 1,068, and a row fills a few dozen). pqarrow builds the levels of every leaf by walking every row,
 // absent subtrees included, and keeps a column writer (encoders, dictionary, page buffers) open for every leaf of
 // every open row group; that was most of a run's CPU and memory. Here the levels are computed over runs: a
-// subtree that is null over a range of rows costs one run whatever its width, and the leaves of a row group are
-// written one after the other, so one column chunk is being encoded at a time. The Parquet schema is pqarrow's own
-// Arrow-to-Parquet schema.
+// subtree that is null over a range of rows costs one run whatever its width, and a leaf that has no value in a
+// row group keeps no encoder at all (chunk.go). The Parquet schema is pqarrow's own Arrow-to-Parquet schema.
 
 // stepKind is what an Arrow array on the way to a leaf is.
 type stepKind uint8
