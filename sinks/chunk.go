@@ -43,8 +43,7 @@ type chunkWriter struct {
 	props  *parquet.WriterProperties
 	leaves []leafChunk // by leaf index
 
-	leaf *leafPath  // of the chunk being encoded
-	lc   *leafChunk // the chunk being encoded
+	lc *leafChunk // the chunk being encoded
 
 	rows int   // of the row group
 	segs int   // records (or slices of them) added to the row group
@@ -267,7 +266,7 @@ func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
 	var held int64
 	for i := range c.leaves {
 		lc := &c.leaves[i]
-		c.leaf, c.lc = lc.leaf, lc
+		c.lc = lc
 		node, cut := cutNode(lc.leaf, rec)
 		switch {
 		case cut && lc.deferred:
@@ -326,7 +325,7 @@ func (c *chunkWriter) runList(rec arrow.Record, lo, hi int, seg, node int32) int
 	c.recDef.reset(defW)
 	c.recRep.reset(repW)
 	c.recN, c.recording = 0, true
-	c.walk(0, rec.Column(c.leaf.column), lo, hi, 0, 0, 0)
+	c.walk(0, rec.Column(c.lc.leaf.column), lo, hi, 0, 0, 0)
 	c.recording = false
 	l := runList{start: int32(len(c.listBytes)), n: int32(c.recN), defW: uint8(defW), repW: uint8(repW)}
 	c.listBytes = append(c.listBytes, c.recDef.finish()...)
@@ -359,10 +358,10 @@ func (c *chunkWriter) replay(n int32) {
 	l := c.lists[n]
 	lc := c.lc
 	lc.pageLevels += int(l.n)
-	if c.leaf.maxDef > 0 {
+	if c.lc.leaf.maxDef > 0 {
 		putHybrid(&lc.def, c.listBytes[l.start:l.mid], int(l.defW), int(l.n))
 	}
-	if c.leaf.maxRep > 0 {
+	if c.lc.leaf.maxRep > 0 {
 		if l.repW == 0 {
 			lc.rep.put(0, int(l.n))
 		} else {
@@ -470,7 +469,7 @@ func (c *chunkWriter) resetPage() {
 
 // addRows encodes rows [lo, hi) of rec into the current chunk.
 func (c *chunkWriter) addRows(rec arrow.Record, lo, hi int) {
-	col := rec.Column(c.leaf.column)
+	col := rec.Column(c.lc.leaf.column)
 	for lo < hi {
 		end := min(hi, lo+sliceRows)
 		c.walk(0, col, lo, end, 0, 0, 0)
@@ -516,10 +515,10 @@ func (c *chunkWriter) emit(n int, d, r0, r int16) {
 	}
 	lc := c.lc
 	lc.pageLevels += n
-	if c.leaf.maxDef > 0 {
+	if c.lc.leaf.maxDef > 0 {
 		lc.def.put(uint32(d), n)
 	}
-	if c.leaf.maxRep > 0 {
+	if c.lc.leaf.maxRep > 0 {
 		lc.rep.put(uint32(r0), 1)
 		lc.rep.put(uint32(r), n-1)
 	}
@@ -613,9 +612,7 @@ func nonNil(b []byte) []byte {
 }
 
 func (c *chunkWriter) putBytes(b []byte) {
-	if b == nil {
-		b = emptyValue // the statistics take a nil value for none
-	}
+	b = nonNil(b)
 	lc := c.lc
 	if !lc.useDict {
 		lc.plain = binary.LittleEndian.AppendUint32(lc.plain, uint32(len(b)))
@@ -708,10 +705,10 @@ func (c *chunkWriter) flushPage() {
 		return
 	}
 	body := c.body[:0]
-	if c.leaf.maxRep > 0 {
+	if c.lc.leaf.maxRep > 0 {
 		body = appendLevels(body, &lc.rep)
 	}
-	if c.leaf.maxDef > 0 {
+	if c.lc.leaf.maxDef > 0 {
 		body = appendLevels(body, &lc.def)
 	}
 	enc := parquet.Encodings.Plain
@@ -754,7 +751,7 @@ func (c *chunkWriter) writeRowGroup(w *countingWriter, rg *metadata.RowGroupMeta
 	var total int64
 	for i := range c.leaves {
 		lc := &c.leaves[i]
-		c.leaf, c.lc = lc.leaf, lc
+		c.lc = lc
 		cc := rg.NextColumnChunk()
 		if lc.deferred {
 			e := c.emptyChunk()
@@ -839,7 +836,7 @@ type sharedKey struct {
 // the same path, encodings and statistics but for the null count.
 func (c *chunkWriter) shareMeta(cc *metadata.ColumnChunkMetaDataBuilder) {
 	md := cc.Contents().MetaData
-	md.PathInSchema = c.leaf.path
+	md.PathInSchema = c.lc.leaf.path
 	if st := md.Statistics; st != nil && st.Max == nil && st.Min == nil && st.MaxValue == nil && st.MinValue == nil &&
 		st.NullCount != nil && st.DistinctCount == nil {
 		md.Statistics = shared(c.shared, sharedKey{'s', *st.NullCount, 0}, st)

@@ -150,7 +150,7 @@ func (c *chunkWriter) walk(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
 	if lo >= hi {
 		return
 	}
-	st := &c.leaf.steps[s]
+	st := &c.lc.leaf.steps[s]
 	if !st.optional {
 		c.present(s, arr, lo, hi, d, r0, r)
 		return
@@ -187,7 +187,7 @@ func (c *chunkWriter) walk(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
 
 // present is walk for elements that are all present, at definition level d.
 func (c *chunkWriter) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16) {
-	st := &c.leaf.steps[s]
+	st := &c.lc.leaf.steps[s]
 	switch st.kind {
 	case stepStruct:
 		c.walk(s+1, arr.(*array.Struct).Field(st.field), lo, hi, d, r0, r)

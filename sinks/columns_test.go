@@ -439,31 +439,18 @@ func valueStats(f *file.Reader, col int, mem memory.Allocator) (metadata.Encoded
 	n := rg.MetaData().NumRows() * 64 // enough for every level of a chunk of the test records
 	switch r := cr.(type) {
 	case *file.ByteArrayColumnChunkReader:
-		v, err := readValues[parquet.ByteArray](r, n)
-		if err != nil {
-			return metadata.EncodedStatistics{}, err
-		}
-		st.(*metadata.ByteArrayStatistics).Update(v, 0)
+		err = updateFromValues(r, n, st.(*metadata.ByteArrayStatistics).Update)
 	case *file.Int64ColumnChunkReader:
-		v, err := readValues[int64](r, n)
-		if err != nil {
-			return metadata.EncodedStatistics{}, err
-		}
-		st.(*metadata.Int64Statistics).Update(v, 0)
+		err = updateFromValues(r, n, st.(*metadata.Int64Statistics).Update)
 	case *file.Float64ColumnChunkReader:
-		v, err := readValues[float64](r, n)
-		if err != nil {
-			return metadata.EncodedStatistics{}, err
-		}
-		st.(*metadata.Float64Statistics).Update(v, 0)
+		err = updateFromValues(r, n, st.(*metadata.Float64Statistics).Update)
 	case *file.BooleanColumnChunkReader:
-		v, err := readValues[bool](r, n)
-		if err != nil {
-			return metadata.EncodedStatistics{}, err
-		}
-		st.(*metadata.BooleanStatistics).Update(v, 0)
+		err = updateFromValues(r, n, st.(*metadata.BooleanStatistics).Update)
 	default:
-		return metadata.EncodedStatistics{}, fmt.Errorf("column reader %T", cr)
+		err = fmt.Errorf("column reader %T", cr)
+	}
+	if err != nil {
+		return metadata.EncodedStatistics{}, err
 	}
 	enc, err := st.Encode()
 	if err != nil {
@@ -473,13 +460,18 @@ func valueStats(f *file.Reader, col int, mem memory.Allocator) (metadata.Encoded
 	return enc, nil
 }
 
-// readValues reads up to n levels of a column chunk and returns the values among them.
-func readValues[T any](r interface {
+// updateFromValues reads up to n levels of a column chunk and adds the values among them to statistics through
+// update.
+func updateFromValues[T any](r interface {
 	ReadBatch(int64, []T, []int16, []int16) (int64, int, error)
-}, n int64) ([]T, error) {
+}, n int64, update func([]T, int64)) error {
 	v := make([]T, n)
 	_, k, err := r.ReadBatch(n, v, make([]int16, n), make([]int16, n))
-	return v[:k], err
+	if err != nil {
+		return err
+	}
+	update(v[:k], 0)
+	return nil
 }
 
 // concatRecords returns recs as one record.

@@ -70,9 +70,8 @@ type ParquetOptions struct {
 // at least its share, and otherwise the row groups of the idle parts of the Table that holds the most, so that a
 // Table that no longer gets rows does not keep its share. It is safe for concurrent use.
 type MemoryBudget struct {
-	limit  int64
-	held   atomic.Int64
-	tables atomic.Int64 // tables holding rows
+	limit int64
+	held  atomic.Int64
 
 	mu      sync.Mutex
 	members map[*Table]struct{} // tables holding rows
@@ -305,12 +304,10 @@ func (t *Table) account(delta int64) {
 		bu.held.Add(delta)
 		switch {
 		case was == 0 && t.held > 0:
-			bu.tables.Add(1)
 			bu.mu.Lock()
 			bu.members[t] = struct{}{}
 			bu.mu.Unlock()
 		case was > 0 && t.held == 0:
-			bu.tables.Add(-1)
 			bu.mu.Lock()
 			delete(bu.members, t)
 			bu.mu.Unlock()
@@ -318,12 +315,9 @@ func (t *Table) account(delta int64) {
 	}
 }
 
-// relieve writes out the row groups of the idle parts of the table of the budget that holds the most, when the
-// budget is exceeded. Called without any Table's mu held.
+// relieve writes out the row groups of the idle parts of the table of the budget that holds the most; Write calls
+// it when it finds the budget exceeded. Called without any Table's mu held.
 func relieve(ctx context.Context, bu *MemoryBudget) {
-	if bu == nil || !bu.over() {
-		return
-	}
 	if t := bu.largest(); t != nil {
 		t.writeIdle(ctx)
 	}
@@ -413,7 +407,13 @@ func (t *Table) overBudget() bool {
 		return false
 	}
 	held := bu.held.Load()
-	return held > bu.limit && t.held >= held/max(bu.tables.Load(), 1)
+	if held <= bu.limit {
+		return false
+	}
+	bu.mu.Lock()
+	tables := int64(len(bu.members))
+	bu.mu.Unlock()
+	return t.held >= held/max(tables, 1)
 }
 
 // writeRowGroup writes the row group p has built, leaf column after leaf column, and closes p when it is full (or
