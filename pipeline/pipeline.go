@@ -208,6 +208,15 @@ func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manife
 	return m, nil
 }
 
+// allocator is Options.Allocator, memory.DefaultAllocator when none is given. Allocator itself stays nil then,
+// so that the decoders use their own (transform.Options.Allocator).
+func (o Options) allocator() memory.Allocator {
+	if o.Allocator == nil {
+		return memory.DefaultAllocator
+	}
+	return o.Allocator
+}
+
 func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
 		o.Workers = runtime.GOMAXPROCS(0)
@@ -221,11 +230,8 @@ func (o Options) withDefaults() Options {
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = defaultBatchBytes
 	}
-	if o.Allocator == nil {
-		o.Allocator = memory.DefaultAllocator
-	}
 	if o.Parquet.Allocator == nil {
-		o.Parquet.Allocator = o.Allocator
+		o.Parquet.Allocator = o.allocator()
 	}
 	if o.Parquet.Budget == nil {
 		o.Parquet.Budget = sinks.NewMemoryBudget(DefaultTableBudget)
@@ -470,19 +476,15 @@ func damageOf(ctx context.Context, err error) (reason string, ok bool) {
 }
 
 func (r *run) decode(ctx context.Context, work <-chan batch) error {
-	alloc := r.opts.Allocator
-	if alloc == memory.DefaultAllocator {
-		alloc = nil // the Worker's own, which reuses the memory of the records written (flush releases them)
-	}
 	w, err := transform.NewWorker(r.reg, transform.Options{
-		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: alloc,
+		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: r.opts.Allocator, // nil: the Worker's own
 		Validator: r.opts.Validator,
 	})
 	if err != nil {
 		return fmt.Errorf("start decoder: %w", err)
 	}
 	defer w.Release()
-	lk := newLinkBuilder(r.opts.Allocator)
+	lk := newLinkBuilder(r.opts.allocator())
 	defer lk.release()
 	local := map[string]*typeStats{}
 	defer r.mergeStats(local)

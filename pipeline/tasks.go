@@ -501,7 +501,7 @@ func readParts(ctx context.Context, dst Sink, rel string, opts Options, each fun
 		return fmt.Errorf("read %s: %w", rel, err)
 	}
 	defer pf.Close()
-	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: int64(opts.BatchRows)}, opts.Allocator)
+	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: int64(opts.BatchRows)}, opts.allocator())
 	if err != nil {
 		return fmt.Errorf("read %s: %w", rel, err)
 	}
