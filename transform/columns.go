@@ -222,6 +222,42 @@ func (c *col) beginList(i int) int {
 // endList closes list entry i at element index end (exclusive).
 func (c *col) endList(i, end int) { c.setOffset(i+1, int32(end)) }
 
+// truncate drops the entries from index n on, leaving the col as if they had never been appended: validity and
+// boolean value bits past n are cleared and offsets past n zeroed (pad relies on both), and the children drop what
+// those entries held.
+func (c *col) truncate(n int) {
+	if c.n <= n {
+		return
+	}
+	c.valid -= clearBits(c.bits.b, n, c.n)
+	switch c.kind {
+	case colStruct:
+		for _, k := range c.kids {
+			k.truncate(n)
+		}
+	case colList:
+		c.kids[0].truncate(int(c.offset(n)))
+		clear(c.offs.b[4*(n+1) : 4*(c.n+1)])
+	case colBinary:
+		clear(c.offs.b[4*(n+1) : 4*(c.n+1)])
+	case colBool:
+		clearBits(c.vals.b, n, c.n)
+	}
+	c.n = n
+}
+
+// clearBits clears bits [from, to) of a bitmap and returns how many were set.
+func clearBits(b []byte, from, to int) int {
+	set := 0
+	for i := from; i < to; i++ {
+		if m := byte(1) << (i & 7); b[i>>3]&m != 0 {
+			b[i>>3] &^= m
+			set++
+		}
+	}
+	return set
+}
+
 // finish returns the col's first length entries as Arrow data (the caller releases it) and starts a new batch.
 func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 	if c.n == 0 {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,9 +20,10 @@ import (
 // This file turns the original JSON of a validated resource into one row of its type's Arrow record builder,
 // following the schema Node tree, so values stay verbatim (dates, codes, references as written).
 //
-// A line is first parsed into a flat tree of JSON nodes (jtree), then walked twice against the schema: a check
-// pass that parses every value and fails on anything that would not convert, and an emit pass that appends.
-// Only a line that passed the check pass touches the builders, so a failure never leaves a partial row.
+// A line is first parsed into a flat tree of JSON nodes (jtree), then walked once against the schema, appending
+// as it goes. A value that would not convert stops the walk, and the row's columns are truncated back to the rows
+// before it (col.truncate), so a failure never leaves a partial row. Lines reach the converter validated, so that
+// is rare; walking twice (a check, then the appends) cost a fifth of the conversion.
 
 // jkind is the kind of a JSON value.
 type jkind uint8
@@ -378,15 +378,15 @@ type converter struct {
 	tree              jtree
 	isType            func([]byte) bool // whether a name is an R4 resource type
 	refText, typeText []byte
-	lookups           []schema.Member // per key node of the line: its member, found by the check pass; Child -1 for none
 	slots             []slot
-	path              []byte // JSON path of the value being emitted: name[0].given
+	path              []byte // JSON path of the value being converted: name[0].given
 	pe                []byte // the _primitiveExtensions object being built
 	compact           bytes.Buffer
 	b64               []byte
 }
 
-// convert appends the resource in line as row t.rows of t's columns and counts it, or appends nothing and fails.
+// convert appends the resource in line as row t.rows of t's columns and counts it, or appends nothing and fails:
+// a line that fails half-way is rolled back, so the columns hold exactly what they held before it.
 func (c *converter) convert(t *table, line []byte) error {
 	p := t.plan
 	root, err := c.tree.parse(line)
@@ -397,73 +397,63 @@ func (c *converter) convert(t *table, line []byte) error {
 		return fmt.Errorf("parse %s: not a JSON object", p.node.Path)
 	}
 	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
-	c.lookups = slices.Grow(c.lookups[:0], len(c.tree.nodes))[:len(c.tree.nodes)]
-	if err := c.object(p, root, false, 0); err != nil {
+	if err := c.object(p, root, t.rows); err != nil {
+		for _, kp := range p.kids {
+			kp.col.truncate(t.rows)
+		}
 		return err
-	}
-	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
-	if err := c.object(p, root, true, t.rows); err != nil {
-		return fmt.Errorf("%w (after a successful check: the batch is inconsistent)", err)
 	}
 	t.rows++
 	return nil
 }
 
 // object converts the members of a JSON object into the children of struct plan p at entry index at (the caller
-// marks the struct entry itself). With emit false it only checks. Absent and null members append nothing: their
-// cols pad them as nulls.
-func (c *converter) object(p *plan, obj int32, emit bool, at int) error {
+// marks the struct entry itself). Absent and null members append nothing: their cols pad them as nulls.
+func (c *converter) object(p *plan, obj int32, at int) error {
 	base := len(c.slots)
 	for range p.kids {
 		c.slots = append(c.slots, slot{v: -1})
 	}
-	defer func() { c.slots = c.slots[:base] }()
+	err := c.members(p, obj, base, at)
+	c.slots = c.slots[:base]
+	return err
+}
+
+func (c *converter) members(p *plan, obj int32, base, at int) error {
 	members := c.tree.children(obj)
 	for i := 0; i < len(members); i += 2 {
-		m, ok := c.lookups[members[i]], true
-		if !emit {
-			// The check pass looks keys up and the emit pass reuses what it found.
-			key, err := c.tree.text(members[i])
-			if err != nil {
-				return fmt.Errorf("%s: %w", p.node.Path, err)
-			}
-			if m, ok = p.node.Lookup(key); ok {
-				c.lookups[members[i]] = m
-			} else {
-				if p.key != "" || string(key) != "resourceType" {
-					return fmt.Errorf("%s: unexpected element %s", p.node.Path, safeName(key))
-				}
-				c.lookups[members[i]] = schema.Member{Child: -1}
-			}
+		key, err := c.tree.text(members[i])
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.node.Path, err)
 		}
-		if m.Child < 0 {
+		m, ok := p.node.Lookup(key)
+		if !ok {
+			if p.key != "" || string(key) != "resourceType" {
+				return fmt.Errorf("%s: unexpected element %s", p.node.Path, safeName(key))
+			}
 			continue // the root's resourceType: the table is the type
 		}
 		v := members[i+1]
 		if m.Under {
-			if emit {
-				key, _ := c.tree.text(members[i]) // the check pass read it
-				c.primitiveExtension(key[1:], v)
-			}
+			c.primitiveExtension(key[1:], v)
 			continue
 		}
 		c.slots[base+m.Child] = slot{v: v, choice: int32(m.Choice)}
 	}
+	var ref refParts
 	for i, kp := range p.kids {
 		s := c.slots[base+i]
 		var err error
 		switch {
 		case kp.node.Derived != schema.NotDerived:
-			if emit {
-				c.derived(p, kp, base, at)
-			}
+			c.derived(p, kp, base, at, &ref)
 		case s.v < 0 || c.tree.nodes[s.v].kind == jNull:
 		case kp.node.Kind == schema.Choice:
-			err = c.choice(kp, int(s.choice), s.v, emit, at)
+			err = c.choice(kp, int(s.choice), s.v, at)
 		default:
 			mark := len(c.path)
-			c.pushKey(kp.key, emit)
-			err = c.column(kp, s.v, emit, at)
+			c.pushKey(kp.key)
+			err = c.column(kp, s.v, at)
 			c.path = c.path[:mark]
 		}
 		if err != nil {
@@ -473,94 +463,78 @@ func (c *converter) object(p *plan, obj int32, emit bool, at int) error {
 	return nil
 }
 
-func (c *converter) pushKey(key string, emit bool) {
-	if !emit {
-		return
-	}
+func (c *converter) pushKey(key string) {
 	if len(c.path) > 0 {
 		c.path = append(c.path, '.')
 	}
 	c.path = append(c.path, key...)
 }
 
-func (c *converter) choice(p *plan, which int, v int32, emit bool, at int) error {
+func (c *converter) choice(p *plan, which int, v int32, at int) error {
 	if which < 0 || which >= len(p.kids) {
 		return fmt.Errorf("%s: choice type %d out of range", p.node.Path, which)
 	}
-	if emit {
-		p.elem.setStruct(at)
-	}
+	p.elem.setStruct(at)
 	kp := p.kids[which]
 	mark := len(c.path)
-	c.pushKey(kp.key, emit)
-	err := c.column(kp, v, emit, at)
+	c.pushKey(kp.key)
+	err := c.column(kp, v, at)
 	c.path = c.path[:mark]
 	return err
 }
 
 // column converts the JSON value of one element at entry index at: a list when the node is repeated.
-func (c *converter) column(p *plan, v int32, emit bool, at int) error {
+func (c *converter) column(p *plan, v int32, at int) error {
 	if !p.node.Repeated {
-		return c.item(p, v, emit, at)
+		return c.item(p, v, at)
 	}
 	if c.tree.nodes[v].kind != jArray {
 		return fmt.Errorf("%s: expected a JSON array", p.node.Path)
 	}
-	start := 0
-	if emit {
-		start = p.col.beginList(at)
-	}
+	start := p.col.beginList(at)
 	mark := len(c.path)
 	items := c.tree.children(v)
 	for i, e := range items {
 		if c.tree.nodes[e].kind == jNull {
 			continue // a null element: its entry stays unmaterialised, a null
 		}
-		if emit {
-			c.path = append(c.path[:mark], '[')
-			c.path = strconv.AppendInt(c.path, int64(i), 10)
-			c.path = append(c.path, ']')
-		}
-		if err := c.item(p, e, emit, start+i); err != nil {
+		c.path = append(c.path[:mark], '[')
+		c.path = strconv.AppendInt(c.path, int64(i), 10)
+		c.path = append(c.path, ']')
+		if err := c.item(p, e, start+i); err != nil {
 			c.path = c.path[:mark]
 			return err
 		}
 	}
 	c.path = c.path[:mark]
-	if emit {
-		p.col.endList(at, start+len(items))
-	}
+	p.col.endList(at, start+len(items))
 	return nil
 }
 
 // item converts one non-null element value at entry index at of p's element col.
-func (c *converter) item(p *plan, v int32, emit bool, at int) error {
+func (c *converter) item(p *plan, v int32, at int) error {
 	n := &c.tree.nodes[v]
 	switch p.node.Kind {
 	case schema.Struct:
 		if n.kind != jObject {
 			return fmt.Errorf("%s: expected a JSON object", p.node.Path)
 		}
-		if emit {
-			p.elem.setStruct(at)
-		}
-		return c.object(p, v, emit, at)
+		p.elem.setStruct(at)
+		return c.object(p, v, at)
 	case schema.JSON:
-		if emit {
-			c.compact.Reset()
-			if err := json.Compact(&c.compact, c.tree.raw(v)); err != nil {
-				return fmt.Errorf("%s: %w", p.node.Path, errMalformed)
-			}
-			p.elem.appendBinary(at, c.compact.Bytes())
+		c.compact.Reset()
+		if err := json.Compact(&c.compact, c.tree.raw(v)); err != nil {
+			return fmt.Errorf("%s: %w", p.node.Path, errMalformed)
 		}
+		p.elem.appendBinary(at, c.compact.Bytes())
 		return nil
 	case schema.Primitive:
-		return c.primitive(p, v, emit, at)
+		return c.primitive(p, v, at)
 	}
 	return fmt.Errorf("%s: cannot convert a %s element", p.node.Path, p.node.Kind)
 }
 
-func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
+func (c *converter) primitive(p *plan, v int32, at int) error {
 	n := &c.tree.nodes[v]
 	path := p.node.Path
 	switch p.node.Scalar {
@@ -572,16 +546,12 @@ func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if emit {
-			p.elem.appendBinary(at, s)
-		}
+		p.elem.appendBinary(at, s)
 	case schema.Bool:
 		if n.kind != jTrue && n.kind != jFalse {
 			return fmt.Errorf("%s: expected a JSON boolean", path)
 		}
-		if emit {
-			p.elem.appendBool(at, n.kind == jTrue)
-		}
+		p.elem.appendBool(at, n.kind == jTrue)
 	case schema.Int:
 		if n.kind != jNumber {
 			return fmt.Errorf("%s: expected a JSON number", path)
@@ -590,9 +560,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if emit {
-			p.elem.appendFixed8(at, uint64(i))
-		}
+		p.elem.appendFixed8(at, uint64(i))
 	case schema.Float:
 		if n.kind != jNumber {
 			return fmt.Errorf("%s: expected a JSON number", path)
@@ -601,9 +569,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if emit {
-			p.elem.appendFixed8(at, math.Float64bits(f))
-		}
+		p.elem.appendFixed8(at, math.Float64bits(f))
 	case schema.Timestamp:
 		if n.kind != jString {
 			return fmt.Errorf("%s: expected a JSON string", path)
@@ -616,9 +582,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if emit {
-			p.elem.appendFixed8(at, uint64(ts))
-		}
+		p.elem.appendFixed8(at, uint64(ts))
 	case schema.Binary:
 		if n.kind != jString {
 			return fmt.Errorf("%s: expected a JSON string", path)
@@ -630,9 +594,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 		if c.b64, err = decodeBase64(c.b64[:0], s); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if emit {
-			p.elem.appendBinary(at, c.b64)
-		}
+		p.elem.appendBinary(at, c.b64)
 	default:
 		return fmt.Errorf("%s: unknown scalar kind %d", path, p.node.Scalar)
 	}
@@ -643,7 +605,7 @@ func (c *converter) primitive(p *plan, v int32, emit bool, at int) error {
 // array item (skipping nulls) when v is an array, else one entry.
 func (c *converter) primitiveExtension(name []byte, v int32) {
 	mark := len(c.path)
-	c.pushKey(string(name), true)
+	c.pushKey(string(name))
 	if c.tree.nodes[v].kind == jArray {
 		m2 := len(c.path)
 		for i, e := range c.tree.children(v) {
@@ -677,9 +639,15 @@ func (c *converter) addPrimitiveExtension(v int32) {
 	c.pe = append(c.pe, c.compact.Bytes()...)
 }
 
+// refParts is what a Reference's reference parses into, parsed once for its two derived columns.
+type refParts struct {
+	parsed  bool
+	typ, id []byte
+}
+
 // derived appends a computed column of struct p, whose member slots start at base, at entry index at. A null
 // appends nothing.
-func (c *converter) derived(p, kp *plan, base, at int) {
+func (c *converter) derived(p, kp *plan, base, at int, ref *refParts) {
 	switch kp.node.Derived {
 	case schema.PrimitiveExtensions:
 		if len(c.pe) == 0 {
@@ -690,17 +658,20 @@ func (c *converter) derived(p, kp *plan, base, at int) {
 		c.pe = c.pe[:0]
 		return
 	case schema.ReferenceType, schema.ReferenceID:
-		var ref, typ []byte
-		if p.ref >= 0 {
-			ref = c.slotText(base+p.ref, &c.refText)
+		if !ref.parsed {
+			var text, typ []byte
+			if p.ref >= 0 {
+				text = c.slotText(base+p.ref, &c.refText)
+			}
+			if p.refType >= 0 {
+				typ = c.slotText(base+p.refType, &c.typeText)
+			}
+			ref.typ, ref.id = parseReference(text, typ, c.isType)
+			ref.parsed = true
 		}
-		if p.refType >= 0 {
-			typ = c.slotText(base+p.refType, &c.typeText)
-		}
-		rt, id := parseReference(ref, typ, c.isType)
-		val := rt
+		val := ref.typ
 		if kp.node.Derived == schema.ReferenceID {
-			val = id
+			val = ref.id
 		}
 		if len(val) > 0 {
 			kp.elem.appendBinary(at, val)
@@ -740,7 +711,7 @@ func parseReference(ref, typeElem []byte, isType func([]byte) bool) (typ, id []b
 		return typeElem, ref[len("urn:uuid:"):]
 	case bytes.HasPrefix(ref, []byte("urn:oid:")):
 		return typeElem, ref[len("urn:oid:"):]
-	case bytes.ContainsAny(ref, "?#"):
+	case bytes.IndexByte(ref, '?') >= 0 || bytes.IndexByte(ref, '#') >= 0:
 		return nil, nil
 	}
 	s := ref

@@ -3,6 +3,7 @@ package transform
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -235,7 +236,7 @@ func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *
 // element path, without the value, and leave no partial row.
 func TestConvertAtomic(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	defer mem.AssertSize(t, 0)
+	t.Cleanup(func() { mem.AssertSize(t, 0) }) // after the plan's release, which newTestTable registers
 	c, tab := newTestTable(t, mem, "Patient")
 	good := `{"resourceType":"Patient","id":"p1","name":[{"family":"Chalmers","given":["Peter"]}]}`
 	tests := []struct {
@@ -297,7 +298,7 @@ func TestConvertAtomic(t *testing.T) {
 
 func TestConvertValues(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	defer mem.AssertSize(t, 0)
+	t.Cleanup(func() { mem.AssertSize(t, 0) }) // after the plan's release, which newTestTable registers
 	c, tab := newTestTable(t, mem, "Observation")
 	line := `{"resourceType":"Observation","id":"o1","meta":{"lastUpdated":"2020-01-02T03:04:05.678+02:00"},` +
 		`"status":"final","_status":{"extension":[{"url":"http://x/e","valueString":"s"}]},` +
@@ -391,7 +392,7 @@ func TestConvertValues(t *testing.T) {
 
 func TestConvertPrimitiveArrays(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
-	defer mem.AssertSize(t, 0)
+	t.Cleanup(func() { mem.AssertSize(t, 0) }) // after the plan's release, which newTestTable registers
 	c, tab := newTestTable(t, mem, "Patient")
 	line := `{"resourceType":"Patient","birthDate":"1974","_birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},` +
 		`"name":[{"family":"A"},{"given":[null,"Jim"],"_given":[{"extension":[{"url":"v","valueCode":"x"}]},null]}]}`
@@ -515,7 +516,9 @@ func BenchmarkProcess(b *testing.B) {
 }
 
 // FuzzConvert feeds arbitrary bytes straight to the converter (no Validator): it must never panic, and a line it
-// rejects must leave no partial row.
+// rejects must leave the columns exactly as they were. After each line it converts two small probe rows, and the
+// columns (and every 100 rows the records) must equal those of a second Worker that converted only the lines the
+// first accepted, and the probes.
 func FuzzConvert(f *testing.F) {
 	data, err := os.ReadFile("testdata/hl7-examples.ndjson")
 	if err != nil {
@@ -530,6 +533,13 @@ func FuzzConvert(f *testing.F) {
 	f.Add([]byte(`{"resourceType":"Observation","component":[{"valueString":"a\u00"}]}`))
 	f.Add([]byte(`{"resourceType":"Observation","_status":[null,{"id":"x"}],"issued":"2020-01-01T00:00:60Z"}`))
 	f.Add([]byte(`{"subject":{"reference":"urn:uuid:\"x"},"contained":[1,{"a":[]}],"extension":[null]}`))
+	// Lines that fail after values were appended: the row must be rolled back.
+	f.Add([]byte(`{"resourceType":"Observation","id":"o","meta":{"tag":[{"code":"a"},{"code":"b"}]},"status":"final",` +
+		`"code":{"coding":[{"system":"s","code":"c"},{"bogus":1}]}}`))
+	f.Add([]byte(`{"resourceType":"Patient","id":"p","active":true,"name":[{"given":["a","b"]}],"_birthDate":{"id":"x"},` +
+		`"birthDate":"2000","deceasedBoolean":"yes"}`))
+	f.Add([]byte(`{"resourceType":"QuestionnaireResponse","id":"q","item":[{"linkId":"1","item":[{"linkId":"2",` +
+		`"answer":[{"valueBoolean":true},{"valueInteger":1.5}]}]}]}`))
 	reg := testRegistry(f)
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(f, 0)
@@ -538,6 +548,11 @@ func FuzzConvert(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer w.Release()
+	clean, err := NewWorker(reg, Options{Allocator: mem})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer clean.Release()
 	types := []string{"Observation", "Patient", "QuestionnaireResponse"}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		for _, typ := range types {
@@ -545,21 +560,140 @@ func FuzzConvert(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_ = w.conv.convert(tab, line) // counts the row when it converts
-			if tab.rowsMisaligned() {
-				t.Fatalf("%s: columns misaligned after convert", typ)
-			}
-		}
-		if w.Pending() > 100 {
-			recs, err := w.Flush(0)
+			cleanTab, err := clean.table(typ)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, r := range recs {
+			if w.conv.convert(tab, line) == nil { // counts the row when it converts
+				if err := clean.conv.convert(cleanTab, line); err != nil {
+					t.Fatalf("%s: converts once, then fails: %v", typ, err)
+				}
+			}
+			if tab.rowsMisaligned() {
+				t.Fatalf("%s: columns misaligned after convert", typ)
+			}
+			// An empty row and a list with null elements pad over what a rejected line could have left behind.
+			for _, probe := range []string{`{"resourceType":"` + typ + `"}`,
+				`{"resourceType":"` + typ + `","meta":{"tag":[{"code":"p"},null,null,{"code":"q"}]}}`} {
+				for _, c := range []struct {
+					w   *Worker
+					tab *table
+				}{{w, tab}, {clean, cleanTab}} {
+					if err := c.w.conv.convert(c.tab, []byte(probe)); err != nil {
+						t.Fatalf("%s probe: %v", typ, err)
+					}
+				}
+			}
+		}
+		for _, typ := range types {
+			for i, kp := range w.tables[typ].plan.kids {
+				if err := sameCol(kp.col, clean.tables[typ].plan.kids[i].col); err != nil {
+					t.Fatalf("%s.%s: a rejected line left something behind: %v", typ, kp.key, err)
+				}
+			}
+		}
+		if w.Pending() < 100 {
+			return
+		}
+		recs, err := w.Flush(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := clean.Flush(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			for _, r := range append(recs, want...) {
 				r.Release()
+			}
+		}()
+		if len(recs) != len(want) {
+			t.Fatalf("%d records after rejected lines, %d without them", len(recs), len(want))
+		}
+		for i := range recs {
+			if !array.RecordEqual(recs[i], want[i]) {
+				t.Fatalf("record %d: a rejected line left something behind", i)
 			}
 		}
 	})
+}
+
+// sameCol compares the state of col got with that of col want, which received the same rows: entries, validity,
+// offsets and values of valid entries, and the zeroes past its entries that padding relies on. Entries past a
+// col's n are nulls not yet padded, so the two may have materialised different numbers of trailing nulls.
+func sameCol(got, want *col) error {
+	if got.valid != want.valid {
+		return fmt.Errorf("%d valid entries, want %d", got.valid, want.valid)
+	}
+	n := max(got.n, want.n)
+	bit := func(b []byte, i int) bool { return i>>3 < len(b) && b[i>>3]&(1<<(i&7)) != 0 }
+	noBitsPast := func(what string, b []byte, from int) error {
+		for i := from; i < len(b)*8; i++ {
+			if bit(b, i) {
+				return fmt.Errorf("%s bit %d set past %d entries", what, i, got.n)
+			}
+		}
+		return nil
+	}
+	offset := func(c *col, i int) int32 { // entries past n repeat the last offset
+		if c.n == 0 {
+			return 0
+		}
+		return c.offset(min(i, c.n))
+	}
+	for i := range n {
+		if bit(got.bits.b, i) != bit(want.bits.b, i) {
+			return fmt.Errorf("entry %d: validity differs", i)
+		}
+	}
+	if err := noBitsPast("validity", got.bits.b, got.n); err != nil {
+		return err
+	}
+	switch got.kind {
+	case colStruct:
+		for i := range got.kids {
+			if err := sameCol(got.kids[i], want.kids[i]); err != nil {
+				return fmt.Errorf("field %d: %w", i, err)
+			}
+		}
+	case colList, colBinary:
+		for i := 0; i <= n; i++ {
+			if offset(got, i) != offset(want, i) {
+				return fmt.Errorf("offset %d differs", i)
+			}
+		}
+		if got.n > 0 {
+			for i, b := range got.offs.b[4*(got.n+1):] {
+				if b != 0 {
+					return fmt.Errorf("offsets byte %d set past %d entries", 4*(got.n+1)+i, got.n)
+				}
+			}
+		}
+		if got.kind == colList {
+			if err := sameCol(got.kids[0], want.kids[0]); err != nil {
+				return fmt.Errorf("element: %w", err)
+			}
+		} else if end := offset(got, n); !bytes.Equal(got.vals.b[:end], want.vals.b[:end]) {
+			return fmt.Errorf("string data differs")
+		}
+	case colBool:
+		for i := range n {
+			if bit(got.vals.b, i) != bit(want.vals.b, i) {
+				return fmt.Errorf("entry %d: value differs", i)
+			}
+		}
+		if err := noBitsPast("value", got.vals.b, got.n); err != nil {
+			return err
+		}
+	case colFixed8:
+		for i := range n {
+			if bit(got.bits.b, i) && !bytes.Equal(got.vals.b[8*i:8*i+8], want.vals.b[8*i:8*i+8]) {
+				return fmt.Errorf("entry %d: value differs", i)
+			}
+		}
+	}
+	return nil
 }
 
 // TestConvertEveryType binds builders for all 146 R4 types and converts a minimal resource of each (straight to
