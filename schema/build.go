@@ -175,12 +175,10 @@ func (b *builder) choice(md protoreflect.MessageDescriptor, name, path string, r
 
 // index fills the JSON key map of a Struct node.
 func (n *Node) index() error {
-	n.keys = make(map[string]Member, 2*len(n.Children))
 	add := func(key string, m Member) error {
-		if _, dup := n.keys[key]; dup {
+		if !n.keys.Put(key, m) {
 			return fmt.Errorf("%s: JSON key %s is ambiguous", n.Path, key)
 		}
-		n.keys[key] = m
 		return nil
 	}
 	for i, c := range n.Children {

@@ -90,7 +90,7 @@ type Node struct {
 	// Field is the Arrow field of this node (nullable; a list when Repeated).
 	Field arrow.Field
 
-	keys map[string]Member
+	keys KeyTable[Member]
 }
 
 // Member says where a JSON object key of a Struct node goes.
@@ -102,8 +102,7 @@ type Member struct {
 
 // Lookup maps a key of a FHIR JSON object of this Struct node to its child. It does not allocate.
 func (n *Node) Lookup(key []byte) (Member, bool) {
-	m, ok := n.keys[string(key)]
-	return m, ok
+	return n.keys.Get(key)
 }
 
 // Leaf is the Arrow type of one element of the node (the list item type when Repeated).

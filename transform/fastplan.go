@@ -12,6 +12,8 @@ import (
 	d4pb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/datatypes_go_proto"
 	rpb "github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
 	d3pb "github.com/google/fhir/go/proto/google/fhir/proto/stu3/datatypes_go_proto"
+
+	"github.com/fhirlake/fhirlake/schema"
 )
 
 // This file compiles the decoding plan of the fast validator (fastvalidate.go) from the google/fhir/go R4
@@ -80,7 +82,7 @@ const (
 type fmsg struct {
 	name     protoreflect.FullName
 	kind     mkind
-	keys     map[string]fkey
+	keys     schema.KeyTable[fkey]
 	fields   []ffield
 	required []int
 	// contained is true for an Any under "contained": the resource inside is parsed but not validated.
@@ -181,7 +183,7 @@ func (b *planBuilder) message(md protoreflect.MessageDescriptor) (*fmsg, error) 
 	if m, ok := b.msgs[md.FullName()]; ok {
 		return m, nil
 	}
-	m := &fmsg{name: md.FullName(), keys: map[string]fkey{}}
+	m := &fmsg{name: md.FullName()}
 	b.msgs[md.FullName()] = m
 	switch md.FullName() {
 	case containedResourceName:
@@ -223,9 +225,9 @@ func (b *planBuilder) message(md protoreflect.MessageDescriptor) (*fmsg, error) 
 				}
 				f.choice = append(f.choice, o)
 				key := fd.JSONName() + upperFirstASCII(od.JSONName())
-				m.keys[key] = fkey{field: idx, opt: j}
+				m.keys.Put(key, fkey{field: idx, opt: j})
 				if o.pk != pkMessage {
-					m.keys["_"+key] = fkey{field: idx, opt: j, under: true}
+					m.keys.Put("_"+key, fkey{field: idx, opt: j, under: true})
 				}
 			}
 		} else {
@@ -238,9 +240,9 @@ func (b *planBuilder) message(md protoreflect.MessageDescriptor) (*fmsg, error) 
 			}
 			f.fopt = o
 			isRef := m.kind == mkReference && fd.Name() == "uri"
-			m.keys[fd.JSONName()] = fkey{field: idx, opt: -1, ref: isRef}
+			m.keys.Put(fd.JSONName(), fkey{field: idx, opt: -1, ref: isRef})
 			if o.pk != pkMessage && !isRef {
-				m.keys["_"+fd.JSONName()] = fkey{field: idx, opt: -1, under: true}
+				m.keys.Put("_"+fd.JSONName(), fkey{field: idx, opt: -1, under: true})
 			}
 		}
 		m.fields = append(m.fields, f)

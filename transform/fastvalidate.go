@@ -146,7 +146,7 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 			if !ok {
 				return false
 			}
-			k, known := m.keys[string(v.b[ks:ke])]
+			k, known := m.keys.Get(v.b[ks:ke])
 			if !known {
 				return false
 			}
