@@ -159,6 +159,9 @@ func (t *jtree) literal(lit string) error {
 func (t *jtree) scanString() (bool, error) {
 	esc := false
 	for t.pos++; t.pos < len(t.src); {
+		if t.pos = skipPlain(t.src, t.pos); t.pos >= len(t.src) {
+			break
+		}
 		switch c := t.src[t.pos]; {
 		case c == '"':
 			t.pos++

@@ -587,6 +587,9 @@ func (v *fastValidator) str() (start, end int, esc, ok bool) {
 	i := v.i + 1
 	b := v.b
 	for i < len(b) {
+		if i = skipPlain(b, i); i >= len(b) {
+			break
+		}
 		c := b[i]
 		switch {
 		case c == '"':
