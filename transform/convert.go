@@ -20,7 +20,9 @@ import (
 // This file turns the original JSON of a validated resource into one row of its type's Arrow record builder,
 // following the schema Node tree, so values stay verbatim (dates, codes, references as written).
 //
-// A line is first parsed into a flat tree of JSON nodes (jtree), then walked once against the schema, appending
+// A line becomes a flat tree of JSON nodes (jtree): the fast validator builds it from the tokens it reads anyway
+// when it accepts the line, and the converter parses lines that came another way. The tree is then walked once
+// against the schema, appending
 // as it goes. A value that would not convert stops the walk, and the row's columns are truncated back to the rows
 // before it (col.truncate), so a failure never leaves a partial row. Lines reach the converter validated, so that
 // is rare; walking twice (a check, then the appends) cost a fifth of the conversion.
@@ -57,28 +59,67 @@ type jtree struct {
 	src   []byte
 	nodes []jnode
 	kids  []int32
-	stack []int32
+	stack []int32    // child indices of the open containers, innermost last
+	open  []openNode // the open containers
 	pos   int
 	depth int
 	str   []byte // unescaped string scratch
+	// built is set when the fast validator, which tokenizes every line it accepts, has built the tree of src
+	// (node 0 the root), so that converting src needs no second parse.
+	built bool
 }
+
+// openNode is a container being parsed: its node and where its children start on the stack.
+type openNode struct{ idx, mark int32 }
 
 // parse parses src (which must stay unchanged while the tree is used) and returns the root node.
 func (t *jtree) parse(src []byte) (int32, error) {
 	if len(src) >= math.MaxInt32 {
 		return -1, fmt.Errorf("line of %d bytes is too long to convert", len(src))
 	}
-	t.src, t.pos, t.depth = src, 0, 0
-	t.nodes, t.kids, t.stack = t.nodes[:0], t.kids[:0], t.stack[:0]
-	root, err := t.value()
-	if err != nil {
+	t.reset(src)
+	if err := t.value(); err != nil {
 		return -1, err
 	}
 	t.space()
 	if t.pos != len(src) {
 		return -1, errMalformed
 	}
-	return root, nil
+	return 0, nil
+}
+
+// reset starts a tree for src.
+func (t *jtree) reset(src []byte) {
+	t.src, t.pos, t.depth, t.built = src, 0, 0, false
+	t.nodes, t.kids, t.stack, t.open = t.nodes[:0], t.kids[:0], t.stack[:0], t.open[:0]
+}
+
+// holds reports whether the tree was built for line (the same bytes, not a copy) and not used since.
+func (t *jtree) holds(line []byte) bool {
+	return t.built && len(t.src) == len(line) && (len(line) == 0 || &t.src[0] == &line[0])
+}
+
+// begin opens a container node whose opening bracket is at start.
+func (t *jtree) begin(kind jkind, start int) {
+	t.open = append(t.open, openNode{idx: int32(len(t.nodes)), mark: int32(len(t.stack))})
+	t.nodes = append(t.nodes, jnode{kind: kind, start: int32(start)})
+}
+
+// end closes the innermost open container at end (just past its closing bracket): its children move from the
+// stack to kids, and it takes their place as a child of its own container.
+func (t *jtree) end(end int) {
+	o := t.open[len(t.open)-1]
+	t.open = t.open[:len(t.open)-1]
+	n := &t.nodes[o.idx]
+	n.first, n.n, n.end = int32(len(t.kids)), int32(len(t.stack))-o.mark, int32(end)
+	t.kids = append(t.kids, t.stack[o.mark:]...)
+	t.stack = append(t.stack[:o.mark], o.idx)
+}
+
+// leaf adds a scalar node spanning [start, end) as a child of the innermost open container.
+func (t *jtree) leaf(kind jkind, start, end int, escaped bool) {
+	t.stack = append(t.stack, int32(len(t.nodes)))
+	t.nodes = append(t.nodes, jnode{kind: kind, escaped: escaped, start: int32(start), end: int32(end)})
 }
 
 func (t *jtree) space() {
@@ -92,55 +133,54 @@ func (t *jtree) space() {
 	}
 }
 
-func (t *jtree) value() (int32, error) {
+// value parses one JSON value into the tree.
+func (t *jtree) value() error {
 	t.space()
 	if t.pos >= len(t.src) {
-		return -1, errMalformed
+		return errMalformed
 	}
-	idx := int32(len(t.nodes))
 	start := t.pos
-	n := jnode{start: int32(start)}
+	var kind jkind
+	esc := false
 	switch c := t.src[t.pos]; {
 	case c == '{' || c == '[':
 		kind := jArray
 		if c == '{' {
 			kind = jObject
 		}
-		t.nodes = append(t.nodes, jnode{kind: kind, start: int32(start)})
-		return idx, t.container(idx, kind == jObject)
+		t.begin(kind, start)
+		return t.container(kind == jObject)
 	case c == '"':
-		n.kind = jString
-		esc, err := t.scanString()
-		if err != nil {
-			return -1, err
+		kind = jString
+		var err error
+		if esc, err = t.scanString(); err != nil {
+			return err
 		}
-		n.escaped = esc
 	case c == 't':
-		n.kind = jTrue
+		kind = jTrue
 		if err := t.literal("true"); err != nil {
-			return -1, err
+			return err
 		}
 	case c == 'f':
-		n.kind = jFalse
+		kind = jFalse
 		if err := t.literal("false"); err != nil {
-			return -1, err
+			return err
 		}
 	case c == 'n':
-		n.kind = jNull
+		kind = jNull
 		if err := t.literal("null"); err != nil {
-			return -1, err
+			return err
 		}
 	case c == '-' || (c >= '0' && c <= '9'):
-		n.kind = jNumber
+		kind = jNumber
 		for t.pos < len(t.src) && isNumberByte(t.src[t.pos]) {
 			t.pos++
 		}
 	default:
-		return -1, errMalformed
+		return errMalformed
 	}
-	n.end = int32(t.pos)
-	t.nodes = append(t.nodes, n)
-	return idx, nil
+	t.leaf(kind, start, t.pos, esc)
+	return nil
 }
 
 func isNumberByte(c byte) bool {
@@ -178,7 +218,7 @@ func (t *jtree) scanString() (bool, error) {
 	return false, errMalformed
 }
 
-func (t *jtree) container(idx int32, object bool) error {
+func (t *jtree) container(object bool) error {
 	if t.depth++; t.depth > maxJSONDepth {
 		return fmt.Errorf("JSON nested deeper than %d levels", maxJSONDepth)
 	}
@@ -187,7 +227,6 @@ func (t *jtree) container(idx int32, object bool) error {
 		closer = '}'
 	}
 	t.pos++
-	mark := len(t.stack)
 	t.space()
 	if t.pos < len(t.src) && t.src[t.pos] == closer {
 		t.pos++
@@ -198,22 +237,18 @@ func (t *jtree) container(idx int32, object bool) error {
 				if t.pos >= len(t.src) || t.src[t.pos] != '"' {
 					return errMalformed
 				}
-				k, err := t.value()
-				if err != nil {
+				if err := t.value(); err != nil {
 					return err
 				}
-				t.stack = append(t.stack, k)
 				t.space()
 				if t.pos >= len(t.src) || t.src[t.pos] != ':' {
 					return errMalformed
 				}
 				t.pos++
 			}
-			v, err := t.value()
-			if err != nil {
+			if err := t.value(); err != nil {
 				return err
 			}
-			t.stack = append(t.stack, v)
 			t.space()
 			if t.pos >= len(t.src) {
 				return errMalformed
@@ -229,10 +264,7 @@ func (t *jtree) container(idx int32, object bool) error {
 			break
 		}
 	}
-	n := &t.nodes[idx]
-	n.first, n.n, n.end = int32(len(t.kids)), int32(len(t.stack)-mark), int32(t.pos)
-	t.kids = append(t.kids, t.stack[mark:]...)
-	t.stack = t.stack[:mark]
+	t.end(t.pos)
 	t.depth--
 	return nil
 }
@@ -392,9 +424,14 @@ type converter struct {
 // a line that fails half-way is rolled back, so the columns hold exactly what they held before it.
 func (c *converter) convert(t *table, line []byte) error {
 	p := t.plan
-	root, err := c.tree.parse(line)
-	if err != nil {
-		return fmt.Errorf("parse %s: %w", p.node.Path, err)
+	var root int32
+	if c.tree.holds(line) {
+		c.tree.built = false // used once: the next line's tree replaces it
+	} else {
+		var err error
+		if root, err = c.tree.parse(line); err != nil {
+			return fmt.Errorf("parse %s: %w", p.node.Path, err)
+		}
 	}
 	if c.tree.nodes[root].kind != jObject {
 		return fmt.Errorf("parse %s: not a JSON object", p.node.Path)

@@ -49,6 +49,9 @@ type fastValidator struct {
 	// meta is the span of the top-level meta object, for Verdict.Version.
 	metaStart, metaEnd int
 	idStart, idEnd     int
+	// tree, when set, receives the tree of every line the validator accepts (jtree.built), built from the
+	// tokens as they are read, for the converter.
+	tree *jtree
 }
 
 func newFastValidator() (*fastValidator, error) {
@@ -65,8 +68,14 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 	v.b, v.i, v.depth, v.slots = line, 0, 0, v.slots[:0]
 	v.metaStart, v.metaEnd, v.idStart, v.idEnd = -1, -1, -1, -1
 	defer func() { v.b = nil }()
+	if v.tree != nil {
+		if len(line) >= math.MaxInt32 {
+			return vd, false
+		}
+		v.tree.reset(line)
+	}
 	v.ws()
-	if !v.eat('{') {
+	if !v.open('{') {
 		return vd, false
 	}
 	rt, m, ok := v.resourceType()
@@ -81,6 +90,9 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 		return vd, false
 	}
 	vd.ResourceType, vd.Known = rt, true
+	if v.tree != nil {
+		v.tree.built = true
+	}
 	if v.idStart >= 0 {
 		vd.ID, _ = jsonString(line[v.idStart:v.idEnd])
 	}
@@ -130,14 +142,14 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 	// After a resourceType the next byte is ',' or '}'; a fresh object starts with a key or '}'.
 	empty := false
 	if first {
-		if v.eat('}') {
+		if v.close('}') {
 			empty = true
 		} else if !v.eat(',') {
 			return false
 		}
 	} else {
 		v.ws()
-		empty = v.eat('}')
+		empty = v.close('}')
 	}
 	if !empty {
 		for {
@@ -189,10 +201,9 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 					return false
 				}
 			case k.under:
-				if v.peek() != '{' {
+				if !v.open('{') {
 					return false
 				}
-				v.i++
 				if !v.members(o.msg, validate, false, nil) {
 					return false
 				}
@@ -221,7 +232,7 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 			if v.eat(',') {
 				continue
 			}
-			if v.eat('}') {
+			if v.close('}') {
 				break
 			}
 			return false
@@ -248,11 +259,11 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 
 // array checks a JSON array of a repeated element and returns its length.
 func (v *fastValidator) array(o *fopt, under, validate bool) (int32, bool) {
-	if !v.eat('[') {
+	if !v.open('[') {
 		return 0, false
 	}
 	v.ws()
-	if v.eat(']') {
+	if v.close(']') {
 		return 0, true
 	}
 	var n int32
@@ -266,7 +277,7 @@ func (v *fastValidator) array(o *fopt, under, validate bool) (int32, bool) {
 				return 0, false
 			}
 		case under:
-			if !v.eat('{') || !v.members(o.msg, validate, false, nil) {
+			if !v.open('{') || !v.members(o.msg, validate, false, nil) {
 				return 0, false
 			}
 		default:
@@ -279,7 +290,7 @@ func (v *fastValidator) array(o *fopt, under, validate bool) (int32, bool) {
 		if v.eat(',') {
 			continue
 		}
-		if v.eat(']') {
+		if v.close(']') {
 			return n, true
 		}
 		return 0, false
@@ -297,7 +308,7 @@ func nullParses(pk pkind) bool {
 // item checks one element value (not null).
 func (v *fastValidator) item(o *fopt, validate bool) bool {
 	if o.pk == pkMessage {
-		if !v.eat('{') {
+		if !v.open('{') {
 			return false
 		}
 		switch o.msg.kind {
@@ -562,10 +573,46 @@ func (v *fastValidator) eat(c byte) bool {
 
 func (v *fastValidator) lit(s string) bool {
 	if len(v.b)-v.i >= len(s) && string(v.b[v.i:v.i+len(s)]) == s {
+		if v.tree != nil {
+			kind := jNull
+			switch s {
+			case "true":
+				kind = jTrue
+			case "false":
+				kind = jFalse
+			}
+			v.tree.leaf(kind, v.i, v.i+len(s), false)
+		}
 		v.i += len(s)
 		return true
 	}
 	return false
+}
+
+// open eats the opening bracket c of an object or array.
+func (v *fastValidator) open(c byte) bool {
+	if !v.eat(c) {
+		return false
+	}
+	if v.tree != nil {
+		kind := jArray
+		if c == '{' {
+			kind = jObject
+		}
+		v.tree.begin(kind, v.i-1)
+	}
+	return true
+}
+
+// close eats the closing bracket c of an object or array.
+func (v *fastValidator) close(c byte) bool {
+	if !v.eat(c) {
+		return false
+	}
+	if v.tree != nil {
+		v.tree.end(v.i)
+	}
+	return true
 }
 
 // key reads an object key without escapes and returns the span of its content.
@@ -594,6 +641,9 @@ func (v *fastValidator) str() (start, end int, esc, ok bool) {
 		switch {
 		case c == '"':
 			v.i = i + 1
+			if v.tree != nil {
+				v.tree.leaf(jString, start, v.i, esc)
+			}
 			return start, v.i, esc, true
 		case c == '\\':
 			esc = true
@@ -724,6 +774,9 @@ func (v *fastValidator) number() (int, int, bool) {
 		}
 	}
 	v.i = i
+	if v.tree != nil {
+		v.tree.leaf(jNumber, start, i, false)
+	}
 	return start, i, true
 }
 

@@ -2,8 +2,10 @@ package transform
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -37,6 +39,27 @@ func parityCheck(t testing.TB, fv *fastValidator, ref *Validator, name string, l
 	if got.ResourceType != want.ResourceType || got.Known != want.Known || got.ID != want.ID || got.Version != want.Version {
 		t.Errorf("%s: fast verdict %+v, reference %+v", name, got, want)
 	}
+	if err := sameTree(fv.tree, line); err != nil {
+		t.Errorf("%s: the tree the fast validator built: %v", name, err)
+	}
+}
+
+// sameTree checks that tree, built by the fast validator for line, is the tree jtree.parse builds.
+func sameTree(tree *jtree, line []byte) error {
+	if !tree.holds(line) {
+		return fmt.Errorf("not built for the line")
+	}
+	var want jtree
+	if _, err := want.parse(line); err != nil {
+		return fmt.Errorf("the line does not parse: %v", err)
+	}
+	if !slices.Equal(tree.nodes, want.nodes) {
+		return fmt.Errorf("%d nodes differ from the parser's %d", len(tree.nodes), len(want.nodes))
+	}
+	if !slices.Equal(tree.kids, want.kids) {
+		return fmt.Errorf("children differ")
+	}
+	return nil
 }
 
 func newFast(t testing.TB) *fastValidator {
@@ -45,6 +68,7 @@ func newFast(t testing.TB) *fastValidator {
 	if err != nil {
 		t.Fatalf("newFastValidator: %v", err)
 	}
+	fv.tree = new(jtree) // as a Worker's: parityCheck compares what it builds with the parser's tree
 	return fv
 }
 

@@ -107,6 +107,7 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 		if w.fast, err = newFastValidator(); err != nil {
 			return nil, fmt.Errorf("new worker: %w", err)
 		}
+		w.fast.tree = &w.conv.tree
 	default:
 		return nil, fmt.Errorf("new worker: unknown validator %q (want %s or %s)", opts.Validator, ValidatorReference, ValidatorFast)
 	}
