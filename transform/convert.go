@@ -22,10 +22,10 @@ import (
 //
 // A line becomes a flat tree of JSON nodes (jtree): the fast validator builds it from the tokens it reads anyway
 // when it accepts the line, and the converter parses lines that came another way. The tree is then walked once
-// against the schema, appending
-// as it goes. A value that would not convert stops the walk, and the row's columns are truncated back to the rows
-// before it (col.truncate), so a failure never leaves a partial row. Lines reach the converter validated, so that
-// is rare; walking twice (a check, then the appends) cost a fifth of the conversion.
+// against the schema, appending as it goes. A value that would not convert stops the walk, and the row's columns
+// are truncated back to the rows before it (col.truncate), so a failure never leaves a partial row. Lines reach
+// the converter validated, so that is rare; walking twice (a check, then the appends) cost a fifth of the
+// conversion.
 
 // jkind is the kind of a JSON value.
 type jkind uint8
