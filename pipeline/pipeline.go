@@ -613,23 +613,28 @@ func (r *run) maxLineBytes() int {
 	return reader.DefaultMaxLineBytes
 }
 
-// flushFull hands a decoder's full batches to the sinks: the types with a full batch, or every type when the
-// pending batches hold too much memory together. Flushing every type whenever one is full would cut the small
-// types into many small records, each as wide as its type.
+// flushFull hands a decoder's full batches to the sinks: the types with a full batch or, when the pending batches
+// hold too much memory together, the types that hold the most, until they hold half as much. Flushing every type
+// then would cut the small types into many small records, each as wide as its type.
 func (r *run) flushFull(ctx context.Context, w *transform.Worker) error {
 	if !w.Full() {
 		return nil
 	}
-	minRows := r.opts.BatchRows
 	if w.PendingBytes() >= r.opts.BatchBytes {
-		minRows = 0
+		return r.write(ctx, func() ([]arrow.Record, error) { return w.FlushLargest(r.opts.BatchBytes / 2) })
 	}
-	return r.flush(ctx, w, minRows)
+	return r.flush(ctx, w, r.opts.BatchRows)
 }
 
+// flush hands the batches of the types with at least minRows pending rows to the sinks (minRows 0: every type).
 func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error {
+	return r.write(ctx, func() ([]arrow.Record, error) { return w.Flush(minRows) })
+}
+
+// write writes the records that cut returns into their tables.
+func (r *run) write(ctx context.Context, cut func() ([]arrow.Record, error)) error {
 	t := time.Now()
-	recs, err := w.Flush(minRows)
+	recs, err := cut()
 	r.opts.Timings.add(phaseBuild, t)
 	if err != nil {
 		return fmt.Errorf("build record batches: %w", err)

@@ -1,6 +1,7 @@
 package transform
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -58,7 +59,6 @@ type Worker struct {
 	reg   *schema.Registry
 	opts  Options
 	alloc *countingAllocator
-	arena *arena // the pending batches' memory, from alloc
 	val   *Validator
 	fast  *fastValidator // nil on the reference path
 	// fastHits and fallbacks count the lines the fast validator vouched for and those it handed on.
@@ -71,8 +71,9 @@ type Worker struct {
 type table struct {
 	res    *schema.Resource
 	plan   *plan
+	mem    *arena // the batch's memory, from the Worker's allocator
 	rows   int
-	broken error // set when a row failed after its check pass: the columns may be misaligned
+	broken error // set when a failed row was not rolled back: the columns may be misaligned
 }
 
 // NewWorker returns a Worker converting into the schemas of reg.
@@ -100,7 +101,7 @@ func NewWorker(reg *schema.Registry, opts Options) (*Worker, error) {
 		return nil, fmt.Errorf("new worker: %w", err)
 	}
 	alloc := &countingAllocator{Allocator: opts.Allocator}
-	w := &Worker{reg: reg, opts: opts, alloc: alloc, arena: &arena{mem: alloc}, val: v, tables: make(map[string]*table)}
+	w := &Worker{reg: reg, opts: opts, alloc: alloc, val: v, tables: make(map[string]*table)}
 	switch opts.Validator {
 	case "", ValidatorReference:
 	case ValidatorFast:
@@ -175,11 +176,12 @@ func (w *Worker) table(typ string) (*table, error) {
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: %w", typ, err)
 	}
-	p, err := newRootPlan(res, w.arena)
+	mem := &arena{mem: w.alloc}
+	p, err := newRootPlan(res, mem)
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: bind columns: %w", typ, err)
 	}
-	t := &table{res: res, plan: p}
+	t := &table{res: res, plan: p, mem: mem}
 	w.tables[typ] = t
 	return t, nil
 }
@@ -202,7 +204,7 @@ func (w *Worker) ValidatorStats() (fast, reference int64) { return w.fastHits, w
 // least Options.BatchBytes of Arrow memory (records already flushed, wherever they are held, do not count). A
 // caller then flushes: Flush(0) bounds memory best.
 func (w *Worker) Full() bool {
-	if w.arena.held >= w.opts.BatchBytes {
+	if w.PendingBytes() >= w.opts.BatchBytes {
 		return true
 	}
 	for _, t := range w.tables {
@@ -218,7 +220,13 @@ func (w *Worker) Full() bool {
 func (w *Worker) Bytes() int64 { return w.alloc.n.Load() }
 
 // PendingBytes returns the Arrow memory the pending batches hold (what Options.BatchBytes bounds).
-func (w *Worker) PendingBytes() int64 { return w.arena.held }
+func (w *Worker) PendingBytes() int64 {
+	var n int64
+	for _, t := range w.tables {
+		n += t.mem.held
+	}
+	return n
+}
 
 // Pending returns the number of rows appended and not yet flushed, over all types.
 func (w *Worker) Pending() int {
@@ -240,6 +248,34 @@ func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
 			types = append(types, typ)
 		}
 	}
+	return w.flush(types)
+}
+
+// FlushLargest returns records, as Flush does, for the types whose pending batches hold the most memory, the
+// largest first, until the batches left pending hold at most keep bytes. The types it leaves keep growing
+// into bigger records: flushing every type whenever the batches of a large one fill memory cuts the small ones
+// into many small records, each as wide as its type, and the Parquet writer pays per record for every column.
+func (w *Worker) FlushLargest(keep int64) ([]arrow.Record, error) {
+	held := w.PendingBytes()
+	var types []string
+	for typ, t := range w.tables {
+		if t.rows > 0 {
+			types = append(types, typ)
+		}
+	}
+	slices.SortFunc(types, func(a, b string) int {
+		return cmp.Or(cmp.Compare(w.tables[b].mem.held, w.tables[a].mem.held), cmp.Compare(a, b))
+	})
+	n := 0
+	for n < len(types) && held > keep {
+		held -= w.tables[types[n]].mem.held
+		n++
+	}
+	return w.flush(types[:n])
+}
+
+// flush returns one record for each of types, in type order.
+func (w *Worker) flush(types []string) ([]arrow.Record, error) {
 	slices.Sort(types)
 	recs := make([]arrow.Record, 0, len(types))
 	for _, typ := range types {

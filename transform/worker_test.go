@@ -387,6 +387,62 @@ func TestWorkerFlush(t *testing.T) {
 	}
 }
 
+// TestWorkerFlushLargest fills batches of three types of very different sizes and checks that FlushLargest takes
+// the types holding the most memory, and only as many as it must to get under what it may keep.
+func TestWorkerFlushLargest(t *testing.T) {
+	w, _ := newTestWorker(t, Options{})
+	text := strings.Repeat("x", 4000)
+	lines := map[string]string{
+		"Observation": `{"resourceType":"Observation","id":"o%d","status":"final","code":{"text":"` + text + `"}}`,
+		"Patient":     `{"resourceType":"Patient","id":"p%d","gender":"` + "male" + `","birthDate":"1970"}`,
+		"Condition":   `{"resourceType":"Condition","id":"c%d","subject":{"reference":"Patient/p1"},"note":[{"text":"` + text[:400] + `"}]}`,
+	}
+	for i := range 200 {
+		for typ, l := range lines {
+			if typ == "Patient" && i >= 20 {
+				continue
+			}
+			if res, err := w.Process([]byte(fmt.Sprintf(l, i))); err != nil || !res.Valid {
+				t.Fatalf("%s %d: valid %v, %v, %v", typ, i, res.Valid, res.Issues, err)
+			}
+		}
+	}
+	held := func(typ string) int64 { return w.tables[typ].mem.held }
+	obs, cond, pat := held("Observation"), held("Condition"), held("Patient")
+	if !(obs > cond && cond > pat && pat > 0) {
+		t.Fatalf("held: Observation %d, Condition %d, Patient %d; the test wants them in this order", obs, cond, pat)
+	}
+	flushed := func(keep int64) []string {
+		t.Helper()
+		recs, err := w.FlushLargest(keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var types []string
+		for _, r := range recs {
+			typ, _ := r.Schema().Metadata().GetValue(schema.MetaResourceType)
+			types = append(types, typ)
+			r.Release()
+		}
+		return types
+	}
+	if got := flushed(w.PendingBytes()); len(got) != 0 {
+		t.Errorf("FlushLargest(what is pending) flushed %v, want nothing", got)
+	}
+	if got := flushed(cond + pat); !slices.Equal(got, []string{"Observation"}) {
+		t.Errorf("FlushLargest(Condition's and Patient's bytes) = %v, want [Observation]", got)
+	}
+	if w.Pending() != 220 {
+		t.Errorf("%d rows pending, want Condition's 200 and Patient's 20", w.Pending())
+	}
+	if got := flushed(0); !slices.Equal(got, []string{"Condition", "Patient"}) {
+		t.Errorf("FlushLargest(0) = %v, want [Condition Patient] (in type order)", got)
+	}
+	if w.Pending() != 0 || w.PendingBytes() != 0 {
+		t.Errorf("after FlushLargest(0): %d rows, %d bytes pending", w.Pending(), w.PendingBytes())
+	}
+}
+
 func TestNewWorkerOptions(t *testing.T) {
 	if _, err := NewWorker(nil, Options{}); err == nil {
 		t.Error("NewWorker(nil registry): no error")
