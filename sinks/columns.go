@@ -194,17 +194,30 @@ func (c *chunkWriter) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16
 	case stepList:
 		l := arr.(*array.List)
 		elems := l.ListValues()
-		for i := lo; i < hi; i++ {
+		offs := l.Offsets()[l.Data().Offset():] // Offsets is the whole buffer, whatever the array's offset
+		for i := lo; i < hi; {
 			rr := r
 			if i == lo {
 				rr = r0
 			}
-			start, end := l.ValueOffsets(i)
-			if start == end {
-				c.emit(1, d, rr, r) // present and empty
-				continue
+			start, end := offs[i], offs[i+1]
+			// A run of empty lists, or of lists of one element, is written in one go: each of its entries starts
+			// at repetition level r (the first at rr), so the entries of a run of one-element lists are the
+			// elements themselves, one after another. FHIR's lists mostly hold one element (a coding, an
+			// identifier, a name), and a walk per list was most of the cost of a deep column.
+			j := i + 1
+			for j < hi && offs[j+1]-offs[j] == end-start && end-start <= 1 {
+				j++
 			}
-			c.walk(s+1, elems, int(start), int(end), d+1, rr, st.rep)
+			switch {
+			case start == end:
+				c.emit(j-i, d, rr, r) // present and empty
+			case end-start == 1:
+				c.walk(s+1, elems, int(start), int(start)+j-i, d+1, rr, r)
+			default:
+				c.walk(s+1, elems, int(start), int(end), d+1, rr, st.rep)
+			}
+			i = j
 		}
 	case stepLeaf:
 		c.emit(hi-lo, d, r0, r)

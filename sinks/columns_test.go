@@ -218,6 +218,11 @@ func compareWithPqarrow(recs []arrow.Record, rows int, mem memory.Allocator) err
 	if err != nil {
 		return err
 	}
+	return compareFileWithPqarrow(data, recs, mem)
+}
+
+// compareFileWithPqarrow compares data, a file of ours written from recs, with pqarrow's.
+func compareFileWithPqarrow(data []byte, recs []arrow.Record, mem memory.Allocator) error {
 	ref, err := writePqarrow(recs, mem)
 	if err != nil {
 		return err
@@ -251,11 +256,23 @@ func compareWithPqarrow(recs []arrow.Record, rows int, mem memory.Allocator) err
 // copy of each record and overwrites the copy's memory once Write returns, since the Table must keep nothing of
 // it (values, dictionary entries, statistics) beyond that.
 func writeOurs(recs []arrow.Record, rows int, mem memory.Allocator) ([]byte, error) {
+	return writeTable(recs, rows, mem, true)
+}
+
+// writeTable is writeOurs, which copies is true for; false writes the records as given (a slice of a record
+// keeps its offset into the arrays).
+func writeTable(recs []arrow.Record, rows int, mem memory.Allocator, copies bool) ([]byte, error) {
 	ctx := context.Background()
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
 	tbl := NewTable(b, "out", "Basic", recs[0].Schema(), ParquetOptions{RowGroupRows: rows, Allocator: mem})
 	for _, r := range recs {
+		if !copies {
+			if err := tbl.Write(ctx, r); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		c, err := concatRecords([]arrow.Record{r}, mem)
 		if err != nil {
 			return nil, err
@@ -512,6 +529,90 @@ func readArrowTable(data []byte, mem memory.Allocator) (arrow.Table, error) {
 // TestChunkPagesAndDictionaryFallback writes columns large enough for several data pages, a dictionary that
 // outgrows its 1 MiB limit (so that the chunk falls back to PLAIN pages after it), strings longer than the 4 KiB
 // statistics limit, and signed zeros, and compares values and statistics with pqarrow's.
+// TestListRunsMatchPqarrow writes lists whose sizes come in runs (empty lists, one-element lists, longer ones,
+// nulls), nested two deep, with a distinct value per element, whole and in slices at odd boundaries (a slice's
+// list arrays have an offset), and compares the files with pqarrow's.
+func TestListRunsMatchPqarrow(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	item := arrow.StructOf(
+		arrow.Field{Name: "code", Type: arrow.BinaryTypes.String, Nullable: true},
+		arrow.Field{Name: "vals", Type: arrow.ListOf(arrow.PrimitiveTypes.Int64), Nullable: true},
+	)
+	s := arrow.NewSchema([]arrow.Field{
+		{Name: "tags", Type: arrow.ListOf(arrow.BinaryTypes.String), Nullable: true},
+		{Name: "items", Type: arrow.ListOf(item), Nullable: true},
+	}, nil)
+	const rows = 3000
+	rb := array.NewRecordBuilder(mem, s)
+	defer rb.Release()
+	tb := rb.Field(0).(*array.ListBuilder)
+	tag := tb.ValueBuilder().(*array.StringBuilder)
+	ib := rb.Field(1).(*array.ListBuilder)
+	sb := ib.ValueBuilder().(*array.StructBuilder)
+	code := sb.FieldBuilder(0).(*array.StringBuilder)
+	vb := sb.FieldBuilder(1).(*array.ListBuilder)
+	val := vb.ValueBuilder().(*array.Int64Builder)
+	// Sizes in runs: a run of each size, of a length that changes from run to run.
+	size := func(i int) int {
+		sizes := []int{1, 0, 1, 2, -1, 1, 3, 0, 1}
+		return sizes[(i/(1+i%5+i/700))%len(sizes)]
+	}
+	for i := range rows {
+		switch n := size(i); {
+		case n < 0:
+			tb.AppendNull()
+		default:
+			tb.Append(true)
+			for k := range n {
+				tag.Append(fmt.Sprintf("t%d.%d", i, k))
+			}
+		}
+		switch n := size(i + 17); {
+		case n < 0:
+			ib.AppendNull()
+		default:
+			ib.Append(true)
+			for k := range n {
+				sb.Append(true)
+				code.Append(fmt.Sprintf("c%d.%d", i, k))
+				if m := size(i + k + 5); m < 0 {
+					vb.AppendNull()
+				} else {
+					vb.Append(true)
+					for j := range m {
+						val.Append(int64(i*100 + k*10 + j))
+					}
+				}
+			}
+		}
+	}
+	rec := rb.NewRecord()
+	defer rec.Release()
+	if err := compareWithPqarrow([]arrow.Record{rec}, rows, mem); err != nil {
+		t.Errorf("whole: %v", err)
+	}
+	var slices []arrow.Record
+	for lo, step := int64(0), int64(1); lo < rows; lo, step = lo+step, step*3%997+1 {
+		slices = append(slices, rec.NewSlice(lo, min(lo+step, rows)))
+	}
+	defer func() {
+		for _, s := range slices {
+			s.Release()
+		}
+	}()
+	if err := compareWithPqarrow(slices, rows, mem); err != nil {
+		t.Errorf("in %d slices, copied: %v", len(slices), err)
+	}
+	data, err := writeTable(slices, rows, mem, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := compareFileWithPqarrow(data, slices, mem); err != nil {
+		t.Errorf("in %d slices as they are: %v", len(slices), err)
+	}
+}
+
 func TestChunkPagesAndDictionaryFallback(t *testing.T) {
 	mem := checkedAllocator(t)
 	s := arrow.NewSchema([]arrow.Field{
