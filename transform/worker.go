@@ -202,7 +202,8 @@ func (w *Worker) ValidatorStats() (fast, reference int64) { return w.fastHits, w
 
 // Full reports whether some type has at least Options.BatchRows pending rows, or the pending batches hold at
 // least Options.BatchBytes of Arrow memory (records already flushed, wherever they are held, do not count). A
-// caller then flushes: Flush(0) bounds memory best.
+// caller then flushes: Flush(Options.BatchRows) for the full types, or, when memory is the reason,
+// FlushLargest, which keeps the small types growing, or Flush(0), which bounds memory best.
 func (w *Worker) Full() bool {
 	if w.PendingBytes() >= w.opts.BatchBytes {
 		return true
