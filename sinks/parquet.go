@@ -219,7 +219,7 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 		return fmt.Errorf("write %s table: %w", t.typ, ErrClosed)
 	case !isTableName(t.typ):
 		return fmt.Errorf("write table: %q is not a resource type or a table of ours", t.typ)
-	case !rec.Schema().Equal(t.schema):
+	case rec.Schema() != t.schema && !rec.Schema().Equal(t.schema): // the same schema, usually: skip the deep compare
 		return fmt.Errorf("write %s table: record schema differs from the table schema", t.typ)
 	}
 	for lo, n := 0, int(rec.NumRows()); lo < n; {

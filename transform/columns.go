@@ -340,8 +340,9 @@ func (z *zeros) nulls(t arrow.DataType, length int) arrow.ArrayData {
 	switch t := t.(type) {
 	case *arrow.StructType:
 		buffers = []*memory.Buffer{validity}
-		for _, f := range t.Fields() {
-			children = append(children, z.nulls(f.Type, length))
+		children = make([]arrow.ArrayData, 0, t.NumFields())
+		for i := range t.NumFields() { // not Fields(), which copies the slice: this runs per batch per struct
+			children = append(children, z.nulls(t.Field(i).Type, length))
 		}
 	case *arrow.ListType:
 		buffers = []*memory.Buffer{validity, z.buffer(4 * (length + 1))}
