@@ -40,7 +40,7 @@ func TestKeyTableAgreesWithMap(t *testing.T) {
 		var kt KeyTable[int]
 		want := map[string]int{}
 		for i, k := range keys {
-			if kt.Put(k, i) != (want[k] == 0 && !has(want, k)) {
+			if _, seen := want[k]; kt.Put(k, i) == seen {
 				t.Fatalf("Put(%q) reported new wrongly", k)
 			}
 			want[k] = i
@@ -67,8 +67,6 @@ func TestKeyTableAgreesWithMap(t *testing.T) {
 		}
 	}
 }
-
-func has(m map[string]int, k string) bool { _, ok := m[k]; return ok }
 
 func TestKeyTableGetDoesNotAllocate(t *testing.T) {
 	var kt KeyTable[Member]

@@ -74,10 +74,9 @@ type openNode struct{ idx, mark int32 }
 
 // parse parses src (which must stay unchanged while the tree is used) and returns the root node.
 func (t *jtree) parse(src []byte) (int32, error) {
-	if len(src) >= math.MaxInt32 {
+	if !t.reset(src) {
 		return -1, fmt.Errorf("line of %d bytes is too long to convert", len(src))
 	}
-	t.reset(src)
 	if err := t.value(); err != nil {
 		return -1, err
 	}
@@ -88,10 +87,11 @@ func (t *jtree) parse(src []byte) (int32, error) {
 	return 0, nil
 }
 
-// reset starts a tree for src.
-func (t *jtree) reset(src []byte) {
+// reset starts a tree for src, or reports false when src is too long for the tree's int32 offsets.
+func (t *jtree) reset(src []byte) bool {
 	t.src, t.pos, t.depth, t.built = src, 0, 0, false
 	t.nodes, t.kids, t.stack, t.open = t.nodes[:0], t.kids[:0], t.stack[:0], t.open[:0]
+	return len(src) < math.MaxInt32
 }
 
 // holds reports whether the tree was built for line (the same bytes, not a copy) and not used since.
@@ -144,7 +144,7 @@ func (t *jtree) value() error {
 	esc := false
 	switch c := t.src[t.pos]; {
 	case c == '{' || c == '[':
-		kind := jArray
+		kind = jArray
 		if c == '{' {
 			kind = jObject
 		}

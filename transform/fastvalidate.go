@@ -68,11 +68,8 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 	v.b, v.i, v.depth, v.slots = line, 0, 0, v.slots[:0]
 	v.metaStart, v.metaEnd, v.idStart, v.idEnd = -1, -1, -1, -1
 	defer func() { v.b = nil }()
-	if v.tree != nil {
-		if len(line) >= math.MaxInt32 {
-			return vd, false
-		}
-		v.tree.reset(line)
+	if v.tree != nil && !v.tree.reset(line) {
+		return vd, false
 	}
 	v.ws()
 	if !v.open('{') {
