@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"unsafe"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -108,17 +107,13 @@ type leafChunk struct {
 
 // size is about what the chunk holds in memory: its data pages, the page being built and the dictionary.
 func (lc *leafChunk) size() int64 {
-	return int64(len(lc.data) + lc.pageMem() + lc.dict.size + dictEntryBytes*lc.dict.len())
+	return int64(len(lc.data) + lc.pageMem() + lc.dict.mem())
 }
 
 // pageMem is what the page being built holds in memory.
 func (lc *leafChunk) pageMem() int {
 	return len(lc.plain) + 4*len(lc.idx) + len(lc.def.out) + len(lc.rep.out) + 4*(len(lc.def.lit)+len(lc.rep.lit))
 }
-
-// dictEntryBytes is about what a dictionary entry costs beside its value: its map entry and its slice, with the
-// room both keep to grow.
-const dictEntryBytes = 96
 
 // emptyValue is the empty string or binary value: not nil.
 var emptyValue = []byte{}
@@ -129,8 +124,7 @@ var scrubValues = []parquet.ByteArray{emptyValue}
 // dictionary holds the distinct values of a chunk in order of first appearance. String values are copied into
 // its arena: the records they come from are released before the chunk is written.
 type dictionary struct {
-	strs   map[string]int32 // keys alias the arena
-	nums   map[uint64]int32 // int64 values, and float64 values by their bits
+	index  dictIndex // of the values, by id
 	bytes  []parquet.ByteArray
 	int64s []int64
 	floats []float64
@@ -140,6 +134,16 @@ type dictionary struct {
 }
 
 func (d *dictionary) len() int { return len(d.bytes) + len(d.int64s) + len(d.floats) }
+
+// mem is about what the dictionary holds in memory: its values (a byte array's in the arena, with its slice
+// header), the room its slices keep to grow, and its index.
+func (d *dictionary) mem() int {
+	n := 24*cap(d.bytes) + 8*(cap(d.int64s)+cap(d.floats)) + d.index.bytes()
+	if len(d.bytes) > 0 {
+		n += d.size - 4*len(d.bytes) // the values, in the arena
+	}
+	return n
+}
 
 // byteArena copies byte strings into blocks that never move, so that what it returns stays valid until the
 // arena is dropped. Blocks grow from small, since most dictionaries of a wide table hold a few short values.
@@ -449,9 +453,8 @@ func (c *chunkWriter) begin(lc *leafChunk) {
 	lc.levels, lc.values = 0, 0
 	lc.data, lc.uncompressed = nil, 0
 	lc.dictPages, lc.plainPages = 0, 0
-	lc.dict = dictionary{strs: lc.dict.strs, nums: lc.dict.nums}
-	clear(lc.dict.strs)
-	clear(lc.dict.nums)
+	lc.dict.index.reset()
+	lc.dict = dictionary{index: lc.dict.index}
 	lc.hasFalse, lc.hasTrue, lc.statsAlias = false, false, false
 	lc.def = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxDef))}
 	lc.rep = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxRep))}
@@ -625,14 +628,13 @@ func (c *chunkWriter) putBytes(b []byte) {
 		lc.idx = append(lc.idx, uint32(d.last-1))
 		return
 	}
-	if d.strs == nil {
-		d.strs = map[string]int32{}
-	}
-	id, ok := d.strs[unsafe.String(unsafe.SliceData(b), len(b))] // no copy to look up
-	if !ok {
+	h := hashBytes(b)
+	d.index.reserve()
+	id, slot := d.index.findBytes(h, b, d.bytes)
+	if id < 0 {
 		v := d.arena.copy(b)
 		id = int32(len(d.bytes))
-		d.strs[unsafe.String(unsafe.SliceData(v), len(v))] = id
+		d.index.insert(slot, h, id)
 		d.bytes = append(d.bytes, v)
 		d.size += 4 + len(v)
 	}
@@ -648,13 +650,12 @@ func (c *chunkWriter) putInt64(v int64) {
 		return
 	}
 	d := &lc.dict
-	if d.nums == nil {
-		d.nums = map[uint64]int32{}
-	}
-	id, ok := d.nums[uint64(v)]
-	if !ok {
+	h := hashNum(uint64(v))
+	d.index.reserve()
+	id, slot := d.index.findInt64(h, v, d.int64s)
+	if id < 0 {
 		id = int32(len(d.int64s))
-		d.nums[uint64(v)] = id
+		d.index.insert(slot, h, id)
 		d.int64s = append(d.int64s, v)
 		d.size += 8
 	}
@@ -670,13 +671,12 @@ func (c *chunkWriter) putFloat64(v float64) {
 		return
 	}
 	d := &lc.dict
-	if d.nums == nil {
-		d.nums = map[uint64]int32{}
-	}
-	id, ok := d.nums[u]
-	if !ok {
+	h := hashNum(u)
+	d.index.reserve()
+	id, slot := d.index.findFloat64(h, u, d.floats)
+	if id < 0 {
 		id = int32(len(d.floats))
-		d.nums[u] = id
+		d.index.insert(slot, h, id)
 		d.floats = append(d.floats, v)
 		d.size += 8
 	}
