@@ -121,54 +121,33 @@ var emptyValue = []byte{}
 // scrubValues replaces the last min and max of a statistics object.
 var scrubValues = []parquet.ByteArray{emptyValue}
 
-// dictionary holds the distinct values of a chunk in order of first appearance. String values are copied into
-// its arena: the records they come from are released before the chunk is written.
+// dictionary holds the distinct values of a chunk in order of first appearance. Byte array values are copied,
+// PLAIN-encoded, into plain, which is the body of the dictionary page: the records they come from are released
+// before the chunk is written. starts finds each of them, so that an entry costs 4 bytes beside its value and its
+// index slot, and holds no pointer for the collector to follow.
 type dictionary struct {
 	index  dictIndex // of the values, by id
-	bytes  []parquet.ByteArray
+	plain  []byte    // byte array values, PLAIN-encoded (length, then bytes), in order
+	starts []uint32  // where each byte array value's length is in plain
 	int64s []int64
 	floats []float64
 	size   int   // PLAIN-encoded size
-	last   int32 // 1 + the index of the last byte array value put, 0 for none: runs of a value skip the map
-	arena  byteArena
+	last   int32 // 1 + the index of the last byte array value put, 0 for none: runs of a value skip the index
 }
 
-func (d *dictionary) len() int { return len(d.bytes) + len(d.int64s) + len(d.floats) }
+func (d *dictionary) len() int { return len(d.starts) + len(d.int64s) + len(d.floats) }
 
-// mem is about what the dictionary holds in memory: its values (a byte array's in the arena, with its slice
-// header), the room its slices keep to grow, and its index.
+// value returns byte array value id.
+func (d *dictionary) value(id int32) []byte {
+	s := d.starts[id]
+	n := binary.LittleEndian.Uint32(d.plain[s:])
+	return d.plain[s+4 : s+4+n : s+4+n]
+}
+
+// mem is about what the dictionary holds in memory: its values, with the room its slices keep to grow, and its
+// index.
 func (d *dictionary) mem() int {
-	n := 24*cap(d.bytes) + 8*(cap(d.int64s)+cap(d.floats)) + d.index.bytes()
-	if len(d.bytes) > 0 {
-		n += d.size - 4*len(d.bytes) // the values, in the arena
-	}
-	return n
-}
-
-// byteArena copies byte strings into blocks that never move, so that what it returns stays valid until the
-// arena is dropped. Blocks grow from small, since most dictionaries of a wide table hold a few short values.
-type byteArena struct {
-	cur []byte
-}
-
-const (
-	arenaFirstBlock = 256
-	arenaMaxBlock   = 64 << 10
-)
-
-func (a *byteArena) copy(b []byte) []byte {
-	if len(b) == 0 {
-		return emptyValue
-	}
-	if len(b) > arenaMaxBlock/4 {
-		return append([]byte(nil), b...)
-	}
-	if cap(a.cur)-len(a.cur) < len(b) {
-		a.cur = make([]byte, 0, min(max(2*cap(a.cur), arenaFirstBlock, len(b)), arenaMaxBlock))
-	}
-	n := len(a.cur)
-	a.cur = append(a.cur, b...)
-	return a.cur[n:len(a.cur):len(a.cur)]
+	return cap(d.plain) + 4*cap(d.starts) + 8*(cap(d.int64s)+cap(d.floats)) + d.index.bytes()
 }
 
 // runList is the levels of n entries, kept in the RLE/bit-packed hybrid as a data page has them (a row of a list
@@ -624,19 +603,20 @@ func (c *chunkWriter) putBytes(b []byte) {
 		return
 	}
 	d := &lc.dict
-	if d.last > 0 && string(d.bytes[d.last-1]) == string(b) {
+	if d.last > 0 && string(d.value(d.last-1)) == string(b) {
 		lc.idx = append(lc.idx, uint32(d.last-1))
 		return
 	}
 	h := hashBytes(b)
 	d.index.reserve()
-	id, slot := d.index.findBytes(h, b, d.bytes)
+	id, slot := d.index.findBytes(h, b, d)
 	if id < 0 {
-		v := d.arena.copy(b)
-		id = int32(len(d.bytes))
+		id = int32(len(d.starts))
 		d.index.insert(slot, h, id)
-		d.bytes = append(d.bytes, v)
-		d.size += 4 + len(v)
+		d.starts = append(d.starts, uint32(len(d.plain)))
+		d.plain = binary.LittleEndian.AppendUint32(d.plain, uint32(len(b)))
+		d.plain = append(d.plain, b...)
+		d.size += 4 + len(b)
 	}
 	d.last = id + 1
 	lc.idx = append(lc.idx, uint32(id))
@@ -867,10 +847,7 @@ func shared[T any](m map[sharedKey]any, k sharedKey, v T) T {
 // dictPage appends the PLAIN encoding of the current chunk's dictionary to b.
 func (c *chunkWriter) dictPage(b []byte) []byte {
 	d := &c.lc.dict
-	for _, v := range d.bytes {
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
-		b = append(b, v...)
-	}
+	b = append(b, d.plain...)
 	for _, v := range d.int64s {
 		b = binary.LittleEndian.AppendUint64(b, uint64(v))
 	}
@@ -903,7 +880,16 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 	s := c.chunkStats()
 	switch s := s.(type) {
 	case *metadata.ByteArrayStatistics:
-		s.Update(lc.dict.bytes, 0)
+		d := &lc.dict
+		for i := 0; i < len(d.starts); {
+			c.tmpBytes = c.tmpBytes[:0]
+			for ; i < len(d.starts) && len(c.tmpBytes) < sliceRows; i++ {
+				c.tmpBytes = append(c.tmpBytes, d.value(int32(i)))
+			}
+			s.Update(c.tmpBytes, 0)
+		}
+		clear(c.tmpBytes)
+		c.tmpBytes = c.tmpBytes[:0]
 	case *metadata.Int64Statistics:
 		s.Update(lc.dict.int64s, 0)
 	case *metadata.Float64Statistics:

@@ -3,8 +3,6 @@ package sinks
 import (
 	"hash/maphash"
 	"math"
-
-	"github.com/apache/arrow/go/v17/parquet"
 )
 
 // dictIndex finds a dictionary's values by their hash. It replaces a Go map from value to id, which for the
@@ -72,9 +70,9 @@ func (x *dictIndex) reserve() {
 	}
 }
 
-// findBytes returns the id of b among vals, or -1 and the slot where insert puts it. reserve must have been
-// called since the last insert.
-func (x *dictIndex) findBytes(h uint32, b []byte, vals []parquet.ByteArray) (id int32, slot int) {
+// findBytes returns the id of b among the byte array values of d, or -1 and the slot where insert puts it.
+// reserve must have been called since the last insert.
+func (x *dictIndex) findBytes(h uint32, b []byte, d *dictionary) (id int32, slot int) {
 	mask := uint32(len(x.slots) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
 		s := x.slots[i]
@@ -82,7 +80,7 @@ func (x *dictIndex) findBytes(h uint32, b []byte, vals []parquet.ByteArray) (id 
 			return -1, int(i)
 		}
 		if uint32(s>>32) == h {
-			if id := int32(uint32(s)) - 1; string(vals[id]) == string(b) {
+			if id := int32(uint32(s)) - 1; string(d.value(id)) == string(b) {
 				return id, int(i)
 			}
 		}

@@ -1,12 +1,11 @@
 package sinks
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
-
-	"github.com/apache/arrow/go/v17/parquet"
 )
 
 // TestDictIndexMatchesMap puts values with many repeats into a dictIndex and a map side by side, through resets
@@ -22,24 +21,24 @@ func TestDictIndexMatchesMap(t *testing.T) {
 		if len(x.slots) > dictIndexKeep {
 			t.Fatalf("round %d: reset kept %d slots", round, len(x.slots))
 		}
-		var vals []parquet.ByteArray
+		var d dictionary
 		ids := map[string]int32{}
 		for range n {
 			b := fmt.Appendf(nil, "Patient/%d", rng.IntN(n/2+1))
 			h := hashBytes(b)
 			x.reserve()
-			id, slot := x.findBytes(h, b, vals)
+			id, slot := x.findBytes(h, b, &d)
 			want, ok := ids[string(b)]
 			if !ok {
-				want = int32(len(vals))
+				want = int32(d.len())
 				ids[string(b)] = want
 			}
 			if id < 0 {
 				if ok {
 					t.Fatalf("round %d: %q, entered as %d, not found", round, b, want)
 				}
-				x.insert(slot, h, int32(len(vals)))
-				vals = append(vals, b)
+				x.insert(slot, h, int32(d.len()))
+				addValue(&d, b)
 				id = want
 			}
 			if id != want {
@@ -52,24 +51,31 @@ func TestDictIndexMatchesMap(t *testing.T) {
 	}
 }
 
+// addValue appends byte array value b to d, as putBytes does.
+func addValue(d *dictionary, b []byte) {
+	d.starts = append(d.starts, uint32(len(d.plain)))
+	d.plain = binary.LittleEndian.AppendUint32(d.plain, uint32(len(b)))
+	d.plain = append(d.plain, b...)
+}
+
 // TestDictIndexSameHash gives different values the same hash, so that only the comparison with the values
 // tells them apart.
 func TestDictIndexSameHash(t *testing.T) {
 	var x dictIndex
-	vals := []parquet.ByteArray{}
+	var d dictionary
 	for i := range 40 {
 		b := []byte{byte(i)}
 		x.reserve()
-		if id, slot := x.findBytes(7, b, vals); id >= 0 {
+		if id, slot := x.findBytes(7, b, &d); id >= 0 {
 			t.Fatalf("value %d found as %d before it was put", i, id)
 		} else {
 			x.insert(slot, 7, int32(i))
 		}
-		vals = append(vals, b)
+		addValue(&d, b)
 	}
 	for i := range 40 {
 		x.reserve()
-		if id, _ := x.findBytes(7, []byte{byte(i)}, vals); id != int32(i) {
+		if id, _ := x.findBytes(7, []byte{byte(i)}, &d); id != int32(i) {
 			t.Fatalf("value %d found as %d", i, id)
 		}
 	}
