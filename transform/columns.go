@@ -312,10 +312,18 @@ func (c *col) release() {
 // materialised reports whether the col holds entries past index n: a row that failed half-way left values.
 func (c *col) materialised(n int) bool { return c.n > n }
 
-// zeros is one zeroed buffer shared by the all-null arrays (and the empty buffers) of one flush.
+// zeros is one zeroed buffer shared by the all-null arrays (and the empty buffers) of one flush. The all-null
+// arrays of a scalar type are alike for a length, so a flush makes each once and hands out references: a wide
+// table has hundreds of leaves without a value in a batch, most of them strings of the batch's length.
 type zeros struct {
-	mem memory.Allocator
-	buf *memory.Buffer
+	mem    memory.Allocator
+	buf    *memory.Buffer
+	scalar map[nullKey]arrow.ArrayData
+}
+
+type nullKey struct {
+	t arrow.DataType
+	n int
 }
 
 // buffer returns a reference to size zero bytes.
@@ -332,8 +340,27 @@ func (z *zeros) buffer(size int) *memory.Buffer {
 	return s
 }
 
-// nulls returns an array of length nulls of type t.
+// nulls returns an array of length nulls of type t; the caller releases it.
 func (z *zeros) nulls(t arrow.DataType, length int) arrow.ArrayData {
+	switch t.(type) {
+	case *arrow.StructType, *arrow.ListType:
+		return z.make(t, length)
+	}
+	k := nullKey{t, length}
+	d, ok := z.scalar[k]
+	if !ok {
+		if z.scalar == nil {
+			z.scalar = make(map[nullKey]arrow.ArrayData)
+		}
+		d = z.make(t, length)
+		z.scalar[k] = d
+	}
+	d.Retain()
+	return d
+}
+
+// make builds an all-null array of type t.
+func (z *zeros) make(t arrow.DataType, length int) arrow.ArrayData {
 	var buffers []*memory.Buffer
 	var children []arrow.ArrayData
 	validity := z.buffer(bitBytes(length))
@@ -365,6 +392,10 @@ func (z *zeros) nulls(t arrow.DataType, length int) arrow.ArrayData {
 }
 
 func (z *zeros) release() {
+	for _, d := range z.scalar {
+		d.Release()
+	}
+	clear(z.scalar)
 	if z.buf != nil {
 		z.buf.Release()
 		z.buf = nil
