@@ -311,10 +311,10 @@ func (c *chunkWriter) runList(rec arrow.Record, lo, hi int, seg, node int32) int
 	c.walk(0, rec.Column(c.lc.leaf.column), lo, hi, 0, 0, 0)
 	c.recording = false
 	l := runList{start: int32(len(c.listBytes)), n: int32(c.recN), defW: uint8(defW), repW: uint8(repW)}
-	c.listBytes = append(c.listBytes, c.recDef.finish()...)
+	c.listBytes = append(c.listBytes, c.recDef.finishRuns()...)
 	l.mid = int32(len(c.listBytes))
 	if repW > 0 {
-		c.listBytes = append(c.listBytes, c.recRep.finish()...)
+		c.listBytes = append(c.listBytes, c.recRep.finishRuns()...)
 	}
 	l.end = int32(len(c.listBytes))
 	n := int32(len(c.lists))
@@ -353,18 +353,33 @@ func (c *chunkWriter) replay(n int32) {
 	}
 }
 
-// putHybrid decodes the first n values of enc, in the RLE/bit-packed hybrid at width w, into e.
+// putHybrid puts the first n values of enc, in the RLE/bit-packed hybrid at width w, into e. enc is a run list's
+// encoding (finishRuns), which holds no padding: one of several runs, when it has e's width and e holds nothing
+// pending, is appended as it is. Otherwise it is decoded, and so one RLE run, the levels of most lists, merges
+// with the run e is gathering.
 func putHybrid(e *rleEncoder, enc []byte, w, n int) {
 	for n > 0 && len(enc) > 0 {
 		h, k := binary.Uvarint(enc)
+		vb := (w + 7) / 8                 // bytes of an RLE run's value
+		if h&1 == 0 && k+vb == len(enc) { // enc is one RLE run
+			var v uint32
+			for b := range vb {
+				v |= uint32(enc[k+b]) << (8 * b)
+			}
+			e.put(v, min(int(h>>1), n))
+			return
+		}
+		if w == e.width && e.rn == 0 && len(e.lit) == 0 {
+			e.out = append(e.out, enc...)
+			return
+		}
 		enc = enc[k:]
 		if h&1 == 0 { // RLE run
 			var v uint32
-			nb := (w + 7) / 8
-			for b := range nb {
+			for b := range vb {
 				v |= uint32(enc[b]) << (8 * b)
 			}
-			enc = enc[nb:]
+			enc = enc[vb:]
 			m := min(int(h>>1), n)
 			e.put(v, m)
 			n -= m
@@ -992,6 +1007,28 @@ func (e *rleEncoder) flushLiterals() {
 		}
 	}
 	e.lit = e.lit[:copy(e.lit, e.lit[m:])]
+}
+
+// finishRuns ends the encoding like finish, but writes the literals that do not fill a group of 8 as RLE runs
+// instead of padding them: the encoding then holds exactly the values put, and another encoding of the same
+// width may follow it as it is.
+func (e *rleEncoder) finishRuns() []byte {
+	e.endRun()
+	e.flushLiterals()
+	lit := e.lit
+	for i := 0; i < len(lit); {
+		j := i + 1
+		for j < len(lit) && lit[j] == lit[i] {
+			j++
+		}
+		e.out = binary.AppendUvarint(e.out, uint64(j-i)<<1)
+		for b := 0; b < (e.width+7)/8; b++ {
+			e.out = append(e.out, byte(lit[i]>>(8*b)))
+		}
+		i = j
+	}
+	e.lit = e.lit[:0]
+	return e.out
 }
 
 // finish ends the encoding, padding the last bit-packed group with zeros (the page says how many values there
