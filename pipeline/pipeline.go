@@ -15,6 +15,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"compress/flate"
 	"compress/gzip"
 	"context"
@@ -772,15 +773,22 @@ func (r *run) close(ctx context.Context, started time.Time) (*sinks.Manifest, er
 		return rs
 	}
 	closing := time.Now()
-	// Closing a table writes its last row group: the tables close side by side, one per worker.
+	// Closing a table writes its last row group: the tables close side by side, one per worker, those that hold
+	// the most first, so that the last to finish is a small one.
 	types := slices.Sorted(maps.Keys(r.tables))
+	order := make([]int, len(types)) // indices of types, in the order of closing
+	for i := range order {
+		order[i] = i
+	}
+	held := func(i int) int64 { return r.tables[types[i]].Held() }
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(held(b), held(a)) })
 	closed := make([][]sinks.File, len(types))
 	errs := make([]error, len(types))
 	var g errgroup.Group
 	g.SetLimit(r.opts.Workers)
-	for i, typ := range types {
+	for _, i := range order {
 		g.Go(func() error {
-			closed[i], errs[i] = r.tables[typ].Close(ctx)
+			closed[i], errs[i] = r.tables[types[i]].Close(ctx)
 			return nil
 		})
 	}

@@ -439,9 +439,15 @@ func TestTableBudget(t *testing.T) {
 				}
 			}
 			for _, tbl := range tables {
+				if tc.budget == nil && tbl.Held() <= 0 {
+					t.Errorf("%s holds %d bytes before Close, with its only row group open", tbl.typ, tbl.Held())
+				}
 				files, err := tbl.Close(ctx)
 				if err != nil || len(files) != 1 || files[0].Rows != 120 {
 					t.Fatalf("Close: %+v, %v; want one part of 120 rows", files, err)
+				}
+				if tbl.Held() != 0 {
+					t.Errorf("%s holds %d bytes after Close", tbl.typ, tbl.Held())
 				}
 				got := readParquet(t, b, "out/"+files[0].Key, mem)
 				if !tc.wantGroups(len(got.rowGroups)) {
