@@ -302,6 +302,9 @@ type plan struct {
 	col  *col   // the element's column: a list col when node.Repeated
 	elem *col   // the col of one element: col's element col, or col
 	kids []*plan
+	// derived are the indices of the kids whose columns are derived (schema.Derived): they are converted whatever
+	// members the object has.
+	derived []int32
 	// In a Reference struct: kids indices of reference and type; -1 elsewhere.
 	ref, refType int
 }
@@ -320,6 +323,9 @@ func newRootPlan(res *schema.Resource, mem *arena) (*plan, error) {
 			c.release()
 			p.release()
 			return nil, err
+		}
+		if n.Derived != schema.NotDerived {
+			p.derived = append(p.derived, int32(i))
 		}
 		p.kids = append(p.kids, kp)
 	}
@@ -354,6 +360,7 @@ func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 			p.kids = append(p.kids, kp)
 			switch {
 			case ch.Derived != schema.NotDerived:
+				p.derived = append(p.derived, int32(i))
 			case ch.Name == "reference" && n.FHIRType == "Reference":
 				p.ref = i
 			case ch.Name == "type" && n.FHIRType == "Reference":
@@ -414,8 +421,9 @@ type converter struct {
 	isType            func([]byte) bool // whether a name is an R4 resource type
 	refText, typeText []byte
 	slots             []slot
-	path              []byte // JSON path of the value being converted: name[0].given
-	pe                []byte // the _primitiveExtensions object being built
+	order             []int32 // a stack: per object being converted, the kids it converts, in schema order
+	path              []byte  // JSON path of the value being converted: name[0].given
+	pe                []byte  // the _primitiveExtensions object being built
 	compact           bytes.Buffer
 	b64               []byte
 }
@@ -436,7 +444,7 @@ func (c *converter) convert(t *table, line []byte) error {
 	if c.tree.nodes[root].kind != jObject {
 		return fmt.Errorf("parse %s: not a JSON object", p.node.Path)
 	}
-	c.slots, c.path, c.pe = c.slots[:0], c.path[:0], c.pe[:0]
+	c.slots, c.order, c.path, c.pe = c.slots[:0], c.order[:0], c.path[:0], c.pe[:0]
 	if err := c.object(p, root, t.rows); err != nil {
 		for _, kp := range p.kids {
 			kp.col.truncate(t.rows)
@@ -459,7 +467,10 @@ func (c *converter) object(p *plan, obj int32, at int) error {
 	return err
 }
 
+// members converts the members of object obj into the kids of p. Only the kids the object has a member for, and
+// the derived ones, are visited, in schema order: the others pad themselves as nulls.
 func (c *converter) members(p *plan, obj int32, base, at int) error {
+	mark := len(c.order) // a failure leaves the stack as it is: convert empties it for the next line
 	members := c.tree.children(obj)
 	for i := 0; i < len(members); i += 2 {
 		key, err := c.tree.text(members[i])
@@ -478,16 +489,26 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 			c.primitiveExtension(key[1:], v)
 			continue
 		}
+		if c.slots[base+m.Child].v < 0 {
+			c.order = append(c.order, int32(m.Child))
+		}
 		c.slots[base+m.Child] = slot{v: v, choice: int32(m.Choice)}
 	}
+	c.order = append(c.order, p.derived...)
+	order := c.order[mark:]
+	for i := 1; i < len(order); i++ { // insertion sort: members mostly come in schema order
+		for j := i; j > 0 && order[j] < order[j-1]; j-- {
+			order[j], order[j-1] = order[j-1], order[j]
+		}
+	}
 	var ref refParts
-	for i, kp := range p.kids {
-		s := c.slots[base+i]
+	for _, i := range order {
+		kp, s := p.kids[i], c.slots[base+int(i)]
 		var err error
 		switch {
 		case kp.node.Derived != schema.NotDerived:
 			c.derived(p, kp, base, at, &ref)
-		case s.v < 0 || c.tree.nodes[s.v].kind == jNull:
+		case c.tree.nodes[s.v].kind == jNull:
 		case kp.node.Kind == schema.Choice:
 			err = c.choice(kp, int(s.choice), s.v, at)
 		default:
@@ -500,6 +521,7 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 			return err
 		}
 	}
+	c.order = c.order[:mark]
 	return nil
 }
 
