@@ -280,6 +280,7 @@ type run struct {
 	links   *sinks.Table // the patient-link table
 	seen    *keySet      // resource versions written from per-Patient objects
 	bufs    sync.Pool    // *[]byte of batchBytes capacity: the line buffers of batches, reused
+	lineSet sync.Pool    // *[]line of batchLines capacity: the lines of batches, reused
 
 	blockIssues      []sinks.BlockIssue
 	blockIssuesTotal int64
@@ -358,7 +359,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 	}
 	bs := reader.NewBlockScanner(sc, reader.BlockOptions{Layout: layout})
 
-	b := batch{key: o.Key}
+	b := batch{key: o.Key, lines: r.lineSlice()}
 	var buf []byte
 	var last int64 // number of the last line read
 	send := func() error {
@@ -374,7 +375,7 @@ func (r *run) readObject(ctx context.Context, i int, o reader.Object, work chan<
 			return ctx.Err()
 		}
 		waited += time.Since(t)
-		b = batch{key: o.Key}
+		b = batch{key: o.Key, lines: r.lineSlice()}
 		buf = nil
 		return nil
 	}
@@ -445,11 +446,24 @@ func (r *run) lineBuffer(n int) []byte {
 	return make([]byte, 0, batchBytes)
 }
 
-// recycle hands a decoded batch's buffer back for reuse; nothing may refer to its lines any more.
+// lineSlice returns an empty slice for the lines of a batch.
+func (r *run) lineSlice() []line {
+	if p, ok := r.lineSet.Get().(*[]line); ok {
+		return *p
+	}
+	return make([]line, 0, batchLines)
+}
+
+// recycle hands a decoded batch's buffer and lines back for reuse; nothing may refer to its lines any more.
 func (r *run) recycle(b batch) {
 	if cap(b.buf) == batchBytes {
 		buf := b.buf[:0]
 		r.bufs.Put(&buf)
+	}
+	if cap(b.lines) == batchLines {
+		clear(b.lines) // no hold on the buffers of lines over batchBytes, which are not reused
+		lines := b.lines[:0]
+		r.lineSet.Put(&lines)
 	}
 }
 
