@@ -647,7 +647,7 @@ func (c *chunkWriter) putInt64(v int64) {
 	d := &lc.dict
 	h := hashNum(uint64(v))
 	d.index.reserve()
-	id, slot := d.index.findInt64(h, v, d.int64s)
+	id, slot := d.index.findNum(h, uint64(v), bitsOf(d.int64s))
 	if id < 0 {
 		id = int32(len(d.int64s))
 		d.index.insert(slot, h, id)
@@ -668,7 +668,7 @@ func (c *chunkWriter) putFloat64(v float64) {
 	d := &lc.dict
 	h := hashNum(u)
 	d.index.reserve()
-	id, slot := d.index.findFloat64(h, u, d.floats)
+	id, slot := d.index.findNum(h, u, bitsOf(d.floats))
 	if id < 0 {
 		id = int32(len(d.floats))
 		d.index.insert(slot, h, id)

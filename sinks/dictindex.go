@@ -2,7 +2,7 @@ package sinks
 
 import (
 	"hash/maphash"
-	"math"
+	"unsafe"
 )
 
 // dictIndex finds a dictionary's values by their hash. It replaces a Go map from value to id, which for the
@@ -87,8 +87,9 @@ func (x *dictIndex) findBytes(h uint32, b []byte, d *dictionary) (id int32, slot
 	}
 }
 
-// findInt64 is findBytes for an int64 value.
-func (x *dictIndex) findInt64(h uint32, v int64, vals []int64) (id int32, slot int) {
+// findNum is findBytes for an int64 value, or a float64 value by its bits (so that NaNs and -0 are values of their
+// own): v is the value's bits, vals those of the values (bitsOf).
+func (x *dictIndex) findNum(h uint32, v uint64, vals []uint64) (id int32, slot int) {
 	mask := uint32(len(x.slots) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
 		s := x.slots[i]
@@ -103,20 +104,9 @@ func (x *dictIndex) findInt64(h uint32, v int64, vals []int64) (id int32, slot i
 	}
 }
 
-// findFloat64 is findBytes for a float64 value, by its bits u (so that NaNs and -0 are values of their own).
-func (x *dictIndex) findFloat64(h uint32, u uint64, vals []float64) (id int32, slot int) {
-	mask := uint32(len(x.slots) - 1)
-	for i := h & mask; ; i = (i + 1) & mask {
-		s := x.slots[i]
-		if s == 0 {
-			return -1, int(i)
-		}
-		if uint32(s>>32) == h {
-			if id := int32(uint32(s)) - 1; math.Float64bits(vals[id]) == u {
-				return id, int(i)
-			}
-		}
-	}
+// bitsOf views int64 or float64 values as their bits, without copying.
+func bitsOf[T int64 | float64](vals []T) []uint64 {
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(vals))), len(vals))
 }
 
 // insert puts id, of a value with hash h, into the empty slot a find returned.

@@ -96,7 +96,7 @@ func TestDictIndexNumbers(t *testing.T) {
 			u := math.Float64bits(v)
 			h := hashNum(u)
 			x.reserve()
-			id, slot := x.findFloat64(h, u, vals)
+			id, slot := x.findNum(h, u, bitsOf(vals))
 			if pass == 0 {
 				if id >= 0 {
 					t.Fatalf("float %d (%v) found as %d before it was put", i, v, id)
@@ -127,7 +127,7 @@ func TestDictIndexNumbers(t *testing.T) {
 	for _, v := range []int64{0, -1, 1, math.MinInt64, math.MaxInt64, 1 << 40, 2 << 40, 3 << 40, 0, 1 << 40} {
 		h := hashNum(uint64(v))
 		xi.reserve()
-		id, slot := xi.findInt64(h, v, ints)
+		id, slot := xi.findNum(h, uint64(v), bitsOf(ints))
 		if id < 0 {
 			xi.insert(slot, h, int32(len(ints)))
 			ints = append(ints, v)
