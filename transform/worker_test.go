@@ -452,14 +452,24 @@ func TestNewWorkerOptions(t *testing.T) {
 	}
 }
 
-func TestWorkerSyntheaExcerpt(t *testing.T) {
-	w, _ := newTestWorker(t, Options{})
-	rt := newRoundTrip(t, w)
-	rt.file("testdata/synthea-excerpt.ndjson", 0)
-	rt.flush()
-	if rt.lines != 38 || rt.valid != rt.lines || rt.rows != rt.lines {
-		t.Errorf("%d lines, %d valid, %d rows; rejected %v", rt.lines, rt.valid, rt.rows, rt.rejected)
+// validators runs f once per validation path: the fast path converts from the tree its validator built, with the
+// keys it looked up marked, and the reference path from a tree of its own.
+func validators(t *testing.T, f func(t *testing.T, validator string)) {
+	for _, v := range []string{ValidatorReference, ValidatorFast} {
+		t.Run(v, func(t *testing.T) { f(t, v) })
 	}
+}
+
+func TestWorkerSyntheaExcerpt(t *testing.T) {
+	validators(t, func(t *testing.T, validator string) {
+		w, _ := newTestWorker(t, Options{Validator: validator})
+		rt := newRoundTrip(t, w)
+		rt.file("testdata/synthea-excerpt.ndjson", 0)
+		rt.flush()
+		if rt.lines != 38 || rt.valid != rt.lines || rt.rows != rt.lines {
+			t.Errorf("%d lines, %d valid, %d rows; rejected %v", rt.lines, rt.valid, rt.rows, rt.rejected)
+		}
+	})
 }
 
 func sharedFiles(t *testing.T, dir string) []string {
@@ -475,51 +485,55 @@ func sharedFiles(t *testing.T, dir string) []string {
 // reads back as its source.
 func TestWorkerSynthea100(t *testing.T) {
 	files := sharedFiles(t, "synthea-100")
-	w, _ := newTestWorker(t, Options{})
-	rt := newRoundTrip(t, w)
-	maxLines := 0
-	if testing.Short() {
-		maxLines = 50
-	}
-	for _, f := range files {
-		rt.file(f, maxLines)
-	}
-	rt.flush()
-	if len(rt.rejected) != 0 {
-		t.Errorf("rejected %v, want none", rt.rejected)
-	}
-	if !testing.Short() && rt.rows != 38483 {
-		t.Errorf("%d rows, want 38483", rt.rows)
-	}
-	t.Logf("synthea-100: %d lines, %d rows", rt.lines, rt.rows)
+	validators(t, func(t *testing.T, validator string) {
+		w, _ := newTestWorker(t, Options{Validator: validator})
+		rt := newRoundTrip(t, w)
+		maxLines := 0
+		if testing.Short() {
+			maxLines = 50
+		}
+		for _, f := range files {
+			rt.file(f, maxLines)
+		}
+		rt.flush()
+		if len(rt.rejected) != 0 {
+			t.Errorf("rejected %v, want none", rt.rejected)
+		}
+		if !testing.Short() && rt.rows != 38483 {
+			t.Errorf("%d rows, want 38483", rt.rows)
+		}
+		t.Logf("synthea-100: %d lines, %d rows", rt.lines, rt.rows)
+	})
 }
 
 // TestWorkerR4Examples converts every valid HL7 R4 example (the reference validator rejects 17 of the 5,297),
 // lines up to 2.75 MB included, and reads each row back as its source.
 func TestWorkerR4Examples(t *testing.T) {
 	files := sharedFiles(t, "r4-examples")
-	w, _ := newTestWorker(t, Options{})
-	rt := newRoundTrip(t, w)
-	rt.flushEvery = 100
-	maxLines := 0
-	if testing.Short() {
-		maxLines = 3
-	}
-	for _, f := range files {
-		rt.file(f, maxLines)
-	}
-	rt.flush()
-	rejected := 0
-	for _, n := range rt.rejected {
-		rejected += n
-	}
-	if rt.rows != rt.valid || rt.valid+rejected != rt.lines {
-		t.Errorf("%d lines, %d valid, %d rows, %d rejected", rt.lines, rt.valid, rt.rows, rejected)
-	}
-	if !testing.Short() && rt.lines != 5297 {
-		t.Errorf("%d lines, want 5297", rt.lines)
-	}
-	t.Logf("r4-examples: %d lines, %d rows, rejected %v", rt.lines, rt.rows, rt.rejected)
+	validators(t, func(t *testing.T, validator string) {
+		w, _ := newTestWorker(t, Options{Validator: validator})
+		rt := newRoundTrip(t, w)
+		rt.flushEvery = 100
+		maxLines := 0
+		if testing.Short() {
+			maxLines = 3
+		}
+		for _, f := range files {
+			rt.file(f, maxLines)
+		}
+		rt.flush()
+		rejected := 0
+		for _, n := range rt.rejected {
+			rejected += n
+		}
+		if rt.rows != rt.valid || rt.valid+rejected != rt.lines {
+			t.Errorf("%d lines, %d valid, %d rows, %d rejected", rt.lines, rt.valid, rt.rows, rejected)
+		}
+		if !testing.Short() && rt.lines != 5297 {
+			t.Errorf("%d lines, want 5297", rt.lines)
+		}
+		t.Logf("r4-examples: %d lines, %d rows, rejected %v", rt.lines, rt.rows, rt.rejected)
+	})
 }
 
 func TestWorkerBytes(t *testing.T) {
