@@ -298,10 +298,15 @@ func (t *jtree) text(i int32) ([]byte, error) {
 // Worker, with their cols, which start a new batch whenever a flush takes their arrays.
 type plan struct {
 	node *schema.Node
-	key  string // JSON key: the element name, or for a choice child the full name ("valueQuantity")
-	col  *col   // the element's column: a list col when node.Repeated
-	elem *col   // the col of one element: col's element col, or col
-	kids []*plan
+	// The node's fields the walk reads for every value, copied here, next to the rest of the plan.
+	kind     schema.Kind
+	scalar   schema.Scalar
+	derive   schema.Derived
+	repeated bool
+	key      string // JSON key: the element name, or for a choice child the full name ("valueQuantity")
+	col      *col   // the element's column: a list col when node.Repeated
+	elem     *col   // the col of one element: col's element col, or col
+	kids     []*plan
 	// derived are the indices of the kids whose columns are derived (schema.Derived): they are converted whatever
 	// members the object has.
 	derived []int32
@@ -311,7 +316,7 @@ type plan struct {
 
 // newRootPlan binds res's fields to cols created from its schema, one per field in schema order.
 func newRootPlan(res *schema.Resource, mem *arena) (*plan, error) {
-	p := &plan{node: res.Root, ref: -1, refType: -1}
+	p := &plan{node: res.Root, kind: res.Root.Kind, ref: -1, refType: -1}
 	for i, n := range res.Fields {
 		c, err := newCol(res.Schema.Field(i).Type, mem)
 		if err != nil {
@@ -333,7 +338,8 @@ func newRootPlan(res *schema.Resource, mem *arena) (*plan, error) {
 }
 
 func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
-	p := &plan{node: n, key: key, col: c, elem: c, ref: -1, refType: -1}
+	p := &plan{node: n, kind: n.Kind, scalar: n.Scalar, derive: n.Derived, repeated: n.Repeated, key: key, col: c,
+		elem: c, ref: -1, refType: -1}
 	if n.Repeated {
 		if c.kind != colList {
 			return nil, fmt.Errorf("%s: column %s is not a list", n.Path, c.typ)
@@ -506,10 +512,10 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 		kp, s := p.kids[i], c.slots[base+int(i)]
 		var err error
 		switch {
-		case kp.node.Derived != schema.NotDerived:
+		case kp.derive != schema.NotDerived:
 			c.derived(p, kp, base, at, &ref)
 		case c.tree.nodes[s.v].kind == jNull:
-		case kp.node.Kind == schema.Choice:
+		case kp.kind == schema.Choice:
 			err = c.choice(kp, int(s.choice), s.v, at)
 		default:
 			mark := len(c.path)
@@ -547,7 +553,7 @@ func (c *converter) choice(p *plan, which int, v int32, at int) error {
 
 // column converts the JSON value of one element at entry index at: a list when the node is repeated.
 func (c *converter) column(p *plan, v int32, at int) error {
-	if !p.node.Repeated {
+	if !p.repeated {
 		return c.item(p, v, at)
 	}
 	if c.tree.nodes[v].kind != jArray {
@@ -576,7 +582,7 @@ func (c *converter) column(p *plan, v int32, at int) error {
 // item converts one non-null element value at entry index at of p's element col.
 func (c *converter) item(p *plan, v int32, at int) error {
 	n := &c.tree.nodes[v]
-	switch p.node.Kind {
+	switch p.kind {
 	case schema.Struct:
 		if n.kind != jObject {
 			return fmt.Errorf("%s: expected a JSON object", p.node.Path)
@@ -599,7 +605,7 @@ func (c *converter) item(p *plan, v int32, at int) error {
 func (c *converter) primitive(p *plan, v int32, at int) error {
 	n := &c.tree.nodes[v]
 	path := p.node.Path
-	switch p.node.Scalar {
+	switch p.scalar {
 	case schema.String:
 		if n.kind != jString {
 			return fmt.Errorf("%s: expected a JSON string", path)
@@ -710,7 +716,7 @@ type refParts struct {
 // derived appends a computed column of struct p, whose member slots start at base, at entry index at. A null
 // appends nothing.
 func (c *converter) derived(p, kp *plan, base, at int, ref *refParts) {
-	switch kp.node.Derived {
+	switch kp.derive {
 	case schema.PrimitiveExtensions:
 		if len(c.pe) == 0 {
 			return
@@ -732,7 +738,7 @@ func (c *converter) derived(p, kp *plan, base, at int, ref *refParts) {
 			ref.parsed = true
 		}
 		val := ref.typ
-		if kp.node.Derived == schema.ReferenceID {
+		if kp.derive == schema.ReferenceID {
 			val = ref.id
 		}
 		if len(val) > 0 {
