@@ -553,12 +553,12 @@ func (p *part) discard() {
 	p.obj.abort()
 }
 
-// Close writes what is pending, commits the open part and returns every part written, in order. A Table that
-// failed returns its error and commits nothing more. Close after Close returns the same files.
 // Held returns what the row groups of the table's open parts hold, as of their last Write: about the work its
 // Close has left.
 func (t *Table) Held() int64 { return t.heldNow.Load() }
 
+// Close writes what is pending, commits the open part and returns every part written, in order. A Table that
+// failed returns its error and commits nothing more. Close after Close returns the same files.
 func (t *Table) Close(ctx context.Context) ([]File, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
