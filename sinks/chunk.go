@@ -358,18 +358,11 @@ func (c *chunkWriter) replay(n int32) {
 // pending, is appended as it is. Otherwise it is decoded, and so one RLE run, the levels of most lists, merges
 // with the run e is gathering.
 func putHybrid(e *rleEncoder, enc []byte, w, n int) {
+	vb := (w + 7) / 8 // bytes of an RLE run's value
 	for n > 0 && len(enc) > 0 {
 		h, k := binary.Uvarint(enc)
-		vb := (w + 7) / 8                 // bytes of an RLE run's value
-		if h&1 == 0 && k+vb == len(enc) { // enc is one RLE run
-			var v uint32
-			for b := range vb {
-				v |= uint32(enc[k+b]) << (8 * b)
-			}
-			e.put(v, min(int(h>>1), n))
-			return
-		}
-		if w == e.width && e.rn == 0 && len(e.lit) == 0 {
+		oneRun := h&1 == 0 && k+vb == len(enc) // what is left of enc is one RLE run
+		if !oneRun && w == e.width && e.rn == 0 && len(e.lit) == 0 {
 			e.out = append(e.out, enc...)
 			return
 		}
@@ -974,10 +967,7 @@ func (e *rleEncoder) endRun() {
 			e.lit = append(e.lit, e.rv)
 		}
 		e.flushLiterals()
-		e.out = binary.AppendUvarint(e.out, uint64(n-fill)<<1)
-		for b := 0; b < (e.width+7)/8; b++ {
-			e.out = append(e.out, byte(e.rv>>(8*b)))
-		}
+		e.appendRun(e.rv, n-fill)
 		return
 	}
 	for range n {
@@ -985,6 +975,14 @@ func (e *rleEncoder) endRun() {
 	}
 	if len(e.lit) >= 1024 {
 		e.flushLiterals()
+	}
+}
+
+// appendRun writes an RLE run of n values v.
+func (e *rleEncoder) appendRun(v uint32, n int) {
+	e.out = binary.AppendUvarint(e.out, uint64(n)<<1)
+	for b := 0; b < (e.width+7)/8; b++ {
+		e.out = append(e.out, byte(v>>(8*b)))
 	}
 }
 
@@ -1021,10 +1019,7 @@ func (e *rleEncoder) finishRuns() []byte {
 		for j < len(lit) && lit[j] == lit[i] {
 			j++
 		}
-		e.out = binary.AppendUvarint(e.out, uint64(j-i)<<1)
-		for b := 0; b < (e.width+7)/8; b++ {
-			e.out = append(e.out, byte(lit[i]>>(8*b)))
-		}
+		e.appendRun(lit[i], j-i)
 		i = j
 	}
 	e.lit = e.lit[:0]
