@@ -452,20 +452,35 @@ func TestNewWorkerOptions(t *testing.T) {
 	}
 }
 
-// validators runs f once per validation path: the fast path converts from the tree its validator built, with the
-// keys it looked up marked, and the reference path from a tree of its own.
+// validators runs f once per validation path: the fast path converts from the tree its validator built, the
+// reference path from a tree of its own.
 func validators(t *testing.T, f func(t *testing.T, validator string)) {
 	for _, v := range []string{ValidatorReference, ValidatorFast} {
 		t.Run(v, func(t *testing.T) { f(t, v) })
 	}
 }
 
+// convertFiles converts files through a new Worker on validator, under -short at most shortLines lines of each
+// (0: all), flushing every flushEvery valid lines, and returns the round trip, each row read back as its source.
+func convertFiles(t *testing.T, validator string, files []string, shortLines, flushEvery int) *roundTrip {
+	t.Helper()
+	w, _ := newTestWorker(t, Options{Validator: validator})
+	rt := newRoundTrip(t, w)
+	rt.flushEvery = flushEvery
+	maxLines := 0
+	if testing.Short() {
+		maxLines = shortLines
+	}
+	for _, f := range files {
+		rt.file(f, maxLines)
+	}
+	rt.flush()
+	return rt
+}
+
 func TestWorkerSyntheaExcerpt(t *testing.T) {
 	validators(t, func(t *testing.T, validator string) {
-		w, _ := newTestWorker(t, Options{Validator: validator})
-		rt := newRoundTrip(t, w)
-		rt.file("testdata/synthea-excerpt.ndjson", 0)
-		rt.flush()
+		rt := convertFiles(t, validator, []string{"testdata/synthea-excerpt.ndjson"}, 0, 200)
 		if rt.lines != 38 || rt.valid != rt.lines || rt.rows != rt.lines {
 			t.Errorf("%d lines, %d valid, %d rows; rejected %v", rt.lines, rt.valid, rt.rows, rt.rejected)
 		}
@@ -486,16 +501,7 @@ func sharedFiles(t *testing.T, dir string) []string {
 func TestWorkerSynthea100(t *testing.T) {
 	files := sharedFiles(t, "synthea-100")
 	validators(t, func(t *testing.T, validator string) {
-		w, _ := newTestWorker(t, Options{Validator: validator})
-		rt := newRoundTrip(t, w)
-		maxLines := 0
-		if testing.Short() {
-			maxLines = 50
-		}
-		for _, f := range files {
-			rt.file(f, maxLines)
-		}
-		rt.flush()
+		rt := convertFiles(t, validator, files, 50, 200)
 		if len(rt.rejected) != 0 {
 			t.Errorf("rejected %v, want none", rt.rejected)
 		}
@@ -511,17 +517,7 @@ func TestWorkerSynthea100(t *testing.T) {
 func TestWorkerR4Examples(t *testing.T) {
 	files := sharedFiles(t, "r4-examples")
 	validators(t, func(t *testing.T, validator string) {
-		w, _ := newTestWorker(t, Options{Validator: validator})
-		rt := newRoundTrip(t, w)
-		rt.flushEvery = 100
-		maxLines := 0
-		if testing.Short() {
-			maxLines = 3
-		}
-		for _, f := range files {
-			rt.file(f, maxLines)
-		}
-		rt.flush()
+		rt := convertFiles(t, validator, files, 3, 100)
 		rejected := 0
 		for _, n := range rt.rejected {
 			rejected += n
