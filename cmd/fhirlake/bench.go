@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -131,6 +132,11 @@ type benchResult struct {
 	Validate float64 `json:"validate_seconds"`
 	Build    float64 `json:"build_seconds"`
 	Write    float64 `json:"write_seconds"`
+	// The Go runtime's own counts over the run (runtime/metrics): bytes allocated on the heap, collections, and
+	// the CPU time the collector took.
+	Alloc    int64   `json:"alloc_bytes"`
+	GCCycles int64   `json:"gc_cycles"`
+	GCCPU    float64 `json:"gc_cpu_seconds"`
 	// Filled in by the parent from the child's rusage.
 	CPU     float64 `json:"cpu_seconds"`
 	PeakRSS int64   `json:"peak_rss_bytes"`
@@ -183,6 +189,7 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 		peak = watchHeap(ctx)
 	}
 	var tm pipeline.Timings
+	before := readGCMetrics()
 	start := time.Now()
 	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
 		Workers:   c.Workers,
@@ -193,6 +200,7 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 		return err
 	}
 	wall := time.Since(start)
+	after := readGCMetrics()
 	if peak != nil {
 		if err := peak.write(c.MemProfile + suffix); err != nil {
 			return err
@@ -203,11 +211,38 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 		Lines: m.Totals.Lines, Valid: m.Totals.Valid, Rows: m.Totals.Rows, Wall: wall.Seconds(),
 		Read: seconds(tm.Read.Load()), Validate: seconds(tm.Validate.Load()),
 		Build: seconds(tm.Build.Load()), Write: seconds(tm.Write.Load()),
+		Alloc: after.alloc - before.alloc, GCCycles: after.cycles - before.cycles, GCCPU: after.cpu - before.cpu,
 	}
 	for _, in := range m.Inputs {
 		r.Bytes += in.Bytes
 	}
 	return json.NewEncoder(stdout).Encode(r)
+}
+
+// gcMetrics are running totals of the Go runtime.
+type gcMetrics struct {
+	alloc, cycles int64
+	cpu           float64
+}
+
+func readGCMetrics() gcMetrics {
+	samples := []metrics.Sample{
+		{Name: "/gc/heap/allocs:bytes"},
+		{Name: "/gc/cycles/total:gc-cycles"},
+		{Name: "/cpu/classes/gc/total:cpu-seconds"},
+	}
+	metrics.Read(samples)
+	var m gcMetrics
+	if v := samples[0].Value; v.Kind() == metrics.KindUint64 {
+		m.alloc = int64(v.Uint64())
+	}
+	if v := samples[1].Value; v.Kind() == metrics.KindUint64 {
+		m.cycles = int64(v.Uint64())
+	}
+	if v := samples[2].Value; v.Kind() == metrics.KindFloat64 {
+		m.cpu = v.Float64()
+	}
+	return m
 }
 
 // peakHeap keeps the heap profile taken when the heap in use was largest, sampled every 100ms.
@@ -316,13 +351,14 @@ func benchOne(ctx context.Context, self string, c benchConfig, validator string,
 
 func printBench(w io.Writer, results []benchResult) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "validator\tcores\tMB\tresources\twall s\tMB/s\tMB/s/core\tres/s\tres/s/core\tCPU s\tMB/CPU-s\tpeak RSS MB\tread s\tvalidate s\tbuild s\twrite s\t")
+	fmt.Fprintln(tw, "validator\tcores\tMB\tresources\twall s\tMB/s\tMB/s/core\tres/s\tres/s/core\tCPU s\tMB/CPU-s\tpeak RSS MB\tread s\tvalidate s\tbuild s\twrite s\talloc MB\tGCs\tGC CPU s\t")
 	for _, r := range results {
 		mbs := mb(r.Bytes) / r.Wall
 		rps := float64(r.Lines) / r.Wall
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%d\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%.2f\t%.1f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%d\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%.2f\t%.1f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.0f\t%d\t%.2f\t\n",
 			r.Validator, r.Cores, mb(r.Bytes), r.Lines, r.Wall, mbs, mbs/float64(r.Cores), rps, rps/float64(r.Cores),
-			r.CPU, mb(r.Bytes)/r.CPU, mb(r.PeakRSS), r.Read, r.Validate, r.Build, r.Write)
+			r.CPU, mb(r.Bytes)/r.CPU, mb(r.PeakRSS), r.Read, r.Validate, r.Build, r.Write,
+			mb(r.Alloc), r.GCCycles, r.GCCPU)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -43,6 +43,11 @@ func TestBenchChild(t *testing.T) {
 	if r.Wall <= 0 || r.Validate <= 0 || r.Build <= 0 || r.Write <= 0 {
 		t.Errorf("phase timings missing: %+v", r)
 	}
+	// A run allocates at least what it read, since every table's pages are fresh memory for the first rows.
+	if r.Alloc < r.Bytes || r.GCCycles < 0 || r.GCCPU < 0 {
+		t.Errorf("runtime counts: %d bytes allocated for %d bytes read, %d collections taking %.3f s",
+			r.Alloc, r.Bytes, r.GCCycles, r.GCCPU)
+	}
 }
 
 func TestBenchConfig(t *testing.T) {
