@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 )
 
 // Layout says how the lines of an object are arranged.
@@ -82,7 +83,8 @@ type BlockScanner struct {
 
 	layout  Layout
 	decided bool
-	pending []Line // sniffed lines (copies), replayed once decided
+	pending []Line  // sniffed lines (copies in sniffed), replayed once decided
+	sniffed *[]byte // the bytes of the pending lines, from sniffBuffers; handed back once they are all replayed
 	line    BlockLine
 
 	lines, headers, blocks int64
@@ -154,6 +156,12 @@ func (b *BlockScanner) Scan() bool {
 			l = b.pending[0]
 			b.pending[0] = Line{}
 			b.pending = b.pending[1:]
+		case b.sniffed != nil:
+			// The last replayed line was valid until this Scan: nothing refers to the copies any more.
+			*b.sniffed = (*b.sniffed)[:0]
+			sniffBuffers.Put(b.sniffed)
+			b.sniffed = nil
+			continue
 		case b.sc.Scan():
 			l = b.sc.Line()
 		default:
@@ -173,16 +181,27 @@ func (b *BlockScanner) Scan() bool {
 	}
 }
 
+// sniffBuffers hold the copies of sniffed lines, one buffer per BlockScanner while it replays them: every object
+// and split is sniffed, and its first lines would otherwise be copied into fresh memory each time.
+var sniffBuffers = sync.Pool{New: func() any { return new([]byte) }}
+
 // sniff reads the first lines of the object and decides its layout.
 func (b *BlockScanner) sniff() {
 	b.decided = true
 	b.layout = LayoutType
-	var held int
 	sawPatient := false
-	for len(b.pending) < b.opts.SniffLines && held < b.opts.SniffBytes && b.sc.Scan() {
+	b.sniffed = sniffBuffers.Get().(*[]byte)
+	buf := *b.sniffed
+	defer func() { *b.sniffed = buf }()
+	for len(b.pending) < b.opts.SniffLines && len(buf) < b.opts.SniffBytes && b.sc.Scan() {
 		l := b.sc.Line()
-		l.Bytes = bytes.Clone(l.Bytes)
-		held += len(l.Bytes)
+		if l.Bytes != nil {
+			// A line that does not fit moves buf: the lines before it keep the old array, which the collector
+			// frees once they are replayed.
+			start := len(buf)
+			buf = append(buf, l.Bytes...)
+			l.Bytes = buf[start:len(buf):len(buf)]
+		}
 		b.pending = append(b.pending, l)
 		if l.Oversize {
 			continue

@@ -197,6 +197,59 @@ func TestBlockScannerSniffWindow(t *testing.T) {
 	}
 }
 
+// TestBlockScannerSniffedBytes checks the bytes of replayed lines while sniff buffers are reused: scanners that
+// sniff one after another and in turns, lines that outgrow a buffer, and a window bound by SniffBytes.
+func TestBlockScannerSniffedBytes(t *testing.T) {
+	object := func(tag string, n int) []string {
+		var lines []string
+		for i := range n {
+			lines = append(lines, res("Observation", fmt.Sprintf("%s-%d-%s", tag, i, strings.Repeat("x", i*97))))
+		}
+		return lines
+	}
+	type scanner struct {
+		bs   *BlockScanner
+		want []string
+		got  []string
+	}
+	start := func(tag string, n int, opts BlockOptions) *scanner {
+		want := object(tag, n)
+		r := strings.NewReader(strings.Join(want, "\n") + "\n")
+		return &scanner{bs: NewBlockScanner(NewScanner(r, tag, Options{}), opts), want: want}
+	}
+	step := func(s *scanner) bool {
+		if !s.bs.Scan() {
+			return false
+		}
+		s.got = append(s.got, string(s.bs.Line().Bytes))
+		return true
+	}
+	check := func(s *scanner) {
+		t.Helper()
+		if err := s.bs.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(s.got, s.want) {
+			t.Errorf("%d lines read back, want %d: the bytes differ", len(s.got), len(s.want))
+		}
+	}
+	for round := range 3 {
+		// Two scanners in turns, each sniffing while the other replays; then one that sniffs a short window
+		// (SniffBytes) and reads on past it.
+		a, b := start(fmt.Sprint("a", round), 40, BlockOptions{}), start(fmt.Sprint("b", round), 25, BlockOptions{})
+		for more := true; more; {
+			more = step(a)
+			more = step(b) || more
+		}
+		check(a)
+		check(b)
+		c := start(fmt.Sprint("c", round), 30, BlockOptions{SniffBytes: 2000})
+		for step(c) {
+		}
+		check(c)
+	}
+}
+
 func TestParseLayout(t *testing.T) {
 	for _, tt := range []struct {
 		name string
