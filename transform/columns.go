@@ -25,7 +25,7 @@ import (
 type colKind uint8
 
 const (
-	colStruct colKind = iota // validity; kids are the fields
+	colStruct colKind = iota // validity; kids are the fields, nil until first used (kid)
 	colList                  // validity, int32 offsets; kids[0] is the element
 	colBinary                // validity, int32 offsets, data: string and binary
 	colBool                  // validity, value bits
@@ -53,19 +53,15 @@ type col struct {
 	kids  []*col
 }
 
-// newCol returns the col tree for an Arrow type the schema package produces.
+// newCol returns the col of an Arrow type the schema package produces. The fields of a struct get their cols on
+// first use (kid): a FHIR table declares thousands of columns, and a batch fills few of them. A list's element col
+// is made with the list.
 func newCol(t arrow.DataType, mem *arena) (*col, error) {
 	c := &col{typ: t, mem: mem}
 	switch t := t.(type) {
 	case *arrow.StructType:
 		c.kind = colStruct
-		for _, f := range t.Fields() {
-			k, err := newCol(f.Type, mem)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", f.Name, err)
-			}
-			c.kids = append(c.kids, k)
-		}
+		c.kids = make([]*col, t.NumFields())
 	case *arrow.ListType:
 		c.kind = colList
 		k, err := newCol(t.Elem(), mem)
@@ -83,6 +79,20 @@ func newCol(t arrow.DataType, mem *arena) (*col, error) {
 		return nil, fmt.Errorf("no column layout for Arrow type %s", t)
 	}
 	return c, nil
+}
+
+// kid returns the col of field i of a struct col, making it on first use.
+func (c *col) kid(i int) (*col, error) {
+	if k := c.kids[i]; k != nil {
+		return k, nil
+	}
+	f := c.typ.(*arrow.StructType).Field(i)
+	k, err := newCol(f.Type, c.mem)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name, err)
+	}
+	c.kids[i] = k
+	return k, nil
 }
 
 // gbuf is a growable buffer from an allocator; only its capacity is tracked, the col knows how much is used.
@@ -233,7 +243,9 @@ func (c *col) truncate(n int) {
 	switch c.kind {
 	case colStruct:
 		for _, k := range c.kids {
-			k.truncate(n)
+			if k != nil {
+				k.truncate(n)
+			}
 		}
 	case colList:
 		c.kids[0].truncate(int(c.offset(n)))
@@ -270,7 +282,12 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 	switch c.kind {
 	case colStruct:
 		buffers = []*memory.Buffer{validity}
-		for _, k := range c.kids {
+		st := c.typ.(*arrow.StructType)
+		for i, k := range c.kids {
+			if k == nil { // never used: null throughout
+				children = append(children, z.nulls(st.Field(i).Type, length))
+				continue
+			}
 			children = append(children, k.finish(length, z))
 		}
 	case colList:
@@ -305,7 +322,9 @@ func (c *col) release() {
 	c.offs.release(c.mem)
 	c.n, c.valid = 0, 0
 	for _, k := range c.kids {
-		k.release()
+		if k != nil {
+			k.release()
+		}
 	}
 }
 

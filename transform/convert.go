@@ -304,39 +304,34 @@ type plan struct {
 	derive   schema.Derived
 	repeated bool
 	key      string // JSON key: the element name, or for a choice child the full name ("valueQuantity")
-	col      *col   // the element's column: a list col when node.Repeated
+	col      *col   // the element's column: a list col when node.Repeated; nil for the root
 	elem     *col   // the col of one element: col's element col, or col
-	kids     []*plan
+	// kids are the plans of the node's children, in schema order, each made on first use (kid): most elements of
+	// a FHIR type never occur in a given export, and their columns stay null without a plan or a col.
+	kids []*plan
 	// derived are the indices of the kids whose columns are derived (schema.Derived): they are converted whatever
 	// members the object has.
 	derived []int32
 	// In a Reference struct: kids indices of reference and type; -1 elsewhere.
 	ref, refType int
+	// root: the resource's fields (the table's columns), whose cols the root plan holds in its kids.
+	root *schema.Resource
+	mem  *arena
 }
 
-// newRootPlan binds res's fields to cols created from its schema, one per field in schema order.
-func newRootPlan(res *schema.Resource, mem *arena) (*plan, error) {
-	p := &plan{node: res.Root, kind: res.Root.Kind, ref: -1, refType: -1}
+// newRootPlan returns the plan of res's table; the plans and cols of its fields are made on first use.
+func newRootPlan(res *schema.Resource, mem *arena) *plan {
+	p := &plan{node: res.Root, kind: res.Root.Kind, ref: -1, refType: -1, root: res, mem: mem,
+		kids: make([]*plan, len(res.Fields))}
 	for i, n := range res.Fields {
-		c, err := newCol(res.Schema.Field(i).Type, mem)
-		if err != nil {
-			p.release()
-			return nil, fmt.Errorf("%s: %w", n.Path, err)
-		}
-		kp, err := newPlan(n, n.Name, c)
-		if err != nil {
-			c.release()
-			p.release()
-			return nil, err
-		}
 		if n.Derived != schema.NotDerived {
 			p.derived = append(p.derived, int32(i))
 		}
-		p.kids = append(p.kids, kp)
 	}
-	return p, nil
+	return p
 }
 
+// newPlan returns the plan of element n, bound to its col c. Its kids are made on first use.
 func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 	p := &plan{node: n, kind: n.Kind, scalar: n.Scalar, derive: n.Derived, repeated: n.Repeated, key: key, col: c,
 		elem: c, ref: -1, refType: -1}
@@ -354,16 +349,8 @@ func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 		if n.Kind == schema.Choice && n.Repeated {
 			return nil, fmt.Errorf("%s: repeated choice elements are not supported", n.Path)
 		}
+		p.kids = make([]*plan, len(n.Children))
 		for i, ch := range n.Children {
-			ck := ch.Name
-			if n.Kind == schema.Choice {
-				ck = key + strings.ToUpper(ch.Name[:1]) + ch.Name[1:]
-			}
-			kp, err := newPlan(ch, ck, p.elem.kids[i])
-			if err != nil {
-				return nil, err
-			}
-			p.kids = append(p.kids, kp)
 			switch {
 			case ch.Derived != schema.NotDerived:
 				p.derived = append(p.derived, int32(i))
@@ -381,10 +368,44 @@ func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 	return p, nil
 }
 
+// kid returns the plan of child i, making it and its col on first use.
+func (p *plan) kid(i int) (*plan, error) {
+	if kp := p.kids[i]; kp != nil {
+		return kp, nil
+	}
+	var (
+		n   *schema.Node
+		c   *col
+		key string
+		err error
+	)
+	if p.root != nil {
+		n, key = p.root.Fields[i], p.root.Fields[i].Name
+		c, err = newCol(p.root.Schema.Field(i).Type, p.mem)
+	} else {
+		n, key = p.node.Children[i], p.node.Children[i].Name
+		if p.node.Kind == schema.Choice {
+			key = p.key + strings.ToUpper(n.Name[:1]) + n.Name[1:]
+		}
+		c, err = p.elem.kid(i)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", n.Path, err)
+	}
+	kp, err := newPlan(n, key, c)
+	if err != nil {
+		return nil, err
+	}
+	p.kids[i] = kp
+	return kp, nil
+}
+
 // release frees the cols of a root plan.
 func (p *plan) release() {
 	for _, kp := range p.kids {
-		kp.col.release()
+		if kp != nil {
+			kp.col.release()
+		}
 	}
 }
 
@@ -394,7 +415,12 @@ func (p *plan) record(s *arrow.Schema, rows int, mem memory.Allocator) arrow.Rec
 	defer z.release()
 	cols := make([]arrow.Array, len(p.kids))
 	for i, kp := range p.kids {
-		d := kp.col.finish(rows, z)
+		var d arrow.ArrayData
+		if kp == nil { // never used: null throughout
+			d = z.nulls(s.Field(i).Type, rows)
+		} else {
+			d = kp.col.finish(rows, z)
+		}
 		cols[i] = array.MakeFromData(d)
 		d.Release()
 	}
@@ -408,7 +434,7 @@ func (p *plan) record(s *arrow.Schema, rows int, mem memory.Allocator) arrow.Rec
 // materialised reports whether a root column holds entries past row rows.
 func (p *plan) materialised(rows int) bool {
 	for _, kp := range p.kids {
-		if kp.col.materialised(rows) {
+		if kp != nil && kp.col.materialised(rows) {
 			return true
 		}
 	}
@@ -453,7 +479,9 @@ func (c *converter) convert(t *table, line []byte) error {
 	c.slots, c.order, c.path, c.pe = c.slots[:0], c.order[:0], c.path[:0], c.pe[:0]
 	if err := c.object(p, root, t.rows); err != nil {
 		for _, kp := range p.kids {
-			kp.col.truncate(t.rows)
+			if kp != nil {
+				kp.col.truncate(t.rows)
+			}
 		}
 		return err
 	}
@@ -509,8 +537,11 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 	}
 	var ref refParts
 	for _, i := range order {
-		kp, s := p.kids[i], c.slots[base+int(i)]
-		var err error
+		kp, err := p.kid(int(i))
+		if err != nil {
+			return err
+		}
+		s := c.slots[base+int(i)]
 		switch {
 		case kp.derive != schema.NotDerived:
 			c.derived(p, kp, base, at, &ref)
@@ -542,11 +573,14 @@ func (c *converter) choice(p *plan, which int, v int32, at int) error {
 	if which < 0 || which >= len(p.kids) {
 		return fmt.Errorf("%s: choice type %d out of range", p.node.Path, which)
 	}
+	kp, err := p.kid(which)
+	if err != nil {
+		return err
+	}
 	p.elem.setStruct(at)
-	kp := p.kids[which]
 	mark := len(c.path)
 	c.pushKey(kp.key)
-	err := c.column(kp, v, at)
+	err = c.column(kp, v, at)
 	c.path = c.path[:mark]
 	return err
 }

@@ -223,10 +223,7 @@ func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *
 	if !ok {
 		t.Fatalf("no resource %s", typ)
 	}
-	p, err := newRootPlan(res, &arena{mem: mem})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newRootPlan(res, &arena{mem: mem})
 	t.Cleanup(p.release)
 	c := &converter{isType: typeSet(reg)}
 	return c, &table{res: res, plan: p}
@@ -585,10 +582,17 @@ func FuzzConvert(f *testing.F) {
 				}
 			}
 		}
+		colOf := func(p *plan) *col {
+			if p == nil {
+				return nil
+			}
+			return p.col
+		}
 		for _, typ := range types {
-			for i, kp := range w.tables[typ].plan.kids {
-				if err := sameCol(kp.col, clean.tables[typ].plan.kids[i].col); err != nil {
-					t.Fatalf("%s.%s: a rejected line left something behind: %v", typ, kp.key, err)
+			tp := w.tables[typ].plan
+			for i, kp := range tp.kids {
+				if err := sameCol(colOf(kp), colOf(clean.tables[typ].plan.kids[i])); err != nil {
+					t.Fatalf("%s.%s: a rejected line left something behind: %v", typ, tp.root.Fields[i].Name, err)
 				}
 			}
 		}
@@ -621,8 +625,17 @@ func FuzzConvert(f *testing.F) {
 
 // sameCol compares the state of col got with that of col want, which received the same rows: entries, validity,
 // offsets and values of valid entries, and the zeroes past its entries that padding relies on. Entries past a
-// col's n are nulls not yet padded, so the two may have materialised different numbers of trailing nulls.
+// col's n are nulls not yet padded, so the two may have materialised different numbers of trailing nulls. A nil
+// col, one not made yet, compares as an empty one.
 func sameCol(got, want *col) error {
+	switch {
+	case got == nil && want == nil:
+		return nil
+	case got == nil:
+		got = &col{kind: want.kind, typ: want.typ, kids: make([]*col, len(want.kids))}
+	case want == nil:
+		want = &col{kind: got.kind, typ: got.typ, kids: make([]*col, len(got.kids))}
+	}
 	if got.valid != want.valid {
 		return fmt.Errorf("%d valid entries, want %d", got.valid, want.valid)
 	}
@@ -749,5 +762,138 @@ func TestConvertEveryType(t *testing.T) {
 		if got["id"] != "x1" || got["_id"] == nil || got["meta"] == nil || (domain && got["extension"] == nil) {
 			t.Errorf("%s: row read back as %v", types[i], got)
 		}
+	}
+}
+
+// TestPlanBindsEveryColumn makes the plan and col of every column of all 146 R4 types, which a Worker only makes
+// for the elements it meets: each binds (the Arrow type of its col is the schema's), there is one leaf plan per
+// leaf of the table's Arrow schema, and a record of the fully bound plan has the table's schema.
+func TestPlanBindsEveryColumn(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	reg := testRegistry(t)
+	var bind func(p *plan) (leaves int, err error)
+	bind = func(p *plan) (int, error) {
+		if p.kind != schema.Struct && p.kind != schema.Choice && p.root == nil {
+			return 1, nil
+		}
+		n := 0
+		for i := range p.kids {
+			kp, err := p.kid(i)
+			if err != nil {
+				return 0, err
+			}
+			k, err := bind(kp)
+			if err != nil {
+				return 0, err
+			}
+			n += k
+		}
+		return n, nil
+	}
+	var arrowLeaves func(dt arrow.DataType) int
+	arrowLeaves = func(dt arrow.DataType) int {
+		switch dt := dt.(type) {
+		case *arrow.StructType:
+			n := 0
+			for i := range dt.NumFields() {
+				n += arrowLeaves(dt.Field(i).Type)
+			}
+			return n
+		case *arrow.ListType:
+			return arrowLeaves(dt.Elem())
+		}
+		return 1
+	}
+	for _, typ := range reg.Types() {
+		res, err := reg.Build(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newRootPlan(res, &arena{mem: mem})
+		leaves, err := bind(p)
+		if err != nil {
+			p.release()
+			t.Fatalf("%s: %v", typ, err)
+		}
+		want := 0
+		for _, f := range res.Schema.Fields() {
+			want += arrowLeaves(f.Type)
+		}
+		rec := p.record(res.Schema, 0, mem)
+		if leaves != want || !rec.Schema().Equal(res.Schema) {
+			t.Errorf("%s: %d leaf plans for %d leaf columns; record schema equal: %v", typ, leaves, want, rec.Schema().Equal(res.Schema))
+		}
+		rec.Release()
+		p.release()
+	}
+}
+
+// TestPlanMadeOnUse checks that a table's plans and cols are made for the elements its rows have: after a
+// Patient with a name, the name has a plan (and its family), the address has none, and the record still holds
+// every column, the address null.
+func TestPlanMadeOnUse(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) }) // after the plan's release, which newTestTable registers
+	c, tab := newTestTable(t, mem, "Patient")
+	for _, kp := range tab.plan.kids {
+		if kp != nil {
+			t.Fatalf("a fresh plan has the plan of %s", kp.node.Path)
+		}
+	}
+	if err := c.convert(tab, []byte(`{"resourceType":"Patient","name":[{"family":"Chalmers"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	kidOf := func(p *plan, name string) *plan {
+		t.Helper()
+		m, ok := p.node.Lookup([]byte(name))
+		if !ok {
+			t.Fatalf("%s has no %s", p.node.Path, name)
+		}
+		return p.kids[m.Child]
+	}
+	name := kidOf(tab.plan, "name")
+	if name == nil || kidOf(name, "family") == nil || kidOf(name, "given") != nil {
+		t.Errorf("plans after a name with a family: name %v, family and not given", name != nil)
+	}
+	if kidOf(tab.plan, "address") != nil {
+		t.Error("the address has a plan, but no row has an address")
+	}
+	rec := tab.record(mem)
+	defer rec.Release()
+	if !rec.Schema().Equal(tab.res.Schema) || rec.NumRows() != 1 {
+		t.Fatalf("record: schema equal %v, %d rows", rec.Schema().Equal(tab.res.Schema), rec.NumRows())
+	}
+	// Every array, down to the children of the null columns, has its field's type and length.
+	var check func(d arrow.ArrayData, dt arrow.DataType, n int, path string)
+	check = func(d arrow.ArrayData, dt arrow.DataType, n int, path string) {
+		if !arrow.TypeEqual(d.DataType(), dt) || d.Len() != n {
+			t.Errorf("%s: %s of length %d, want %s of length %d", path, d.DataType(), d.Len(), dt, n)
+			return
+		}
+		switch dt := dt.(type) {
+		case *arrow.StructType:
+			for i := range dt.NumFields() {
+				check(d.Children()[i], dt.Field(i).Type, n, path+"."+dt.Field(i).Name)
+			}
+		case *arrow.ListType:
+			end := 0
+			if n > 0 {
+				l := array.NewListData(d)
+				end = int(l.Offsets()[n])
+				l.Release()
+			}
+			check(d.Children()[0], dt.Elem(), end, path+"[]")
+		}
+	}
+	for i, f := range rec.Schema().Fields() {
+		check(rec.Column(i).Data(), f.Type, 1, f.Name)
+	}
+	got, err := rowJSON(tab.res, rec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["address"] != nil || got["name"] == nil {
+		t.Errorf("row read back as %v", got)
 	}
 }

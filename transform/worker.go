@@ -177,11 +177,7 @@ func (w *Worker) table(typ string) (*table, error) {
 		return nil, fmt.Errorf("convert %s: %w", typ, err)
 	}
 	mem := &arena{mem: w.alloc}
-	p, err := newRootPlan(res, mem)
-	if err != nil {
-		return nil, fmt.Errorf("convert %s: bind columns: %w", typ, err)
-	}
-	t := &table{res: res, plan: p, mem: mem}
+	t := &table{res: res, plan: newRootPlan(res, mem), mem: mem}
 	w.tables[typ] = t
 	return t, nil
 }
