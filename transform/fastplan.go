@@ -126,8 +126,9 @@ type fenum struct {
 type fastPlan struct {
 	resources map[string]*fmsg
 	// refFields maps a resource type named in "Type/id" references to whether the R4 Reference has a typed field
-	// for it; types only STU3 knows are absent from R4 Reference, and the reference rejects them.
-	refFields map[string]bool
+	// for it; types only STU3 knows are absent from R4 Reference, and the reference rejects them. It is looked up
+	// for every reference, hence a KeyTable.
+	refFields schema.KeyTable[bool]
 }
 
 // loadFastPlan compiles the plan once per process: it depends only on the descriptors compiled into the binary.
@@ -135,7 +136,7 @@ var loadFastPlan = sync.OnceValues(newFastPlan)
 
 func newFastPlan() (*fastPlan, error) {
 	b := &planBuilder{msgs: map[protoreflect.FullName]*fmsg{}, enums: map[protoreflect.FullName]*fenum{}}
-	fp := &fastPlan{resources: map[string]*fmsg{}, refFields: map[string]bool{}}
+	fp := &fastPlan{resources: map[string]*fmsg{}}
 	cr := (&rpb.ContainedResource{}).ProtoReflect().Descriptor()
 	oneofs := cr.Oneofs()
 	if oneofs.Len() != 1 {
@@ -153,6 +154,7 @@ func newFastPlan() (*fastPlan, error) {
 		}
 		fp.resources[string(md.Name())] = m
 	}
+	refFields := map[string]bool{}
 	for _, ref := range []proto.Message{&d3pb.Reference{}, &d4pb.Reference{}} {
 		r4 := ref.ProtoReflect().Descriptor().FullName() == (&d4pb.Reference{}).ProtoReflect().Descriptor().FullName()
 		opts := ref.ProtoReflect().Descriptor().Oneofs().ByName("reference").Fields()
@@ -161,8 +163,11 @@ func newFastPlan() (*fastPlan, error) {
 			if typ == "" {
 				continue
 			}
-			fp.refFields[typ] = fp.refFields[typ] || r4
+			refFields[typ] = refFields[typ] || r4
 		}
+	}
+	for typ, r4 := range refFields {
+		fp.refFields.Put(typ, r4)
 	}
 	return fp, nil
 }

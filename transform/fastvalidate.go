@@ -443,7 +443,7 @@ func (v *fastValidator) reference(o *fopt, validate bool) bool {
 	default:
 		return true // stays a plain URI: a String without escapes, already checked for size
 	}
-	inR4, known := v.plan.refFields[string(typ)]
+	inR4, known := v.plan.refFields.Get(typ)
 	if !known {
 		return true
 	}

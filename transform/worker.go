@@ -298,11 +298,14 @@ func (w *Worker) Release() {
 
 // typeSet returns whether a name is a resource type of reg, without allocating.
 func typeSet(reg *schema.Registry) func([]byte) bool {
-	types := make(map[string]bool)
+	var types schema.KeyTable[struct{}] // looked up for every Reference converted
 	for _, t := range reg.Types() {
-		types[t] = true
+		types.Put(t, struct{}{})
 	}
-	return func(name []byte) bool { return types[string(name)] }
+	return func(name []byte) bool {
+		_, ok := types.Get(name)
+		return ok
+	}
 }
 
 // countingAllocator counts the bytes held through it. Records flushed by a Worker may be released on other
