@@ -897,3 +897,36 @@ func TestPlanMadeOnUse(t *testing.T) {
 		t.Errorf("row read back as %v", got)
 	}
 }
+
+// TestCompactJSON checks compactJSON against json.Compact: the committed excerpts as they are and indented, and
+// strings that hold whitespace, escaped quotes and backslashes.
+func TestCompactJSON(t *testing.T) {
+	var inputs [][]byte
+	for _, f := range []string{"testdata/hl7-examples.ndjson", "testdata/synthea-excerpt.ndjson"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range bytes.Lines(data) {
+			line = bytes.TrimRight(line, "\r\n")
+			var indented bytes.Buffer
+			if err := json.Indent(&indented, line, "\t", " \r\n "); err != nil {
+				t.Fatal(err)
+			}
+			inputs = append(inputs, line, indented.Bytes())
+		}
+	}
+	inputs = append(inputs,
+		[]byte(` { "a b" : [ 1 , "x\" y" , "\\" , "\\\" }" ] , "c":{ } } `),
+		[]byte("\"\\\\\""), []byte(` 12 `), []byte(`[ ]`), []byte("\t\"\\u0022 \\n\"\n"))
+	for i, in := range inputs {
+		var want bytes.Buffer
+		if err := json.Compact(&want, in); err != nil {
+			t.Fatalf("input %d: %v", i, err)
+		}
+		got := compactJSON([]byte("prefix"), in)
+		if !bytes.Equal(got[len("prefix"):], want.Bytes()) || string(got[:len("prefix")]) != "prefix" {
+			t.Fatalf("input %d: compactJSON gave %d bytes, json.Compact %d", i, len(got)-len("prefix"), want.Len())
+		}
+	}
+}
