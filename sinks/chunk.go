@@ -159,7 +159,8 @@ type runList struct {
 	defW, repW      uint8
 }
 
-// listKey names the run list of the leaves whose path is null throughout at node in the seg-th record added.
+// listKey names the run list of the leaves whose path is null throughout at a child of node (-1: at their
+// top-level column) in the seg-th record added.
 type listKey struct {
 	seg  int32
 	node int32
@@ -223,14 +224,19 @@ func (c *chunkWriter) startRowGroup() {
 // which run lists its levels are made of (a chain). Chunks that end the row group without a value are encoded
 // (and compressed) once per chain and level widths; a leaf that gets a value replays its chain first.
 
-// cutNode returns the node at which the path of leaf l is null throughout rec's column, if there is one: the
-// leaf has no value in rec.
+// cutNode reports whether the path of leaf l is null throughout at some node of rec's column (the leaf has no
+// value in rec), and returns the parent of the first such node: -1 when it is the column itself. The levels of
+// such a leaf are those of the arrays down to that parent, with a null below it: they are alike for every leaf
+// that is null throughout below the same parent, so that siblings (the absent fields of a present struct, the
+// absent top-level columns) share one run list.
 func cutNode(l *leafPath, rec arrow.Record) (int32, bool) {
 	a := rec.Column(l.column)
+	parent := int32(-1)
 	for _, st := range l.steps {
 		if st.optional && a.NullN() == a.Len() {
-			return st.node, true
+			return parent, true
 		}
+		parent = st.node
 		switch st.kind {
 		case stepStruct:
 			a = a.(*array.Struct).Field(st.field)
@@ -298,7 +304,7 @@ func (lc *leafChunk) trim() {
 const spillPageBytes = 16 << 10
 
 // runList returns the number of the run list of the leaves of rows [lo, hi) of rec, the seg-th record added,
-// whose path is null throughout at node, walking the current leaf's path to make it.
+// whose path is null throughout at a child of node (cutNode), walking the current leaf's path to make it.
 func (c *chunkWriter) runList(rec arrow.Record, lo, hi int, seg, node int32) int32 {
 	k := listKey{seg, node}
 	if n, ok := c.listOf[k]; ok {
