@@ -35,6 +35,18 @@ func TestKeyTableAgreesWithMap(t *testing.T) {
 		colliding = append(colliding, fmt.Sprintf("abcdefgh%02dzzzzzzzz", i), fmt.Sprintf("abcdefgh%03dzzzzzzzz", i))
 	}
 	keySets = append(keySets, colliding, nil, []string{""}, []string{"a", "b", "ab", "ba"})
+	// Keys of every length up to 18 that differ from each other in one byte, at every position: a slot matches a
+	// key of up to 16 bytes by its words alone, so those must hold every byte.
+	for n := 1; n <= 18; n++ {
+		base := []byte("abcdefghijklmnopqr"[:n])
+		keys := []string{string(base)}
+		for i := range n {
+			b := append([]byte(nil), base...)
+			b[i] = 'Z'
+			keys = append(keys, string(b))
+		}
+		keySets = append(keySets, keys)
+	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, keys := range keySets {
 		var kt KeyTable[int]
