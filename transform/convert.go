@@ -424,7 +424,7 @@ func (p *plan) record(s *arrow.Schema, rows int, mem memory.Allocator) arrow.Rec
 		cols[i] = array.MakeFromData(d)
 		d.Release()
 	}
-	rec := array.NewRecord(s, cols, int64(rows))
+	rec := newFlushRecord(s, cols, int64(rows))
 	for _, c := range cols {
 		c.Release()
 	}

@@ -821,6 +821,13 @@ func TestPlanBindsEveryColumn(t *testing.T) {
 			want += arrowLeaves(f.Type)
 		}
 		rec := p.record(res.Schema, 0, mem)
+		// Records are not checked against their schema when made (flushRecord): every column's type is the
+		// field's.
+		for i, f := range res.Schema.Fields() {
+			if !arrow.TypeEqual(rec.Column(i).DataType(), f.Type) {
+				t.Errorf("%s.%s: column of type %s, field of type %s", typ, f.Name, rec.Column(i).DataType(), f.Type)
+			}
+		}
 		if leaves != want || !rec.Schema().Equal(res.Schema) {
 			t.Errorf("%s: %d leaf plans for %d leaf columns; record schema equal: %v", typ, leaves, want, rec.Schema().Equal(res.Schema))
 		}
