@@ -96,10 +96,16 @@ func (c *col) kid(i int) (*col, error) {
 }
 
 // gbuf is a growable buffer from an allocator; only its capacity is tracked, the col knows how much is used.
+//
+// A batch's buffer starts small and doubles. It used to start at the size its col's buffer reached in the last
+// batch, to save the copies of doubling, but that reserved a whole batch's memory for a type as soon as it got
+// a row again, and a Worker flushes the types that hold the most memory: such types were flushed a few hundred
+// rows in, as narrow records that the Parquet writer pays for per column. Without it, a run over synthea-100 × 10
+// flushes 189 records instead of 206 on one core and 260 instead of 322 on two, allocates 2 to 5% less and peaks
+// about 20 MB lower, at the same speed.
 type gbuf struct {
-	buf  *memory.Buffer
-	b    []byte // buf.Buf(): the whole capacity, zeroed where unused
-	hint int    // size the buffer reached in the last batch: the first reservation of the next one
+	buf *memory.Buffer
+	b   []byte // buf.Buf(): the whole capacity, zeroed where unused
 }
 
 // ensure makes at least size bytes available. Bitmaps and offsets are zeroed past what was written (pad relies on
@@ -117,7 +123,7 @@ func (g *gbuf) grow(a *arena, size int, zero bool) {
 		g.buf = memory.NewResizableBuffer(a.mem)
 	}
 	old := len(g.b)
-	g.buf.Reserve(max(size, 2*old, g.hint, 64))
+	g.buf.Reserve(max(size, 2*old, 64))
 	g.b = g.buf.Buf()
 	a.held += int64(len(g.b) - old)
 	if zero {
@@ -133,7 +139,6 @@ func (g *gbuf) take(a *arena, size int, z *zeros) *memory.Buffer {
 	a.held -= int64(len(g.b))
 	b := g.buf
 	b.ResizeNoShrink(size)
-	g.hint = max(size, 64)
 	g.buf, g.b = nil, nil
 	return b
 }
