@@ -301,7 +301,7 @@ func (lc *leafChunk) trim() {
 // spillPageBytes is the memory from which the page being built is compressed at the end of a Write rather than
 // when it reaches the data page size: pages wait uncompressed for the next record only while they are small,
 // so that a row group holds about its compressed size and dictionaries.
-const spillPageBytes = 16 << 10
+const spillPageBytes = 64 << 10
 
 // runList returns the number of the run list of the leaves of rows [lo, hi) of rec, the seg-th record added,
 // whose path is null throughout at a child of node (cutNode), walking the current leaf's path to make it.
