@@ -293,3 +293,32 @@ func BenchmarkValidators(b *testing.B) {
 		})
 	}
 }
+
+// TestFastCompanions checks the "_name" companions of primitive elements, which the fuzzers reach only by chance,
+// both ways: the fast validator must not vouch for a line the reference rejects (companion arrays of another
+// length than the values), and vouches for a value with its companion.
+func TestFastCompanions(t *testing.T) {
+	fv, ref := newFast(t), valNew(t)
+	for _, line := range []string{
+		`{"resourceType":"Patient","birthDate":"1970-01-01","_birthDate":{"id":"b"}}`,
+		`{"resourceType":"Patient","_birthDate":{"id":"b"}}`,
+		`{"resourceType":"Patient","name":[{"given":["A","B"],"_given":[null,{"id":"g"}]}]}`,
+		`{"resourceType":"Patient","name":[{"given":["A"],"_given":[null,{"id":"g"}]}]}`,
+		`{"resourceType":"Patient","name":[{"given":["A","B"],"_given":[{"id":"g"}]}]}`,
+		`{"resourceType":"Patient","name":[{"_given":[{"id":"g"}]}]}`,
+		`{"resourceType":"Patient","name":[{"given":["A"],"_given":[{"id":"f"},{"id":"g"}]}]}`,
+		`{"resourceType":"Patient","name":[{"given":["A","B"],"_given":[{"id":"f"},{"id":"g"}]}]}`,
+	} {
+		var c parityCounts
+		parityCheck(t, fv, ref, line, []byte(line), &c)
+	}
+	longer := []byte(`{"resourceType":"Patient","name":[{"given":["A"],"_given":[{"id":"f"},{"id":"g"}]}]}`)
+	if len(ref.Validate(longer).Issues) == 0 {
+		t.Error("the reference accepts companions that outnumber their values: the case above checks nothing")
+	}
+	var c parityCounts
+	parityCheck(t, fv, ref, "value and companion", []byte(`{"resourceType":"Patient","birthDate":"1970-01-01","_birthDate":{"id":"b"}}`), &c)
+	if c.fastValid != 1 {
+		t.Error("the fast validator does not vouch for a value with its companion")
+	}
+}

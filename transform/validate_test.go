@@ -822,3 +822,29 @@ func TestValidatePrimitiveExtensionLengthMismatch(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateNullCompanion names a place where google/fhir/go v0.7.4 is wrong against R4: JSON fills a
+// repeated primitive's companion array with null where an item has no id or extension, so that the two arrays
+// line up (https://hl7.org/fhir/R4/json.html#primitive: "given": ["A", "B"], "_given": [null, {...}]). The
+// reference rejects every such null as the primitive's value ("value expected string"). fhirlake's verdict is
+// the reference's, on both paths: the fast validator leaves such lines to it.
+func TestValidateNullCompanion(t *testing.T) {
+	line := []byte(`{"resourceType":"Patient","name":[{"given":["A","B"],"_given":[null,{"id":"g"}]}]}`)
+	v := valNew(t)
+	vd := v.Validate(line)
+	if len(vd.Issues) == 0 {
+		t.Fatal("the reference accepts a null companion: google/fhir/go no longer differs from R4 here; drop this test")
+	}
+	for _, is := range vd.Issues {
+		if is.Path != "Patient.name[0]._given[0]" || is.Code != "value" {
+			t.Errorf("issue %+v, want a value issue at Patient.name[0]._given[0]", is)
+		}
+	}
+	fv, err := newFastValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := fv.validate(line); ok {
+		t.Error("the fast validator vouches for a line the reference rejects")
+	}
+}
