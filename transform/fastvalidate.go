@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/url"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -132,9 +133,9 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 		return false
 	}
 	base := len(v.slots)
-	for range m.fields {
-		v.slots = append(v.slots, fastSlot{})
-	}
+	v.slots = slices.Grow(v.slots, len(m.fields))[:base+len(m.fields)]
+	clear(v.slots[base:])
+	unders := 0 // "_name" keys seen
 	root := v.depth == 1
 	// After a resourceType the next byte is ',' or '}'; a fresh object starts with a key or '}'.
 	empty := false
@@ -172,6 +173,7 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 					return false
 				}
 				sl.u = true
+				unders++
 			} else {
 				if sl.x {
 					return false
@@ -235,7 +237,7 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 			return false
 		}
 	}
-	for i := range m.fields {
+	for i := 0; unders > 0 && i < len(m.fields); i++ {
 		sl := v.slots[base+i]
 		if sl.u && (!sl.x || sl.nu != sl.nx) {
 			return false // a companion without its value, or arrays of different lengths
