@@ -157,9 +157,12 @@ func (b *BlockScanner) Scan() bool {
 			b.pending[0] = Line{}
 			b.pending = b.pending[1:]
 		case b.sniffed != nil:
-			// The last replayed line was valid until this Scan: nothing refers to the copies any more.
-			*b.sniffed = (*b.sniffed)[:0]
-			sniffBuffers.Put(b.sniffed)
+			// The last replayed line was valid until this Scan: nothing refers to the copies any more. A buffer
+			// that a long line grew past twice the window is left to the collector.
+			if cap(*b.sniffed) <= 2*b.opts.SniffBytes {
+				*b.sniffed = (*b.sniffed)[:0]
+				sniffBuffers.Put(b.sniffed)
+			}
 			b.sniffed = nil
 			continue
 		case b.sc.Scan():
