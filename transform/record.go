@@ -10,8 +10,8 @@ import (
 // flushRecord is the arrow.Record a Worker flushes: what array.NewRecord returns, without the check NewRecord
 // makes of each column's type against the schema. That check walks both type trees in full (arrow.TypeEqual),
 // thousands of nodes for a wide FHIR table, for every record flushed: 2.4% of a two-core run, whose decoders flush
-// half again as many records as one does. The columns here are built from the schema's own types (newCol,
-// zeros.nulls), and the transform tests check every column's type against its field.
+// more records than one does. The columns here are built from the schema's own types (newCol, zeros.nulls), and
+// the transform tests check every column's type against its field.
 type flushRecord struct {
 	refs   atomic.Int64
 	schema *arrow.Schema
