@@ -289,11 +289,7 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 		buffers = []*memory.Buffer{validity}
 		st := c.typ.(*arrow.StructType)
 		for i, k := range c.kids {
-			if k == nil { // never used: null throughout
-				children = append(children, z.nulls(st.Field(i).Type, length))
-				continue
-			}
-			children = append(children, k.finish(length, z))
+			children = append(children, finishCol(k, st.Field(i).Type, length, z))
 		}
 	case colList:
 		end := int(c.offset(length))
@@ -318,6 +314,14 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 	c.offs.release(c.mem) // not taken by the kinds without offsets
 	c.vals.release(c.mem)
 	return d
+}
+
+// finishCol is c.finish for a col of type t, which is nil when no row has used it yet: then it is null throughout.
+func finishCol(c *col, t arrow.DataType, length int, z *zeros) arrow.ArrayData {
+	if c == nil {
+		return z.nulls(t, length)
+	}
+	return c.finish(length, z)
 }
 
 // release frees what the col holds.

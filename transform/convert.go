@@ -415,12 +415,11 @@ func (p *plan) record(s *arrow.Schema, rows int, mem memory.Allocator) arrow.Rec
 	defer z.release()
 	cols := make([]arrow.Array, len(p.kids))
 	for i, kp := range p.kids {
-		var d arrow.ArrayData
-		if kp == nil { // never used: null throughout
-			d = z.nulls(s.Field(i).Type, rows)
-		} else {
-			d = kp.col.finish(rows, z)
+		var c *col
+		if kp != nil {
+			c = kp.col
 		}
+		d := finishCol(c, s.Field(i).Type, rows, z)
 		cols[i] = array.MakeFromData(d)
 		d.Release()
 	}
