@@ -22,6 +22,80 @@ const (
 type builder struct {
 	depth int
 	stack []protoreflect.FullName
+	*shared
+}
+
+// shared holds what the schemas of a Registry have in common, so that each is kept once. With the recursion
+// limit, one element type appears at many places of a table (a Reference inside an Identifier inside a Reference
+// ...), and all 146 tables have some 120,000 nodes; yet they are built from about two thousand distinct Arrow
+// types and key sets. A node keeps its own name and path and points to the shared ones. Nodes and Arrow types
+// are immutable once built, so sharing them is safe.
+type shared struct {
+	ids     map[arrow.DataType]int // an id for each Arrow type made here or taken as is
+	lists   map[int]*arrow.ListType
+	structs map[string]*arrow.StructType // by their fields' names, nullability and type ids
+	keys    map[string]*KeyTable[Member] // by their keys and members, in order
+	sig     []byte
+}
+
+func newShared() *shared {
+	return &shared{ids: map[arrow.DataType]int{}, lists: map[int]*arrow.ListType{},
+		structs: map[string]*arrow.StructType{}, keys: map[string]*KeyTable[Member]{}}
+}
+
+// id returns the number of t, giving t one if it has none: two types with the same id are the same type.
+func (s *shared) id(t arrow.DataType) int {
+	if n, ok := s.ids[t]; ok {
+		return n
+	}
+	n := len(s.ids) + 1
+	s.ids[t] = n
+	return n
+}
+
+// listOf returns the list type of elem.
+func (s *shared) listOf(elem arrow.DataType) *arrow.ListType {
+	k := s.id(elem)
+	if t, ok := s.lists[k]; ok {
+		return t
+	}
+	t := arrow.ListOf(elem)
+	s.lists[k] = t
+	s.ids[t] = len(s.ids) + 1
+	return t
+}
+
+// structOf returns the struct type of fields.
+func (s *shared) structOf(fields []arrow.Field) *arrow.StructType {
+	sig := s.sig[:0]
+	for _, f := range fields {
+		if len(f.Metadata.Keys()) > 0 {
+			return arrow.StructOf(fields...) // not made here: none has metadata
+		}
+		sig = strconv.AppendInt(sig, int64(s.id(f.Type)), 10)
+		if f.Nullable {
+			sig = append(sig, '?')
+		}
+		sig = append(sig, ':')
+		sig = append(sig, f.Name...)
+		sig = append(sig, 0)
+	}
+	s.sig = sig
+	if t, ok := s.structs[string(sig)]; ok {
+		return t
+	}
+	t := arrow.StructOf(fields...)
+	s.structs[string(sig)] = t
+	s.ids[t] = len(s.ids) + 1
+	return t
+}
+
+// field returns the Arrow field of an element of type typ, a list of it when repeated.
+func (s *shared) field(name string, typ arrow.DataType, repeated bool) arrow.Field {
+	if repeated {
+		typ = s.listOf(typ)
+	}
+	return arrow.Field{Name: name, Type: typ, Nullable: true}
 }
 
 func (b *builder) resource(md protoreflect.MessageDescriptor) (*Resource, error) {
@@ -38,13 +112,10 @@ func (b *builder) resource(md protoreflect.MessageDescriptor) (*Resource, error)
 		Field:   arrow.Field{Name: PrimitiveExtensionsColumn, Type: arrow.BinaryTypes.String, Nullable: true},
 	})
 	root := &Node{Name: typ, Path: typ, Kind: Struct, FHIRType: typ, Children: children}
-	if err := root.index(); err != nil {
+	if err := b.index(root); err != nil {
 		return nil, err
 	}
-	fields := make([]arrow.Field, len(children))
-	for i, c := range children {
-		fields[i] = c.Field
-	}
+	fields := fieldsOf(children)
 	root.Field = arrow.Field{Name: typ, Type: arrow.StructOf(fields...), Nullable: true}
 	meta := arrow.NewMetadata(
 		[]string{MetaSchemaVersion, MetaFHIRVersion, MetaResourceType, MetaRecursionDepth},
@@ -70,9 +141,9 @@ func (b *builder) elements(md protoreflect.MessageDescriptor, path string) ([]*N
 				continue // the reference oneof becomes one verbatim string, emitted at its first field
 			}
 			out = append(out,
-				primitive("reference", path+".reference", "string", false),
-				derived(ReferenceTypeColumn, path, ReferenceType),
-				derived(ReferenceIDColumn, path, ReferenceID))
+				b.primitive("reference", path+".reference", "string", false),
+				b.derived(ReferenceTypeColumn, path, ReferenceType),
+				b.derived(ReferenceIDColumn, path, ReferenceID))
 			continue
 		}
 		n, err := b.element(fd, fd.JSONName(), path+"."+fd.JSONName())
@@ -104,9 +175,9 @@ func (b *builder) element(fd protoreflect.FieldDescriptor, name, path string) (*
 	fn := md.FullName()
 	switch {
 	case fn == anyMessage || fn == containedMessage:
-		return jsonNode(name, path, "Resource", repeated, false), nil
+		return b.jsonNode(name, path, "Resource", repeated, false), nil
 	case sdURL(md) == sdPrefix+"Extension":
-		return jsonNode(name, path, "Extension", repeated, false), nil
+		return b.jsonNode(name, path, "Extension", repeated, false), nil
 	}
 	mo := md.Options()
 	if proto.GetExtension(mo, apb.E_StructureDefinitionKind).(apb.StructureDefinitionKindValue) == apb.StructureDefinitionKindValue_KIND_PRIMITIVE_TYPE {
@@ -119,7 +190,7 @@ func (b *builder) element(fd protoreflect.FieldDescriptor, name, path string) (*
 		if !strings.HasPrefix(typ, sdPrefix) {
 			return nil, fmt.Errorf("%s: primitive %s has no FHIR type", path, fn)
 		}
-		return primitive(name, path, strings.TrimPrefix(typ, sdPrefix), repeated), nil
+		return b.primitive(name, path, strings.TrimPrefix(typ, sdPrefix), repeated), nil
 	}
 	if proto.GetExtension(mo, apb.E_IsChoiceType).(bool) {
 		return b.choice(md, name, path, repeated)
@@ -135,17 +206,17 @@ func (b *builder) element(fd protoreflect.FieldDescriptor, name, path string) (*
 		typ = strings.TrimPrefix(u, sdPrefix)
 	}
 	if count >= b.depth {
-		return jsonNode(name, path, typ, repeated, true), nil
+		return b.jsonNode(name, path, typ, repeated, true), nil
 	}
 	children, err := b.elements(md, path)
 	if err != nil {
 		return nil, err
 	}
 	n := &Node{Name: name, Path: path, Kind: Struct, Repeated: repeated, FHIRType: typ, Children: children}
-	if err := n.index(); err != nil {
+	if err := b.index(n); err != nil {
 		return nil, err
 	}
-	n.Field = field(name, structOf(children), repeated)
+	n.Field = b.field(name, b.structOf(fieldsOf(children)), repeated)
 	return n, nil
 }
 
@@ -169,61 +240,75 @@ func (b *builder) choice(md protoreflect.MessageDescriptor, name, path string, r
 		children = append(children, c)
 	}
 	n := &Node{Name: name, Path: path + "[x]", Kind: Choice, Repeated: repeated, Children: children}
-	n.Field = field(name, structOf(children), repeated)
+	n.Field = b.field(name, b.structOf(fieldsOf(children)), repeated)
 	return n, nil
 }
 
-// index fills the JSON key map of a Struct node.
-func (n *Node) index() error {
-	add := func(key string, m Member) error {
-		if !n.keys.Put(key, m) {
-			return fmt.Errorf("%s: JSON key %s is ambiguous", n.Path, key)
-		}
-		return nil
+// index gives a Struct node its JSON key map: the shared one of the same keys and members, or a new one.
+func (b *builder) index(n *Node) error {
+	type entry struct {
+		key string
+		m   Member
 	}
+	var entries []entry
 	for i, c := range n.Children {
 		switch {
 		case c.Derived != NotDerived:
 		case c.Kind == Choice:
 			for j, cc := range c.Children {
 				key := c.Name + upperFirst(cc.Name)
-				if err := add(key, Member{Child: i, Choice: j}); err != nil {
-					return err
-				}
+				entries = append(entries, entry{key, Member{Child: i, Choice: j}})
 				if cc.Kind == Primitive {
-					if err := add("_"+key, Member{Child: i, Choice: j, Under: true}); err != nil {
-						return err
-					}
+					entries = append(entries, entry{"_" + key, Member{Child: i, Choice: j, Under: true}})
 				}
 			}
 		default:
-			if err := add(c.Name, Member{Child: i, Choice: -1}); err != nil {
-				return err
-			}
+			entries = append(entries, entry{c.Name, Member{Child: i, Choice: -1}})
 			if c.Kind == Primitive {
-				if err := add("_"+c.Name, Member{Child: i, Choice: -1, Under: true}); err != nil {
-					return err
-				}
+				entries = append(entries, entry{"_" + c.Name, Member{Child: i, Choice: -1, Under: true}})
 			}
 		}
 	}
+	sig := b.sig[:0]
+	for _, e := range entries {
+		sig = append(sig, e.key...)
+		sig = append(sig, 0)
+		sig = strconv.AppendInt(sig, int64(e.m.Child), 10)
+		sig = append(sig, ',')
+		sig = strconv.AppendInt(sig, int64(e.m.Choice), 10)
+		sig = strconv.AppendBool(sig, e.m.Under)
+		sig = append(sig, 0)
+	}
+	b.sig = sig
+	if t, ok := b.keys[string(sig)]; ok {
+		n.keys = t
+		return nil
+	}
+	t := new(KeyTable[Member])
+	for _, e := range entries {
+		if !t.Put(e.key, e.m) {
+			return fmt.Errorf("%s: JSON key %s is ambiguous", n.Path, e.key)
+		}
+	}
+	b.keys[string(sig)] = t
+	n.keys = t
 	return nil
 }
 
-func primitive(name, path, fhirType string, repeated bool) *Node {
+func (b *builder) primitive(name, path, fhirType string, repeated bool) *Node {
 	sc, typ := scalarOf(fhirType)
 	return &Node{Name: name, Path: path, Kind: Primitive, Repeated: repeated, FHIRType: fhirType, Scalar: sc,
-		Field: field(name, typ, repeated)}
+		Field: b.field(name, typ, repeated)}
 }
 
-func derived(name, parent string, d Derived) *Node {
+func (b *builder) derived(name, parent string, d Derived) *Node {
 	return &Node{Name: name, Path: parent + "." + name, Kind: Primitive, Scalar: String, Derived: d,
-		Field: field(name, arrow.BinaryTypes.String, false)}
+		Field: b.field(name, arrow.BinaryTypes.String, false)}
 }
 
-func jsonNode(name, path, fhirType string, repeated, cut bool) *Node {
+func (b *builder) jsonNode(name, path, fhirType string, repeated, cut bool) *Node {
 	return &Node{Name: name, Path: path, Kind: JSON, Repeated: repeated, FHIRType: fhirType, Cut: cut,
-		Field: field(name, arrow.BinaryTypes.String, repeated)}
+		Field: b.field(name, arrow.BinaryTypes.String, repeated)}
 }
 
 // TimestampType is the Arrow type of instant columns.
@@ -245,19 +330,13 @@ func scalarOf(fhirType string) (Scalar, arrow.DataType) {
 	return String, arrow.BinaryTypes.String
 }
 
-func field(name string, typ arrow.DataType, repeated bool) arrow.Field {
-	if repeated {
-		typ = arrow.ListOf(typ)
-	}
-	return arrow.Field{Name: name, Type: typ, Nullable: true}
-}
-
-func structOf(children []*Node) arrow.DataType {
-	fs := make([]arrow.Field, len(children))
-	for i, c := range children {
+// fieldsOf returns the Arrow fields of nodes.
+func fieldsOf(nodes []*Node) []arrow.Field {
+	fs := make([]arrow.Field, len(nodes))
+	for i, c := range nodes {
 		fs[i] = c.Field
 	}
-	return arrow.StructOf(fs...)
+	return fs
 }
 
 func sdURL(md protoreflect.MessageDescriptor) string {

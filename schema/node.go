@@ -90,7 +90,7 @@ type Node struct {
 	// Field is the Arrow field of this node (nullable; a list when Repeated).
 	Field arrow.Field
 
-	keys KeyTable[Member]
+	keys *KeyTable[Member] // shared by the nodes of the same keys (see shared)
 }
 
 // Member says where a JSON object key of a Struct node goes.
@@ -102,6 +102,9 @@ type Member struct {
 
 // Lookup maps a key of a FHIR JSON object of this Struct node to its child. It does not allocate.
 func (n *Node) Lookup(key []byte) (Member, bool) {
+	if n.keys == nil {
+		return Member{}, false
+	}
 	return n.keys.Get(key)
 }
 

@@ -77,6 +77,7 @@ type Registry struct {
 
 	mu        sync.Mutex
 	resources map[string]*Resource
+	shared    *shared // guarded by mu
 }
 
 // Resource is the table of one resource type.
@@ -105,7 +106,7 @@ func New(opts Options) (*Registry, error) {
 	}
 	oneof := cr.Oneofs().Get(0)
 	r := &Registry{mds: make(map[string]protoreflect.MessageDescriptor, oneof.Fields().Len()), depth: depth,
-		resources: map[string]*Resource{}}
+		resources: map[string]*Resource{}, shared: newShared()}
 	for i := 0; i < oneof.Fields().Len(); i++ {
 		md := oneof.Fields().Get(i).Message()
 		if md == nil {
@@ -143,7 +144,7 @@ func (r *Registry) Build(resourceType string) (*Resource, error) {
 	if !ok {
 		return nil, fmt.Errorf("build schema: %q is not an R4 resource type", resourceType)
 	}
-	res, err := (&builder{depth: r.depth}).resource(md)
+	res, err := (&builder{depth: r.depth, shared: r.shared}).resource(md)
 	if err != nil {
 		return nil, fmt.Errorf("build schema: %w", err)
 	}
