@@ -341,16 +341,17 @@ func (c *col) release() {
 func (c *col) materialised(n int) bool { return c.n > n }
 
 // zeros is one zeroed buffer shared by the all-null arrays (and the empty buffers) of one flush. The all-null
-// arrays of a scalar type are alike for a length, so a flush makes each once and hands out references: a wide
-// table has hundreds of leaves without a value in a batch, most of them strings of the batch's length.
+// arrays of a type are alike for a length, so a flush makes each once and hands out references: a wide table has
+// hundreds of leaves without a value in a batch, most of them strings of the batch's length, and many structs
+// without one, of the few types the schema shares among its elements (a Coding, a Reference).
 type zeros struct {
-	mem    memory.Allocator
-	buf    *memory.Buffer
-	scalar map[nullKey]arrow.ArrayData
+	mem  memory.Allocator
+	buf  *memory.Buffer
+	made map[nullKey]arrow.ArrayData
 }
 
 type nullKey struct {
-	t arrow.DataType
+	t arrow.DataType // the schema's own, which it shares among elements of the same type (schema.shared)
 	n int
 }
 
@@ -370,18 +371,14 @@ func (z *zeros) buffer(size int) *memory.Buffer {
 
 // nulls returns an array of length nulls of type t; the caller releases it.
 func (z *zeros) nulls(t arrow.DataType, length int) arrow.ArrayData {
-	switch t.(type) {
-	case *arrow.StructType, *arrow.ListType:
-		return z.make(t, length)
-	}
 	k := nullKey{t, length}
-	d, ok := z.scalar[k]
+	d, ok := z.made[k]
 	if !ok {
-		if z.scalar == nil {
-			z.scalar = make(map[nullKey]arrow.ArrayData)
+		if z.made == nil {
+			z.made = make(map[nullKey]arrow.ArrayData)
 		}
 		d = z.make(t, length)
-		z.scalar[k] = d
+		z.made[k] = d
 	}
 	d.Retain()
 	return d
@@ -420,10 +417,10 @@ func (z *zeros) make(t arrow.DataType, length int) arrow.ArrayData {
 }
 
 func (z *zeros) release() {
-	for _, d := range z.scalar {
+	for _, d := range z.made {
 		d.Release()
 	}
-	clear(z.scalar)
+	clear(z.made)
 	if z.buf != nil {
 		z.buf.Release()
 		z.buf = nil

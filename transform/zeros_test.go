@@ -8,10 +8,10 @@ import (
 	"github.com/apache/arrow/go/v17/arrow/memory"
 )
 
-// TestZerosShareScalarNulls checks that a flush makes the all-null array of a scalar type and length once and
-// hands out references to it, that nested types are made afresh, that every array is all null, and that nothing
-// is left held once the arrays and the flush's zeros are released.
-func TestZerosShareScalarNulls(t *testing.T) {
+// TestZerosShareNulls checks that a flush makes the all-null array of a type and length once and hands out
+// references to it, scalar or nested, that every array is all null, and that nothing is left held once the arrays
+// and the flush's zeros are released.
+func TestZerosShareNulls(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	defer mem.AssertSize(t, 0)
 	z := &zeros{mem: mem}
@@ -32,10 +32,16 @@ func TestZerosShareScalarNulls(t *testing.T) {
 	if get(arrow.PrimitiveTypes.Int64, 5) == s1 {
 		t.Error("an all-null int64 is the all-null string of the same length")
 	}
-	if get(st, 5) == get(st, 5) {
-		t.Error("all-null structs are shared: only scalars are")
+	if get(st, 5) != get(st, 5) {
+		t.Error("two all-null structs of one type and length in one flush are made twice")
 	}
-	get(arrow.ListOf(arrow.FixedWidthTypes.Boolean), 3)
+	if get(st, 4) == get(st, 5) {
+		t.Error("an all-null struct of length 4 is the one of length 5")
+	}
+	lt := arrow.ListOf(arrow.FixedWidthTypes.Boolean)
+	if get(lt, 3) != get(lt, 3) {
+		t.Error("two all-null lists of one type and length in one flush are made twice")
+	}
 	for _, d := range got {
 		a := array.MakeFromData(d)
 		if a.NullN() != a.Len() {
