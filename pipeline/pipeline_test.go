@@ -297,6 +297,20 @@ func TestRunProgress(t *testing.T) {
 	}
 }
 
+// TestRunTimings checks that a run with Timings accounts time to every phase: the decoders add their validate
+// and build time once per batch.
+func TestRunTimings(t *testing.T) {
+	var tm pipeline.Timings
+	runDir(t, "testdata/mixed", memBucket(t), pipeline.Options{Workers: 2, Timings: &tm})
+	for name, d := range map[string]int64{
+		"read": tm.Read.Load(), "validate": tm.Validate.Load(), "build": tm.Build.Load(), "write": tm.Write.Load(),
+	} {
+		if d <= 0 {
+			t.Errorf("%s time %d, want some", name, d)
+		}
+	}
+}
+
 func sharedDir(t *testing.T, name string) string {
 	dir := filepath.Join(sharedData, name)
 	if _, err := os.Stat(dir); err != nil {
