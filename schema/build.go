@@ -27,9 +27,9 @@ type builder struct {
 
 // shared holds what the schemas of a Registry have in common, so that each is kept once. With the recursion
 // limit, one element type appears at many places of a table (a Reference inside an Identifier inside a Reference
-// ...), and all 146 tables have some 120,000 nodes; yet they are built from about two thousand distinct Arrow
-// types and key sets. A node keeps its own name and path and points to the shared ones. Nodes and Arrow types
-// are immutable once built, so sharing them is safe.
+// ...), and all 146 tables have some 120,000 nodes; yet they have 593 distinct key maps, and about 700 distinct
+// struct types and 400 list types. A node keeps its own name and path and points to the shared ones. Nodes and
+// Arrow types are immutable once built, so sharing them is safe.
 type shared struct {
 	ids     map[arrow.DataType]int // an id for each Arrow type made here or taken as is
 	lists   map[int]*arrow.ListType
