@@ -31,7 +31,7 @@ type builder struct {
 // struct types and 400 list types. A node keeps its own name and path and points to the shared ones. Nodes and
 // Arrow types are immutable once built, so sharing them is safe.
 type shared struct {
-	ids     map[arrow.DataType]int // an id for each Arrow type made here or taken as is
+	ids     map[arrow.DataType]int // an id for each Arrow type used as a field's type, given on first use (id)
 	lists   map[int]*arrow.ListType
 	structs map[string]*arrow.StructType // by their fields' names, nullability and type ids
 	keys    map[string]*KeyTable[Member] // by their keys and members, in order
@@ -61,7 +61,6 @@ func (s *shared) listOf(elem arrow.DataType) *arrow.ListType {
 	}
 	t := arrow.ListOf(elem)
 	s.lists[k] = t
-	s.ids[t] = len(s.ids) + 1
 	return t
 }
 
@@ -86,7 +85,6 @@ func (s *shared) structOf(fields []arrow.Field) *arrow.StructType {
 	}
 	t := arrow.StructOf(fields...)
 	s.structs[string(sig)] = t
-	s.ids[t] = len(s.ids) + 1
 	return t
 }
 
