@@ -136,16 +136,16 @@ func (t *Timings) now() time.Time {
 	return time.Now()
 }
 
-// lineTimes is what one decoder spent validating and building the lines of a batch, added to Timings once per
-// batch: Timings' counters are shared by the decoders, and adding to them line by line had the cores contend for
-// them. A decoder without Timings does not read the clock.
+// lineTimes is what one decoder spent validating and building the lines of a batch, added to t once per batch:
+// Timings' counters are shared by the decoders, and adding to them line by line had the cores contend for them.
+// A decoder without Timings (t nil) does not read the clock.
 type lineTimes struct {
-	on              bool
+	t               *Timings
 	validate, build int64
 }
 
 func (lt *lineTimes) now() time.Time {
-	if !lt.on {
+	if lt.t == nil {
 		return time.Time{}
 	}
 	return time.Now()
@@ -153,7 +153,7 @@ func (lt *lineTimes) now() time.Time {
 
 // lap adds the time elapsed since from to *d, and returns the time now, from which the next phase counts.
 func (lt *lineTimes) lap(d *int64, from time.Time) time.Time {
-	if !lt.on {
+	if lt.t == nil {
 		return from
 	}
 	now := time.Now()
@@ -161,13 +161,13 @@ func (lt *lineTimes) lap(d *int64, from time.Time) time.Time {
 	return now
 }
 
-// flush adds the batch's times to t.
-func (lt *lineTimes) flush(t *Timings) {
-	if t == nil {
+// flush adds the batch's times to Timings.
+func (lt *lineTimes) flush() {
+	if lt.t == nil {
 		return
 	}
-	t.Validate.Add(lt.validate)
-	t.Build.Add(lt.build)
+	lt.t.Validate.Add(lt.validate)
+	lt.t.Build.Add(lt.build)
 	lt.validate, lt.build = 0, 0
 }
 
@@ -549,7 +549,7 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 	defer lk.release()
 	local := map[string]*typeStats{}
 	defer r.mergeStats(local)
-	lt := lineTimes{on: r.opts.Timings != nil}
+	lt := lineTimes{t: r.opts.Timings}
 
 	for {
 		var b batch
@@ -571,7 +571,7 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 				return err
 			}
 		}
-		lt.flush(r.opts.Timings)
+		lt.flush()
 		r.recycle(b)
 		if err := r.flushFull(ctx, w); err != nil {
 			return err
