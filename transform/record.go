@@ -52,21 +52,24 @@ func (r *flushRecord) ColumnName(i int) string  { return r.schema.Field(i).Name 
 
 // SetColumn, NewSlice and MarshalJSON are Arrow's own, on a checked record of the same columns.
 func (r *flushRecord) SetColumn(i int, col arrow.Array) (arrow.Record, error) {
-	rec := array.NewRecord(r.schema, r.cols, r.rows)
+	rec := r.checked()
 	defer rec.Release()
 	return rec.SetColumn(i, col)
 }
 
 func (r *flushRecord) NewSlice(i, j int64) arrow.Record {
-	rec := array.NewRecord(r.schema, r.cols, r.rows)
+	rec := r.checked()
 	defer rec.Release()
 	return rec.NewSlice(i, j)
 }
 
 func (r *flushRecord) MarshalJSON() ([]byte, error) {
-	rec := array.NewRecord(r.schema, r.cols, r.rows)
+	rec := r.checked()
 	defer rec.Release()
 	return rec.MarshalJSON()
 }
+
+// checked returns Arrow's own record of r's columns, with the type check; the caller releases it.
+func (r *flushRecord) checked() arrow.Record { return array.NewRecord(r.schema, r.cols, r.rows) }
 
 var _ arrow.Record = (*flushRecord)(nil)
