@@ -107,7 +107,13 @@ type leafChunk struct {
 
 // size is about what the chunk holds in memory: its data pages, the page being built and the dictionary.
 func (lc *leafChunk) size() int64 {
-	return int64(len(lc.data) + lc.pageMem() + lc.dict.mem())
+	return int64(cap(lc.data) + lc.pageCap() + lc.dict.mem())
+}
+
+// pageCap is the memory the buffers of the page being built take, with the room they keep: a page's buffers stay
+// with the leaf for its next page until the row group ends.
+func (lc *leafChunk) pageCap() int {
+	return cap(lc.plain) + 4*cap(lc.idx) + cap(lc.def.out) + cap(lc.rep.out) + 4*(cap(lc.def.lit)+cap(lc.rep.lit))
 }
 
 // pageMem is what the page being built holds in memory.
@@ -278,7 +284,7 @@ func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
 		}
 		held += lc.size()
 	}
-	c.held = held + int64(len(c.listBytes))
+	c.held = held + int64(cap(c.listBytes))
 }
 
 // trim drops the buffers of the page being built that grew large, once the page is written: what a leaf keeps

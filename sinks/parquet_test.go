@@ -407,6 +407,47 @@ func heldAfter(t *testing.T, mem memory.Allocator, rows int, starts ...int) int6
 	return tbl.held
 }
 
+// TestHeldCountsCapacity: what a row group holds, as the budget counts it, is the memory of its buffers with the
+// room they keep to grow, not only the bytes in them. A page's buffers stay with its leaf after the page is
+// written, and appending grows a buffer to twice what it needs.
+func TestHeldCountsCapacity(t *testing.T) {
+	ctx := context.Background()
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{Allocator: mem})
+	defer tbl.Abort()
+	for _, s := range []int{0, 300, 600} {
+		rec := testRecord(t, mem, s, 300)
+		err := tbl.Write(ctx, rec)
+		rec.Release()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	tbl.mu.Lock()
+	defer tbl.mu.Unlock()
+	if len(tbl.idle) != 1 {
+		t.Fatalf("%d idle parts, want the one open part", len(tbl.idle))
+	}
+	cw := tbl.idle[0].cw
+	var used, room int64 // used: pages by length, dictionaries with their room; room: that of the pages
+	for i := range cw.leaves {
+		lc := &cw.leaves[i]
+		used += int64(len(lc.data) + lc.pageMem() + lc.dict.mem())
+		room += int64(cap(lc.data)-len(lc.data)) + int64(cap(lc.plain)-len(lc.plain)) + 4*int64(cap(lc.idx)-len(lc.idx))
+	}
+	if room == 0 {
+		t.Fatalf("the buffers of the row group keep no room (%d bytes used): the test needs some", used)
+	}
+	if tbl.held != cw.held {
+		t.Errorf("the table holds %d bytes, its one row group %d", tbl.held, cw.held)
+	}
+	if min := used + room; cw.held < min {
+		t.Errorf("the row group counts %d bytes; its pages and dictionaries take %d (%d used, %d room)", cw.held, min, used, room)
+	}
+}
+
 // TestTableBudget: tables sharing a MemoryBudget write their row groups early once the budget is exceeded, so
 // what they hold together stays near it; without a budget the same writes make one row group per table.
 func TestTableBudget(t *testing.T) {
