@@ -193,8 +193,11 @@ type Progress struct {
 }
 
 // DefaultTableBudget is the memory that the open row groups may hold (compressed pages, pages being filled,
-// dictionaries), over all the tables of a run, unless Options.Parquet.Budget says otherwise.
-const DefaultTableBudget = 40 << 20
+// dictionaries, with the room their buffers keep), over all the tables of a run, unless Options.Parquet.Budget
+// says otherwise. Smaller row groups cost speed: every row group repeats the dictionaries of its column chunks.
+// On synthea-100 × 60, 40 MiB was 9% slower on two cores than this, and this is as fast as 40 MiB was when the
+// budget counted the bytes in the buffers rather than their size (the row groups then held up to 66 MB).
+const DefaultTableBudget = 56 << 20
 
 const (
 	defaultBatchRows  = 8192
