@@ -60,8 +60,6 @@ type chunkWriter struct {
 	chainOf   map[chainLink]int32
 	empty     map[emptyKey]emptyChunk // chunks without a value, encoded
 
-	shared map[sharedKey]any // metadata pieces shared by the part's chunks (shareMeta)
-
 	// Scratch.
 	ix              rleEncoder // dictionary indices, at page end
 	body, zbuf, hdr []byte
@@ -201,7 +199,6 @@ func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, ps *pqsc
 		listOf:  map[listKey]int32{},
 		chainOf: map[chainLink]int32{},
 		empty:   map[emptyKey]emptyChunk{},
-		shared:  map[sharedKey]any{},
 	}
 	for i := range leaves {
 		c.leaves[i] = leafChunk{leaf: &leaves[i], descr: ps.Column(i)}
@@ -744,124 +741,65 @@ func appendLevels(b []byte, e *rleEncoder) []byte {
 	return append(b, enc...)
 }
 
-// writeRowGroup writes every chunk of the row group to w, completing its metadata rg, and readies the writer for
-// the next row group. It returns the row group's uncompressed size.
-func (c *chunkWriter) writeRowGroup(w *countingWriter, rg *metadata.RowGroupMetaDataBuilder) (int64, error) {
-	rg.SetNumRows(c.rows)
+// writeRowGroup writes every chunk of the row group to w, adds what the footer needs of them to pm, and readies
+// the writer for the next row group.
+func (c *chunkWriter) writeRowGroup(w *countingWriter, pm *partMeta) error {
 	var total int64
 	for i := range c.leaves {
 		lc := &c.leaves[i]
 		c.lc = lc
-		cc := rg.NextColumnChunk()
 		if lc.deferred {
 			e := c.emptyChunk()
 			lc.data, lc.levels, lc.uncompressed, lc.plainPages = e.data, e.levels, e.uncompressed, e.pages
 		}
-		n, err := c.finish(w, cc)
+		cm, err := c.finish(w, pm)
 		if err != nil {
-			return 0, fmt.Errorf("column %s: %w", lc.descr.Path(), err)
+			return fmt.Errorf("column %s: %w", lc.descr.Path(), err)
 		}
-		total += n
+		pm.chunks = append(pm.chunks, cm)
+		total += cm.uncompressed
 	}
+	pm.groups = append(pm.groups, groupMeta{rows: int64(c.rows), uncompressed: total})
 	c.startRowGroup()
-	return total, nil
+	return nil
 }
 
-// finish writes the current chunk (its dictionary page, then its data pages) to w and completes its metadata cc.
-// It returns the chunk's uncompressed size.
-func (c *chunkWriter) finish(w *countingWriter, cc *metadata.ColumnChunkMetaDataBuilder) (int64, error) {
+// finish writes the current chunk (its dictionary page, then its data pages) to w and returns what the footer
+// needs of it; the min and max of its statistics go into pm.
+func (c *chunkWriter) finish(w *countingWriter, pm *partMeta) (chunkMeta, error) {
 	lc := c.lc
 	c.flushPage()
 	start := w.n
-	uncompressed := lc.uncompressed
-	hasDict := lc.dict.len() > 0
-	var dictOffset int64
-	if hasDict {
+	cm := chunkMeta{values: lc.levels, uncompressed: lc.uncompressed, dictPages: lc.dictPages, plainPages: lc.plainPages}
+	if lc.fellBack {
+		cm.flags |= metaFellBack
+	}
+	if lc.dict.len() > 0 {
 		body := c.dictPage(c.body[:0])
 		z := c.codec.Encode(c.zbuf[:0], body)
 		c.hdr = appendPageHeader(c.hdr[:0], pageTypeDictionary, len(body), len(z), lc.dict.len(),
 			c.props.DictionaryPageEncoding())
-		dictOffset = w.n
+		cm.flags |= metaDict
+		cm.dictOffset = w.n
 		w.Write(c.hdr)
 		w.Write(z)
-		uncompressed += int64(len(c.hdr) + len(body))
+		cm.uncompressed += int64(len(c.hdr) + len(body))
 		c.body, c.zbuf = body[:0], z[:0]
 	}
-	dataOffset := w.n
+	cm.dataOffset = w.n
 	w.Write(lc.data)
 	if w.err != nil {
-		return 0, w.err
+		return cm, w.err
 	}
-
+	cm.compressed = w.n - start
 	if lc.descr.SortOrder() != pqschema.SortUNKNOWN {
 		st, err := c.encodeStats()
 		if err != nil {
-			return 0, err
+			return cm, err
 		}
-		cc.SetStats(st)
+		pm.setStats(&cm, st)
 	}
-	encStats := metadata.EncodingStats{DataEncodingStats: map[parquet.Encoding]int32{}}
-	if hasDict {
-		encStats.DictEncodingStats = map[parquet.Encoding]int32{c.props.DictionaryPageEncoding(): 1}
-	}
-	if lc.dictPages > 0 {
-		encStats.DataEncodingStats[c.props.DictionaryIndexEncoding()] = lc.dictPages
-	}
-	if lc.plainPages > 0 {
-		encStats.DataEncodingStats[parquet.Encodings.Plain] = lc.plainPages
-	}
-	err := cc.Finish(metadata.ChunkMetaInfo{
-		NumValues:        lc.levels,
-		DictPageOffset:   dictOffset,
-		IndexPageOffset:  -1,
-		DataPageOffset:   dataOffset,
-		CompressedSize:   w.n - start,
-		UncompressedSize: uncompressed,
-	}, hasDict, lc.fellBack, encStats, nil)
-	if err != nil {
-		return 0, err
-	}
-	c.shareMeta(cc)
-	return uncompressed, nil
-}
-
-// sharedKey names a piece of chunk metadata that many chunks of a part have alike.
-type sharedKey struct {
-	kind byte // 's' statistics without min and max, 'e' encodings, 'p' page encoding statistics
-	a, b int64
-}
-
-// shareMeta replaces the pieces of cc's metadata that many chunks have alike by one copy per part: the metadata
-// of every chunk of a part is kept until the footer, and in a wide table most chunks are a page of levels with
-// the same path, encodings and statistics but for the null count.
-func (c *chunkWriter) shareMeta(cc *metadata.ColumnChunkMetaDataBuilder) {
-	md := cc.Contents().MetaData
-	md.PathInSchema = c.lc.leaf.path
-	if st := md.Statistics; st != nil && st.Max == nil && st.Min == nil && st.MaxValue == nil && st.MinValue == nil &&
-		st.NullCount != nil && st.DistinctCount == nil {
-		md.Statistics = shared(c.shared, sharedKey{'s', *st.NullCount, 0}, st)
-	}
-	var enc int64
-	for _, e := range md.Encodings {
-		enc = enc<<8 | int64(e)&0xff
-	}
-	if len(md.Encodings) <= 8 {
-		md.Encodings = shared(c.shared, sharedKey{'e', enc, int64(len(md.Encodings))}, md.Encodings)
-	}
-	if len(md.EncodingStats) == 1 {
-		es := md.EncodingStats[0]
-		md.EncodingStats = shared(c.shared, sharedKey{'p', int64(es.PageType)<<8 | int64(es.Encoding), int64(es.Count)},
-			md.EncodingStats)
-	}
-}
-
-// shared returns the value m holds under k, or v after storing it there.
-func shared[T any](m map[sharedKey]any, k sharedKey, v T) T {
-	if s, ok := m[k]; ok {
-		return s.(T)
-	}
-	m[k] = v
-	return v
+	return cm, nil
 }
 
 // dictPage appends the PLAIN encoding of the current chunk's dictionary to b.

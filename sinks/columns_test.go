@@ -526,9 +526,6 @@ func readArrowTable(data []byte, mem memory.Allocator) (arrow.Table, error) {
 	return fr.ReadTable(context.Background())
 }
 
-// TestChunkPagesAndDictionaryFallback writes columns large enough for several data pages, a dictionary that
-// outgrows its 1 MiB limit (so that the chunk falls back to PLAIN pages after it), strings longer than the 4 KiB
-// statistics limit, and signed zeros, and compares values and statistics with pqarrow's.
 // TestListRunsMatchPqarrow writes lists whose sizes come in runs (empty lists, one-element lists, longer ones,
 // nulls), nested two deep, with a distinct value per element, whole and in slices at odd boundaries (a slice's
 // list arrays have an offset), and compares the files with pqarrow's.
@@ -613,6 +610,9 @@ func TestListRunsMatchPqarrow(t *testing.T) {
 	}
 }
 
+// TestChunkPagesAndDictionaryFallback writes columns large enough for several data pages, a dictionary that
+// outgrows its 1 MiB limit (so that the chunk falls back to PLAIN pages after it), strings longer than the 4 KiB
+// statistics limit, and signed zeros, and compares values and statistics with pqarrow's.
 func TestChunkPagesAndDictionaryFallback(t *testing.T) {
 	mem := checkedAllocator(t)
 	s := arrow.NewSchema([]arrow.Field{

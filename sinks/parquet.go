@@ -3,7 +3,6 @@ package sinks
 import (
 	"context"
 	"encoding/base64"
-	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -182,14 +181,12 @@ type tableLayout struct {
 
 // part is one Parquet file being written.
 type part struct {
-	rel    string
-	obj    *object
-	sink   *countingWriter
-	meta   *metadata.FileMetaDataBuilder // of the row groups written
-	rows   int64
-	groups int
-	chunks int          // column chunks written: row groups times leaf columns
-	cw     *chunkWriter // the row group being built
+	rel  string
+	obj  *object
+	sink *countingWriter
+	meta partMeta // what the footer needs of the row groups written
+	rows int64
+	cw   *chunkWriter // the row group being built
 }
 
 // NewTable prepares the table of resourceType, whose records all have schema s. Nothing is written until Write.
@@ -421,11 +418,7 @@ func (t *Table) overBudget() bool {
 func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*File, error) {
 	stop := p.obj.watch(ctx)
 	rows := p.cw.rows
-	rg := p.meta.AppendRowGroup()
-	total, err := p.cw.writeRowGroup(p.sink, rg)
-	if err == nil {
-		err = rg.Finish(total, int16(p.groups))
-	}
+	err := p.cw.writeRowGroup(p.sink, &p.meta)
 	if err == nil {
 		err = p.sink.err
 	}
@@ -436,10 +429,8 @@ func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*Fi
 		p.discard()
 		return nil, fmt.Errorf("write %s: %w", p.obj.key, err)
 	}
-	p.groups++
 	p.rows += int64(rows)
-	p.chunks += len(t.layout.leaves)
-	if closePart || p.sink.n >= t.opts.MaxFileBytes || p.chunks+len(t.layout.leaves) > t.opts.MaxColumnChunks {
+	if closePart || p.sink.n >= t.opts.MaxFileBytes || len(p.meta.chunks)+len(t.layout.leaves) > t.opts.MaxColumnChunks {
 		f, err := t.closePart(ctx, p)
 		if err != nil {
 			return nil, err
@@ -493,8 +484,7 @@ func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
 		obj.abort()
 		return nil, fmt.Errorf("start parquet file %s: %w", obj.key, err)
 	}
-	meta := metadata.NewFileMetadataBuilder(t.layout.schema, t.layout.props, t.layout.meta)
-	return &part{rel: rel, obj: obj, sink: sink, meta: meta, cw: cw}, nil
+	return &part{rel: rel, obj: obj, sink: sink, cw: cw}, nil
 }
 
 // parquetMagic starts and ends a Parquet file.
@@ -503,7 +493,7 @@ var parquetMagic = []byte("PAR1")
 // closePart writes the footer of p and commits it. On failure p is discarded.
 func (t *Table) closePart(ctx context.Context, p *part) (File, error) {
 	stop := p.obj.watch(ctx)
-	err := writeFooter(p)
+	err := writeFooter(t.layout, p)
 	if serr := stop(); err == nil {
 		err = serr
 	}
@@ -515,21 +505,6 @@ func (t *Table) closePart(ctx context.Context, p *part) (File, error) {
 		return File{}, err
 	}
 	return File{Key: p.rel, Rows: p.rows, Bytes: p.sink.n}, nil
-}
-
-// writeFooter writes the file metadata of p, its length and the closing magic.
-func writeFooter(p *part) error {
-	fmd, err := p.meta.Finish()
-	if err != nil {
-		return err
-	}
-	start := p.sink.n
-	if _, err := fmd.WriteTo(p.sink, nil); err != nil {
-		return err
-	}
-	p.sink.Write(binary.LittleEndian.AppendUint32(nil, uint32(p.sink.n-start)))
-	p.sink.Write(parquetMagic)
-	return p.sink.err
 }
 
 // fail makes err sticky and discards the idle parts; a part taken by a Write is discarded by that Write when it
