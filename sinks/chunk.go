@@ -89,7 +89,8 @@ type leafChunk struct {
 	pageValues int      // values present (def == maxDef)
 	plain      []byte   // PLAIN values
 	bools      int      // booleans packed into plain
-	idx        []uint32 // dictionary indices
+	idx        []uint32 // dictionary indices, runs of one as the index with runFlag then the count (putIdx)
+	idxRun     bool     // idx ends with a run
 
 	// The chunk.
 	levels, values int64
@@ -455,7 +456,7 @@ func (c *chunkWriter) begin(lc *leafChunk) {
 	lc.def = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxDef))}
 	lc.rep = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxRep))}
 	lc.pageLevels, lc.pageValues = 0, 0
-	lc.plain, lc.idx, lc.bools = nil, nil, 0
+	lc.plain, lc.idx, lc.idxRun, lc.bools = nil, nil, false, 0
 }
 
 func (c *chunkWriter) resetPage() {
@@ -463,7 +464,7 @@ func (c *chunkWriter) resetPage() {
 	lc.def.reset(lc.def.width)
 	lc.rep.reset(lc.rep.width)
 	lc.pageLevels, lc.pageValues = 0, 0
-	lc.plain, lc.idx, lc.bools = lc.plain[:0], lc.idx[:0], 0
+	lc.plain, lc.idx, lc.idxRun, lc.bools = lc.plain[:0], lc.idx[:0], false, 0
 }
 
 // addRows encodes rows [lo, hi) of rec into the current chunk.
@@ -621,7 +622,7 @@ func (c *chunkWriter) putBytes(b []byte) {
 	}
 	d := &lc.dict
 	if d.last > 0 && string(d.value(d.last-1)) == string(b) {
-		lc.idx = append(lc.idx, uint32(d.last-1))
+		lc.putIdx(uint32(d.last - 1))
 		return
 	}
 	h := hashBytes(b)
@@ -636,7 +637,28 @@ func (c *chunkWriter) putBytes(b []byte) {
 		d.size += 4 + len(b)
 	}
 	d.last = id + 1
-	lc.idx = append(lc.idx, uint32(id))
+	lc.putIdx(uint32(id))
+}
+
+// runFlag marks a dictionary index in a page's idx that the count of a run of it follows.
+const runFlag = 1 << 31
+
+// putIdx appends dictionary index id to the page being built. A value that repeats the one before it makes a
+// run, kept as two entries whatever its length: FHIR columns repeat a code or a system line after line, and the
+// pages being built of a row group's chunks are most of what it holds.
+func (lc *leafChunk) putIdx(id uint32) {
+	n := len(lc.idx)
+	switch {
+	case lc.idxRun && lc.idx[n-2] == id|runFlag:
+		lc.idx[n-1]++
+	case !lc.idxRun && n > 0 && lc.idx[n-1] == id:
+		lc.idx[n-1] = id | runFlag
+		lc.idx = append(lc.idx, 2)
+		lc.idxRun = true
+	default:
+		lc.idx = append(lc.idx, id)
+		lc.idxRun = false
+	}
 }
 
 func (c *chunkWriter) putInt64(v int64) {
@@ -656,7 +678,7 @@ func (c *chunkWriter) putInt64(v int64) {
 		d.int64s = append(d.int64s, v)
 		d.size += 8
 	}
-	lc.idx = append(lc.idx, uint32(id))
+	lc.putIdx(uint32(id))
 }
 
 func (c *chunkWriter) putFloat64(v float64) {
@@ -677,7 +699,7 @@ func (c *chunkWriter) putFloat64(v float64) {
 		d.floats = append(d.floats, v)
 		d.size += 8
 	}
-	lc.idx = append(lc.idx, uint32(id))
+	lc.putIdx(uint32(id))
 }
 
 // putBool packs booleans PLAIN: one bit each, from the lowest bit of each byte.
@@ -713,8 +735,13 @@ func (c *chunkWriter) flushPage() {
 		enc = c.props.DictionaryIndexEncoding()
 		w := max(1, bits.Len(uint(lc.dict.len()-1)))
 		c.ix.reset(w)
-		for _, id := range lc.idx {
-			c.ix.put(id, 1)
+		for i := 0; i < len(lc.idx); i++ {
+			if id := lc.idx[i]; id&runFlag == 0 {
+				c.ix.put(id, 1)
+			} else {
+				i++
+				c.ix.put(id&^runFlag, int(lc.idx[i]))
+			}
 		}
 		body = append(body, byte(w))
 		body = append(body, c.ix.finish()...)

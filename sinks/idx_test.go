@@ -1,0 +1,66 @@
+package sinks
+
+import (
+	"context"
+	"testing"
+
+	"github.com/apache/arrow/go/v17/arrow"
+	"github.com/apache/arrow/go/v17/arrow/array"
+	"gocloud.dev/blob/memblob"
+)
+
+// TestDictionaryRuns: a page being built keeps a run of one dictionary index as two entries whatever its length,
+// and each index of values that change as one; the file reads back as pqarrow writes it.
+func TestDictionaryRuns(t *testing.T) {
+	mem := checkedAllocator(t)
+	s := arrow.NewSchema([]arrow.Field{
+		{Name: "same", Type: arrow.BinaryTypes.String, Nullable: true},   // one value throughout
+		{Name: "runs", Type: arrow.PrimitiveTypes.Int64, Nullable: true}, // runs of 1 to 9, then nulls
+		{Name: "flip", Type: arrow.BinaryTypes.String, Nullable: true},   // two values in turn: no run
+	}, nil)
+	const rows = 12000
+	rb := array.NewRecordBuilder(mem, s)
+	defer rb.Release()
+	runs := 0
+	for i := range rows {
+		rb.Field(0).(*array.StringBuilder).Append("final")
+		if r := i / 45 % 10; r == 9 {
+			rb.Field(1).AppendNull()
+		} else {
+			rb.Field(1).(*array.Int64Builder).Append(int64(i / (r + 1) % 7))
+		}
+		rb.Field(2).(*array.StringBuilder).Append([]string{"a", "b"}[i%2])
+	}
+	rec := rb.NewRecord()
+	defer rec.Release()
+
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Basic", s, ParquetOptions{Allocator: mem})
+	defer tbl.Abort()
+	if err := tbl.Write(context.Background(), rec); err != nil {
+		t.Fatal(err)
+	}
+	tbl.mu.Lock()
+	cw := tbl.idle[0].cw
+	same, flip := &cw.leaves[0], &cw.leaves[2]
+	if !same.useDict || len(same.idx) != 2 || same.idx[0] != runFlag || same.idx[1] != rows {
+		t.Errorf("a column of one value keeps the dictionary indices %v, want one run of %d", same.idx, rows)
+	}
+	// flip's page spills at 64 KiB of indices: what is left of it is one entry per value.
+	if n := flip.pageValues; len(flip.idx) != n || n == 0 {
+		t.Errorf("a column of two values in turn keeps %d dictionary index entries for %d values", len(flip.idx), n)
+	}
+	for _, id := range cw.leaves[1].idx {
+		if id&runFlag != 0 {
+			runs++
+		}
+	}
+	tbl.mu.Unlock()
+	if runs == 0 {
+		t.Error("a column of runs kept none")
+	}
+	if err := compareWithPqarrow([]arrow.Record{rec}, rows, mem); err != nil {
+		t.Error(err)
+	}
+}
