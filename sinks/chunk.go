@@ -16,7 +16,8 @@ import (
 
 // This file encodes Parquet column chunks: data pages (version 1) of RLE-encoded levels and PLAIN or dictionary
 // encoded values, compressed, with an optional dictionary page in front. What the Parquet library still does is the
-// schema, the statistics (its typed statistics, updated here) and the footer (its metadata builders).
+// schema, the statistics (its typed statistics, updated here) and the encoding of the footer (its metadata
+// builders, from the records of footer.go).
 //
 // Why not the library's column writers: they take levels one int16 at a time (the level encoder is a call per
 // level), and a wide FHIR table has rows × leaves levels, nearly all of them "absent". Here the walk of

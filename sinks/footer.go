@@ -11,8 +11,8 @@ import (
 
 // This file keeps what a part's footer needs of the row groups it has written, and writes the footer when the
 // part closes. A part keeps the metadata of every column chunk until then, and has up to MaxColumnChunks of
-// them, over every open part of every table: the library's metadata builders, made at each row group, hold
-// some 400 to 600 bytes per chunk in thrift structures full of pointers. A chunkMeta is 96 bytes without a
+// them, over every open part of every table. Made at each row group, the library's metadata builders would hold
+// some 400 to 600 bytes per chunk in thrift structures full of pointers; a chunkMeta is 96 bytes without a
 // pointer, and the builders live only while the footer is written.
 
 // chunkMeta is what the footer needs of one column chunk.
