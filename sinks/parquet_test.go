@@ -386,19 +386,7 @@ func TestTableRowGroupBytes(t *testing.T) {
 // heldAfter returns what a Table holds after writing, without a budget, records of rows rows starting at each
 // of starts: its open row group, as the budget counts it.
 func heldAfter(t *testing.T, mem memory.Allocator, rows int, starts ...int) int64 {
-	ctx := context.Background()
-	b := memblob.OpenBucket(nil)
-	defer b.Close()
-	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{Allocator: mem})
-	defer tbl.Abort()
-	for _, s := range starts {
-		rec := testRecord(t, mem, s, rows)
-		err := tbl.Write(ctx, rec)
-		rec.Release()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	tbl := tableAfter(t, mem, rows, starts...)
 	tbl.mu.Lock()
 	defer tbl.mu.Unlock()
 	if tbl.held <= 0 {
@@ -407,24 +395,30 @@ func heldAfter(t *testing.T, mem memory.Allocator, rows int, starts ...int) int6
 	return tbl.held
 }
 
-// TestHeldCountsCapacity: what a row group holds, as the budget counts it, is the memory of its buffers with the
-// room they keep to grow, not only the bytes in them. A page's buffers stay with its leaf after the page is
-// written, and appending grows a buffer to twice what it needs.
-func TestHeldCountsCapacity(t *testing.T) {
-	ctx := context.Background()
-	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+// tableAfter returns a Patient Table, without a budget, after writing records of rows rows starting at each of
+// starts. The test aborts it when it ends.
+func tableAfter(t *testing.T, mem memory.Allocator, rows int, starts ...int) *Table {
 	b := memblob.OpenBucket(nil)
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
 	tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{Allocator: mem})
-	defer tbl.Abort()
-	for _, s := range []int{0, 300, 600} {
-		rec := testRecord(t, mem, s, 300)
-		err := tbl.Write(ctx, rec)
+	t.Cleanup(tbl.Abort)
+	for _, s := range starts {
+		rec := testRecord(t, mem, s, rows)
+		err := tbl.Write(context.Background(), rec)
 		rec.Release()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
+	return tbl
+}
+
+// TestHeldCountsCapacity: what a row group holds, as the budget counts it, is the memory of its buffers with the
+// room they keep to grow, not only the bytes in them. A page's buffers stay with its leaf after the page is
+// written, and appending grows a buffer to twice what it needs.
+func TestHeldCountsCapacity(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	tbl := tableAfter(t, mem, 300, 0, 300, 600)
 	tbl.mu.Lock()
 	defer tbl.mu.Unlock()
 	if len(tbl.idle) != 1 {
