@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -189,7 +190,7 @@ type emptyChunk struct {
 	pages        int32
 }
 
-func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, ps *pqschema.Schema) (*chunkWriter, error) {
+func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, columns []*pqschema.Column) (*chunkWriter, error) {
 	codec, err := compress.GetCodec(props.Compression())
 	if err != nil {
 		return nil, err
@@ -203,7 +204,7 @@ func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, ps *pqsc
 		empty:   map[emptyKey]emptyChunk{},
 	}
 	for i := range leaves {
-		c.leaves[i] = leafChunk{leaf: &leaves[i], descr: ps.Column(i)}
+		c.leaves[i] = leafChunk{leaf: &leaves[i], descr: columns[i]}
 	}
 	c.startRowGroup()
 	return c, nil
@@ -446,7 +447,7 @@ func (c *chunkWriter) emptyChunk() emptyChunk {
 // begin readies lc for a new row group: no level, no value, nothing held.
 func (c *chunkWriter) begin(lc *leafChunk) {
 	lc.deferred, lc.chain = true, 0
-	lc.useDict = lc.leaf.ptype != parquet.Types.Boolean && c.props.DictionaryEnabledFor(lc.descr.Path())
+	lc.useDict = lc.leaf.dict
 	lc.fellBack = false
 	lc.levels, lc.values = 0, 0
 	lc.data, lc.uncompressed = nil, 0
@@ -782,7 +783,7 @@ func (c *chunkWriter) writeRowGroup(w *countingWriter, pm *partMeta) error {
 		}
 		cm, err := c.finish(w, pm)
 		if err != nil {
-			return fmt.Errorf("column %s: %w", lc.descr.Path(), err)
+			return fmt.Errorf("column %s: %w", strings.Join(lc.leaf.path, "."), err)
 		}
 		pm.chunks = append(pm.chunks, cm)
 		total += cm.uncompressed
@@ -900,7 +901,7 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 	if err != nil {
 		return enc, fmt.Errorf("statistics: %w", err)
 	}
-	enc.ApplyStatSizeLimits(int(c.props.MaxStatsSizeFor(lc.descr.Path())))
+	enc.ApplyStatSizeLimits(lc.leaf.maxStats)
 	enc.Signed = lc.descr.SortOrder() == pqschema.SortSIGNED
 	return enc, nil
 }

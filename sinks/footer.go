@@ -109,7 +109,11 @@ func (l *tableLayout) fileMetaData(pm *partMeta) (*metadata.FileMetaData, error)
 	if len(pm.chunks) != leaves*len(pm.groups) {
 		return nil, fmt.Errorf("footer: %d column chunks for %d row groups of %d columns", len(pm.chunks), len(pm.groups), leaves)
 	}
-	b := metadata.NewFileMetadataBuilder(l.schema, l.props, l.meta)
+	ps, err := l.parquetSchema()
+	if err != nil {
+		return nil, err
+	}
+	b := metadata.NewFileMetadataBuilder(ps, l.props, l.meta)
 	shared := map[sharedKey]any{}
 	for g, gm := range pm.groups {
 		rg := b.AppendRowGroup()

@@ -171,12 +171,16 @@ type Table struct {
 	files   []File       // committed parts
 }
 
-// tableLayout is the Parquet side of a Table's schema.
+// tableLayout is the Parquet side of a Table's schema. It keeps a descriptor of its own per leaf column rather than
+// the Parquet schema, whose tree of nodes, paths and name indices took about 1 KB per leaf column for as long as
+// the Table was open (16.5 MB for the 16,693 leaf columns of synthea-100's 19 types): the footer of a part builds
+// the schema again.
 type tableLayout struct {
-	schema *pqschema.Schema
-	props  *parquet.WriterProperties
-	meta   metadata.KeyValueMetadata
-	leaves []leafPath
+	arrow   *arrow.Schema
+	props   *parquet.WriterProperties
+	meta    metadata.KeyValueMetadata
+	leaves  []leafPath
+	columns []*pqschema.Column // by leaf: the leaf's node alone, for its type, sort order and statistics
 }
 
 // part is one Parquet file being written.
@@ -441,13 +445,27 @@ func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*Fi
 }
 
 func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLayout, error) {
-	ps, err := pqarrow.ToParquet(s, props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+	l := &tableLayout{arrow: s, props: props}
+	ps, err := l.parquetSchema()
 	if err != nil {
+		return nil, err
+	}
+	if l.leaves, err = leafPaths(s, ps); err != nil {
 		return nil, fmt.Errorf("parquet schema: %w", err)
 	}
-	leaves, err := leafPaths(s, ps)
-	if err != nil {
-		return nil, fmt.Errorf("parquet schema: %w", err)
+	l.columns = make([]*pqschema.Column, len(l.leaves))
+	for i := range l.leaves {
+		d := ps.Column(i)
+		n := d.SchemaNode().(*pqschema.PrimitiveNode)
+		alone, err := pqschema.NewPrimitiveNodeLogical(n.Name(), n.RepetitionType(), n.LogicalType(), n.PhysicalType(),
+			n.TypeLength(), n.FieldID())
+		if err != nil {
+			return nil, fmt.Errorf("parquet schema: column %s: %w", d.Path(), err)
+		}
+		alone.ColumnOrder = n.ColumnOrder
+		l.columns[i] = pqschema.NewColumn(alone, d.MaxDefinitionLevel(), d.MaxRepetitionLevel())
+		l.leaves[i].dict = l.leaves[i].ptype != parquet.Types.Boolean && props.DictionaryEnabledFor(d.Path())
+		l.leaves[i].maxStats = int(props.MaxStatsSizeFor(d.Path()))
 	}
 	meta := make(metadata.KeyValueMetadata, 0, s.Metadata().Len()+1)
 	for i, k := range s.Metadata().Keys() {
@@ -456,7 +474,17 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	// What pqarrow's own writer stores, so that Arrow readers restore the exact types (timestamp zones,
 	// string rather than binary).
 	meta.Append("ARROW:schema", base64.StdEncoding.EncodeToString(flight.SerializeSchema(s, props.Allocator())))
-	return &tableLayout{schema: ps, props: props, meta: meta, leaves: leaves}, nil
+	l.meta = meta
+	return l, nil
+}
+
+// parquetSchema returns the Parquet schema pqarrow derives from the Table's Arrow schema.
+func (l *tableLayout) parquetSchema() (*pqschema.Schema, error) {
+	ps, err := pqarrow.ToParquet(l.arrow, l.props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+	if err != nil {
+		return nil, fmt.Errorf("parquet schema: %w", err)
+	}
+	return ps, nil
 }
 
 // writerProps returns the Table's Parquet writer properties (compression, allocator).
@@ -470,7 +498,7 @@ func (t *Table) writerProps() *parquet.WriterProperties {
 
 // openPart starts the part file rel.
 func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
-	cw, err := newChunkWriter(t.layout.props, t.layout.leaves, t.layout.schema)
+	cw, err := newChunkWriter(t.layout.props, t.layout.leaves, t.layout.columns)
 	if err != nil {
 		return nil, fmt.Errorf("parquet writer: %w", err)
 	}

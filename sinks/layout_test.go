@@ -1,0 +1,70 @@
+package sinks
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/apache/arrow/go/v17/parquet"
+
+	"github.com/fhirlake/fhirlake/schema"
+)
+
+// TestLayoutColumnsStandAlone: a Table's layout describes each leaf column with a node of its own, not the
+// Parquet schema's tree, which it does not keep; the descriptor still says what the tree's does, for statistics
+// (type, sort order, levels) and encoding (dictionary by path, statistics size).
+func TestLayoutColumnsStandAlone(t *testing.T) {
+	reg, err := schema.New(schema.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"Observation", "ExplanationOfBenefit", "Patient"} {
+		res, err := reg.Build(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		props := parquet.NewWriterProperties(parquet.WithDictionaryFor("meta.versionId", false),
+			parquet.WithMaxStatsSize(16))
+		l, err := newTableLayout(res.Schema, props)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := l.parquetSchema()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.columns) != ps.NumColumns() || len(l.leaves) != ps.NumColumns() {
+			t.Fatalf("%s: %d descriptors and %d leaves for %d columns", typ, len(l.columns), len(l.leaves), ps.NumColumns())
+		}
+		var noDict, smallStats int
+		for i, c := range l.columns {
+			want := ps.Column(i)
+			if c.SchemaNode().Parent() != nil {
+				t.Fatalf("%s: column %s keeps its place in the schema tree", typ, want.Path())
+			}
+			if c.Name() != want.Name() || c.PhysicalType() != want.PhysicalType() ||
+				!c.LogicalType().Equals(want.LogicalType()) || c.ConvertedType() != want.ConvertedType() ||
+				c.SortOrder() != want.SortOrder() || c.ColumnOrder() != want.ColumnOrder() ||
+				c.MaxDefinitionLevel() != want.MaxDefinitionLevel() || c.MaxRepetitionLevel() != want.MaxRepetitionLevel() {
+				t.Errorf("%s: column %s: descriptor\n%s\nwant\n%s", typ, want.Path(), c, want)
+			}
+			if !slices.Equal(l.leaves[i].path, want.ColumnPath()) {
+				t.Errorf("%s: leaf %d has path %v, the schema %v", typ, i, l.leaves[i].path, want.ColumnPath())
+			}
+			wantDict := want.PhysicalType() != parquet.Types.Boolean && props.DictionaryEnabledFor(want.Path())
+			if l.leaves[i].dict != wantDict || l.leaves[i].maxStats != int(props.MaxStatsSizeFor(want.Path())) {
+				t.Errorf("%s: column %s: dictionary %v, statistics up to %d bytes; the properties say %v and %d", typ,
+					want.Path(), l.leaves[i].dict, l.leaves[i].maxStats, wantDict, props.MaxStatsSizeFor(want.Path()))
+			}
+			if want.Path() == "meta.versionId" && !l.leaves[i].dict {
+				noDict++
+			}
+			if l.leaves[i].maxStats == 16 {
+				smallStats++
+			}
+		}
+		if noDict != 1 || smallStats != len(l.columns) {
+			t.Errorf("%s: meta.versionId %d times without a dictionary, %d of %d leaves with the statistics limit: the properties did not reach them",
+				typ, noDict, smallStats, len(l.columns))
+		}
+	}
+}
