@@ -74,7 +74,6 @@ type chunkWriter struct {
 // leafChunk is the column chunk of one leaf in the row group being built.
 type leafChunk struct {
 	leaf  *leafPath
-	descr *pqschema.Column
 	stats metadata.TypedStatistics // made on first use, reset for each chunk
 
 	// While the row group has given the leaf no value, its levels are not encoded: chain names the run lists
@@ -190,7 +189,7 @@ type emptyChunk struct {
 	pages        int32
 }
 
-func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, columns []*pqschema.Column) (*chunkWriter, error) {
+func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath) (*chunkWriter, error) {
 	codec, err := compress.GetCodec(props.Compression())
 	if err != nil {
 		return nil, err
@@ -204,7 +203,7 @@ func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath, columns 
 		empty:   map[emptyKey]emptyChunk{},
 	}
 	for i := range leaves {
-		c.leaves[i] = leafChunk{leaf: &leaves[i], descr: columns[i]}
+		c.leaves[i] = leafChunk{leaf: &leaves[i]}
 	}
 	c.startRowGroup()
 	return c, nil
@@ -821,7 +820,7 @@ func (c *chunkWriter) finish(w *countingWriter, pm *partMeta) (chunkMeta, error)
 		return cm, w.err
 	}
 	cm.compressed = w.n - start
-	if lc.descr.SortOrder() != pqschema.SortUNKNOWN {
+	if lc.leaf.descr.SortOrder() != pqschema.SortUNKNOWN {
 		st, err := c.encodeStats()
 		if err != nil {
 			return cm, err
@@ -848,7 +847,7 @@ func (c *chunkWriter) dictPage(b []byte) []byte {
 func (c *chunkWriter) chunkStats() metadata.TypedStatistics {
 	lc := c.lc
 	if lc.stats == nil {
-		lc.stats = metadata.NewStatistics(lc.descr, c.props.Allocator())
+		lc.stats = metadata.NewStatistics(lc.leaf.descr, c.props.Allocator())
 	}
 	return lc.stats
 }
@@ -861,7 +860,7 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 	if lc.values == 0 && lc.stats == nil {
 		// No value: no min or max, and no statistics object to make.
 		return metadata.EncodedStatistics{
-			HasNullCount: true, NullCount: lc.levels, Signed: lc.descr.SortOrder() == pqschema.SortSIGNED,
+			HasNullCount: true, NullCount: lc.levels, Signed: lc.leaf.descr.SortOrder() == pqschema.SortSIGNED,
 		}, nil
 	}
 	s := c.chunkStats()
@@ -902,7 +901,7 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 		return enc, fmt.Errorf("statistics: %w", err)
 	}
 	enc.ApplyStatSizeLimits(lc.leaf.maxStats)
-	enc.Signed = lc.descr.SortOrder() == pqschema.SortSIGNED
+	enc.Signed = lc.leaf.descr.SortOrder() == pqschema.SortSIGNED
 	return enc, nil
 }
 

@@ -49,8 +49,10 @@ type leafPath struct {
 	typ    arrow.Type // of the leaf array
 	ptype  parquet.Type
 
-	dict     bool // values are dictionary-encoded (the writer properties, for the leaf's path)
-	maxStats int  // longest min or max kept in the statistics (the writer properties, for the leaf's path)
+	// Set by newTableLayout.
+	descr    *pqschema.Column // the leaf's node alone, for its type, sort order and statistics
+	dict     bool             // values are dictionary-encoded (the writer properties, for the leaf's path)
+	maxStats int              // longest min or max kept in the statistics (the writer properties, for the leaf's path)
 }
 
 // leafPaths returns the leaves of s in Parquet column order, checked against the Parquet schema pqarrow derives

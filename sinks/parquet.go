@@ -171,16 +171,15 @@ type Table struct {
 	files   []File       // committed parts
 }
 
-// tableLayout is the Parquet side of a Table's schema. It keeps a descriptor of its own per leaf column rather than
-// the Parquet schema, whose tree of nodes, paths and name indices took about 1 KB per leaf column for as long as
+// tableLayout is the Parquet side of a Table's schema. Its leaves keep a descriptor of their own rather than the
+// Parquet schema, whose tree of nodes, paths and name indices took about 1 KB per leaf column for as long as
 // the Table was open (16.5 MB for the 16,693 leaf columns of synthea-100's 19 types): the footer of a part builds
 // the schema again.
 type tableLayout struct {
-	arrow   *arrow.Schema
-	props   *parquet.WriterProperties
-	meta    metadata.KeyValueMetadata
-	leaves  []leafPath
-	columns []*pqschema.Column // by leaf: the leaf's node alone, for its type, sort order and statistics
+	arrow  *arrow.Schema
+	props  *parquet.WriterProperties
+	meta   metadata.KeyValueMetadata
+	leaves []leafPath
 }
 
 // part is one Parquet file being written.
@@ -453,7 +452,6 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	if l.leaves, err = leafPaths(s, ps); err != nil {
 		return nil, fmt.Errorf("parquet schema: %w", err)
 	}
-	l.columns = make([]*pqschema.Column, len(l.leaves))
 	for i := range l.leaves {
 		d := ps.Column(i)
 		n := d.SchemaNode().(*pqschema.PrimitiveNode)
@@ -463,7 +461,7 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 			return nil, fmt.Errorf("parquet schema: column %s: %w", d.Path(), err)
 		}
 		alone.ColumnOrder = n.ColumnOrder
-		l.columns[i] = pqschema.NewColumn(alone, d.MaxDefinitionLevel(), d.MaxRepetitionLevel())
+		l.leaves[i].descr = pqschema.NewColumn(alone, d.MaxDefinitionLevel(), d.MaxRepetitionLevel())
 		l.leaves[i].dict = l.leaves[i].ptype != parquet.Types.Boolean && props.DictionaryEnabledFor(d.Path())
 		l.leaves[i].maxStats = int(props.MaxStatsSizeFor(d.Path()))
 	}
@@ -498,7 +496,7 @@ func (t *Table) writerProps() *parquet.WriterProperties {
 
 // openPart starts the part file rel.
 func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
-	cw, err := newChunkWriter(t.layout.props, t.layout.leaves, t.layout.columns)
+	cw, err := newChunkWriter(t.layout.props, t.layout.leaves)
 	if err != nil {
 		return nil, fmt.Errorf("parquet writer: %w", err)
 	}
