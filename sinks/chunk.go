@@ -39,10 +39,16 @@ const (
 // out when it ends. It holds the state of every leaf's column chunk (leafChunk) for that row group only: what a
 // row group holds until it is written is its compressed pages, the page being filled and the dictionary of each
 // leaf, not the records, which the Table's caller may release as soon as Write returns.
+//
+// A leaf's chunk state is made when the leaf first gets a value in the part. Most leaves of a FHIR table never
+// get one (an Observation has 1,068 leaf columns, a row uses a few dozen), and until then a leaf is a slot of 16
+// bytes rather than a leafChunk of about 450: the chunks without a value are encoded in spare.
 type chunkWriter struct {
 	codec  compress.Codec
 	props  *parquet.WriterProperties
-	leaves []leafChunk // by leaf index
+	paths  []leafPath // the layout's leaves
+	leaves []leafSlot // by leaf index
+	spare  leafChunk  // the chunk of a leaf without state: walked for its levels, or encoded without a value
 
 	lc *leafChunk // the chunk being encoded
 
@@ -71,15 +77,20 @@ type chunkWriter struct {
 	minMax          [2]parquet.ByteArray
 }
 
+// leafSlot is a leaf of the row group being built.
+type leafSlot struct {
+	lc *leafChunk // the leaf's chunk state, made when it first gets a value in the part, then kept
+
+	// While the row group has given the leaf no value, its levels are not encoded: chain names the run lists
+	// they are made of, which leaves with the same history share.
+	chain    int32
+	deferred bool
+}
+
 // leafChunk is the column chunk of one leaf in the row group being built.
 type leafChunk struct {
 	leaf  *leafPath
 	stats metadata.TypedStatistics // made on first use, reset for each chunk
-
-	// While the row group has given the leaf no value, its levels are not encoded: chain names the run lists
-	// they are made of, which leaves with the same history share.
-	deferred bool
-	chain    int32
 
 	useDict  bool // values go into the dictionary (until it reaches its size limit)
 	fellBack bool // the dictionary reached its limit: the pages after it are PLAIN
@@ -197,13 +208,11 @@ func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath) (*chunkW
 	c := &chunkWriter{
 		codec:   codec,
 		props:   props,
-		leaves:  make([]leafChunk, len(leaves)),
+		paths:   leaves,
+		leaves:  make([]leafSlot, len(leaves)),
 		listOf:  map[listKey]int32{},
 		chainOf: map[chainLink]int32{},
 		empty:   map[emptyKey]emptyChunk{},
-	}
-	for i := range leaves {
-		c.leaves[i] = leafChunk{leaf: &leaves[i]}
 	}
 	c.startRowGroup()
 	return c, nil
@@ -218,7 +227,11 @@ func (c *chunkWriter) startRowGroup() {
 	clear(c.empty)
 	c.chains = append(c.chains[:0], chainLink{-1, -1})
 	for i := range c.leaves {
-		c.begin(&c.leaves[i])
+		s := &c.leaves[i]
+		s.deferred, s.chain = true, 0
+		if s.lc != nil {
+			c.begin(s.lc)
+		}
 	}
 }
 
@@ -259,21 +272,35 @@ func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
 	c.rows += hi - lo
 	var held int64
 	for i := range c.leaves {
-		lc := &c.leaves[i]
-		c.lc = lc
-		node, cut := cutNode(lc.leaf, rec)
+		s := &c.leaves[i]
+		node, cut := cutNode(&c.paths[i], rec)
 		switch {
-		case cut && lc.deferred:
-			lc.chain = c.extend(lc.chain, c.runList(rec, lo, hi, seg, node))
+		case cut && s.deferred:
+			c.lc = s.lc
+			if c.lc == nil {
+				c.lc = c.spareFor(&c.paths[i])
+			}
+			s.chain = c.extend(s.chain, c.runList(rec, lo, hi, seg, node))
+			if s.lc == nil {
+				continue
+			}
 		case cut:
+			c.lc = s.lc
 			c.replay(c.runList(rec, lo, hi, seg, node))
 			c.checkPage()
 		default:
-			if lc.deferred {
-				c.materialize()
+			if s.lc == nil {
+				s.lc = &leafChunk{leaf: &c.paths[i]}
+				c.begin(s.lc)
+			}
+			c.lc = s.lc
+			if s.deferred {
+				c.replayChain(s.chain)
+				s.deferred = false
 			}
 			c.addRows(rec, lo, hi)
 		}
+		lc := c.lc
 		if lc.statsAlias {
 			c.ownMinMax()
 		}
@@ -412,12 +439,8 @@ func putHybrid(e *rleEncoder, enc []byte, w, n int) {
 	}
 }
 
-// materialize encodes the levels of the current chunk's chain, for a leaf that gets its first value.
-func (c *chunkWriter) materialize() {
-	c.replayChain(c.lc.chain)
-	c.lc.deferred = false
-}
-
+// replayChain encodes the levels of the run lists of chain into the current chunk, for a leaf that gets its first
+// value in the row group or ends it without one.
 func (c *chunkWriter) replayChain(chain int32) {
 	if chain == 0 {
 		return
@@ -428,14 +451,15 @@ func (c *chunkWriter) replayChain(chain int32) {
 	c.checkPage()
 }
 
-// emptyChunk returns the encoded data pages of the current chunk, which has no value.
-func (c *chunkWriter) emptyChunk() emptyChunk {
+// emptyChunk returns the encoded data pages of the current chunk, which has no value and whose levels are the
+// run lists of chain.
+func (c *chunkWriter) emptyChunk(chain int32) emptyChunk {
 	lc := c.lc
-	k := emptyKey{lc.chain, uint8(lc.def.width), uint8(lc.rep.width)}
+	k := emptyKey{chain, uint8(lc.def.width), uint8(lc.rep.width)}
 	if e, ok := c.empty[k]; ok {
 		return e
 	}
-	c.replayChain(lc.chain)
+	c.replayChain(chain)
 	c.flushPage()
 	e := emptyChunk{data: lc.data, levels: lc.levels, uncompressed: lc.uncompressed, pages: lc.plainPages}
 	c.empty[k] = e
@@ -445,7 +469,6 @@ func (c *chunkWriter) emptyChunk() emptyChunk {
 
 // begin readies lc for a new row group: no level, no value, nothing held.
 func (c *chunkWriter) begin(lc *leafChunk) {
-	lc.deferred, lc.chain = true, 0
 	lc.useDict = lc.leaf.dict
 	lc.fellBack = false
 	lc.levels, lc.values = 0, 0
@@ -458,6 +481,15 @@ func (c *chunkWriter) begin(lc *leafChunk) {
 	lc.rep = rleEncoder{width: bits.Len16(uint16(lc.leaf.maxRep))}
 	lc.pageLevels, lc.pageValues = 0, 0
 	lc.plain, lc.idx, lc.idxRun, lc.bools = nil, nil, false, 0
+}
+
+// spareFor returns spare readied to walk the levels of leaf l, which has no chunk state: runList needs its path
+// and level widths only.
+func (c *chunkWriter) spareFor(l *leafPath) *leafChunk {
+	c.spare.leaf = l
+	c.spare.def.width = bits.Len16(uint16(l.maxDef))
+	c.spare.rep.width = bits.Len16(uint16(l.maxRep))
+	return &c.spare
 }
 
 func (c *chunkWriter) resetPage() {
@@ -774,15 +806,21 @@ func appendLevels(b []byte, e *rleEncoder) []byte {
 func (c *chunkWriter) writeRowGroup(w *countingWriter, pm *partMeta) error {
 	var total int64
 	for i := range c.leaves {
-		lc := &c.leaves[i]
+		s := &c.leaves[i]
+		lc := s.lc
+		if lc == nil {
+			lc = &c.spare
+			lc.leaf = &c.paths[i]
+			c.begin(lc)
+		}
 		c.lc = lc
-		if lc.deferred {
-			e := c.emptyChunk()
+		if s.deferred {
+			e := c.emptyChunk(s.chain)
 			lc.data, lc.levels, lc.uncompressed, lc.plainPages = e.data, e.levels, e.uncompressed, e.pages
 		}
 		cm, err := c.finish(w, pm)
 		if err != nil {
-			return fmt.Errorf("column %s: %w", strings.Join(lc.leaf.path, "."), err)
+			return fmt.Errorf("column %s: %w", strings.Join(c.paths[i].path, "."), err)
 		}
 		pm.chunks = append(pm.chunks, cm)
 		total += cm.uncompressed

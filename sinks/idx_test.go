@@ -2,6 +2,9 @@ package sinks
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -43,7 +46,7 @@ func TestDictionaryRuns(t *testing.T) {
 	}
 	tbl.mu.Lock()
 	cw := tbl.idle[0].cw
-	same, flip := &cw.leaves[0], &cw.leaves[2]
+	same, flip := cw.leaves[0].lc, cw.leaves[2].lc
 	if !same.useDict || len(same.idx) != 2 || same.idx[0] != runFlag || same.idx[1] != rows {
 		t.Errorf("a column of one value keeps the dictionary indices %v, want one run of %d", same.idx, rows)
 	}
@@ -51,7 +54,7 @@ func TestDictionaryRuns(t *testing.T) {
 	if n := flip.pageValues; len(flip.idx) != n || n == 0 {
 		t.Errorf("a column of two values in turn keeps %d dictionary index entries for %d values", len(flip.idx), n)
 	}
-	for _, id := range cw.leaves[1].idx {
+	for _, id := range cw.leaves[1].lc.idx {
 		if id&runFlag != 0 {
 			runs++
 		}
@@ -61,6 +64,71 @@ func TestDictionaryRuns(t *testing.T) {
 		t.Error("a column of runs kept none")
 	}
 	if err := compareWithPqarrow([]arrow.Record{rec}, rows, mem); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestChunkStateOnFirstValue: a leaf gets its chunk state when it first gets a value in the part, and keeps it;
+// the leaves without a value are written from their levels alone. The file reads back as pqarrow writes it.
+func TestChunkStateOnFirstValue(t *testing.T) {
+	mem := checkedAllocator(t)
+	s := edgeSchema()
+	// first: only id and f have values; then "one" gets a value in its field s, in a later row group.
+	build := func(start, n int, withOne bool) arrow.Record {
+		rb := array.NewRecordBuilder(mem, s)
+		defer rb.Release()
+		for i := start; i < start+n; i++ {
+			rb.Field(0).(*array.StringBuilder).Append(fmt.Sprintf("id-%d", i))
+			rb.Field(1).AppendNull()
+			rb.Field(2).(*array.Float64Builder).Append(float64(i))
+			for f := 3; f <= 6; f++ {
+				rb.Field(f).AppendNull()
+			}
+			one := rb.Field(7).(*array.StructBuilder)
+			if !withOne || i%3 != 0 {
+				one.AppendNull()
+				continue
+			}
+			one.Append(true)
+			one.FieldBuilder(0).(*array.StringBuilder).Append("x")
+			one.FieldBuilder(1).(*array.Int64Builder).Append(int64(i))
+			one.FieldBuilder(2).AppendNull()
+		}
+		return rb.NewRecord()
+	}
+	recs := []arrow.Record{build(0, 100, false), build(100, 100, true)}
+	defer func() {
+		for _, r := range recs {
+			r.Release()
+		}
+	}()
+
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	tbl := NewTable(b, "out", "Basic", s, ParquetOptions{RowGroupRows: 100, Allocator: mem})
+	defer tbl.Abort()
+	made := func() []string {
+		tbl.mu.Lock()
+		defer tbl.mu.Unlock()
+		var got []string
+		cw := tbl.idle[0].cw
+		for i, sl := range cw.leaves {
+			if sl.lc != nil {
+				got = append(got, strings.Join(cw.paths[i].path, "."))
+			}
+		}
+		return got
+	}
+	ctx := context.Background()
+	for i, want := range [][]string{{"id", "f"}, {"id", "f", "one.s", "one.n"}} {
+		if err := tbl.Write(ctx, recs[i]); err != nil {
+			t.Fatal(err)
+		}
+		if got := made(); !slices.Equal(got, want) {
+			t.Errorf("after record %d the leaves with chunk state are %v, want %v", i, got, want)
+		}
+	}
+	if err := compareWithPqarrow(recs, 100, mem); err != nil {
 		t.Error(err)
 	}
 }

@@ -426,8 +426,11 @@ func TestHeldCountsCapacity(t *testing.T) {
 	}
 	cw := tbl.idle[0].cw
 	var used, room int64 // used: pages by length, dictionaries with their room; room: that of the pages
-	for i := range cw.leaves {
-		lc := &cw.leaves[i]
+	for _, sl := range cw.leaves {
+		lc := sl.lc
+		if lc == nil {
+			continue
+		}
 		used += int64(len(lc.data) + lc.pageMem() + lc.dict.mem())
 		room += int64(cap(lc.data)-len(lc.data)) + int64(cap(lc.plain)-len(lc.plain)) + 4*int64(cap(lc.idx)-len(lc.idx))
 	}
