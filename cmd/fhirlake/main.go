@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	setMemoryLimit(os.Getenv, os.ReadFile)
+	memoryLimitFor(os.Getenv, os.ReadFile).apply()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
