@@ -578,6 +578,7 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 		slices.SortFunc(t.idle, func(a, b *part) int { return strings.Compare(a.rel, b.rel) })
 		for err == nil && len(t.idle) > 0 {
 			p := t.idle[0]
+			t.idle[0] = nil // the part is written out and dropped: its row group's memory goes now, not with the Table
 			t.idle = t.idle[1:]
 			t.open--
 			t.account(-p.cw.held)
@@ -598,6 +599,9 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 			t.fail(err)
 			return nil, t.err
 		}
+		// A closed Table keeps only its list of files: a run holds its Tables until every one is closed, and the
+		// layouts of a run of many types (r4-examples' 138) were tens of MB.
+		t.idle, t.layout = nil, nil
 		slices.SortFunc(t.files, func(a, b File) int { return strings.Compare(a.Key, b.Key) })
 	}
 	return append([]File(nil), t.files...), nil

@@ -565,6 +565,26 @@ func TestTableSmallTableOnePart(t *testing.T) {
 	}
 }
 
+// TestClosedTableHoldsNothing: once closed, a Table keeps its list of files and none of its parts, row groups or
+// layout, which a run would otherwise hold for every type until its last table is closed.
+func TestClosedTableHoldsNothing(t *testing.T) {
+	mem := checkedAllocator(t)
+	tbl := tableAfter(t, mem, 300, 0, 300)
+	files, err := tbl.Close(context.Background())
+	if err != nil || len(files) != 1 || files[0].Rows != 600 {
+		t.Fatalf("Close: %+v, %v; want one part of 600 rows", files, err)
+	}
+	tbl.mu.Lock()
+	layout, idle, open := tbl.layout, cap(tbl.idle), tbl.open
+	tbl.mu.Unlock()
+	if layout != nil || idle != 0 || open != 0 {
+		t.Errorf("a closed table keeps its layout (%v), %d idle part slots, %d open parts", layout != nil, idle, open)
+	}
+	if again, err := tbl.Close(context.Background()); err != nil || len(again) != 1 {
+		t.Errorf("Close again: %+v, %v; want the same part", again, err)
+	}
+}
+
 // writeConcurrently writes workers × batches records of rows rows to tbl from workers goroutines, each record with
 // ids of its own.
 func writeConcurrently(t *testing.T, tbl *Table, mem memory.Allocator, workers, batches, rows int) {
