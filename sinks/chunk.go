@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"strings"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -46,6 +45,7 @@ const (
 type chunkWriter struct {
 	codec  compress.Codec
 	props  *parquet.WriterProperties
+	layout *tableLayout
 	paths  []leafPath // the layout's leaves
 	leaves []leafSlot // by leaf index
 	spare  leafChunk  // the chunk of a leaf without state: walked for its levels, or encoded without a value
@@ -200,16 +200,17 @@ type emptyChunk struct {
 	pages        int32
 }
 
-func newChunkWriter(props *parquet.WriterProperties, leaves []leafPath) (*chunkWriter, error) {
-	codec, err := compress.GetCodec(props.Compression())
+func newChunkWriter(l *tableLayout) (*chunkWriter, error) {
+	codec, err := compress.GetCodec(l.props.Compression())
 	if err != nil {
 		return nil, err
 	}
 	c := &chunkWriter{
 		codec:   codec,
-		props:   props,
-		paths:   leaves,
-		leaves:  make([]leafSlot, len(leaves)),
+		props:   l.props,
+		layout:  l,
+		paths:   l.leaves,
+		leaves:  make([]leafSlot, len(l.leaves)),
 		listOf:  map[listKey]int32{},
 		chainOf: map[chainLink]int32{},
 		empty:   map[emptyKey]emptyChunk{},
@@ -820,7 +821,7 @@ func (c *chunkWriter) writeRowGroup(w *countingWriter, pm *partMeta) error {
 		}
 		cm, err := c.finish(w, pm)
 		if err != nil {
-			return fmt.Errorf("column %s: %w", strings.Join(c.paths[i].path, "."), err)
+			return fmt.Errorf("column %s: %w", c.layout.columnPath(i), err)
 		}
 		pm.chunks = append(pm.chunks, cm)
 		total += cm.uncompressed
@@ -858,7 +859,7 @@ func (c *chunkWriter) finish(w *countingWriter, pm *partMeta) (chunkMeta, error)
 		return cm, w.err
 	}
 	cm.compressed = w.n - start
-	if lc.leaf.descr.SortOrder() != pqschema.SortUNKNOWN {
+	if lc.leaf.node.sort != pqschema.SortUNKNOWN {
 		st, err := c.encodeStats()
 		if err != nil {
 			return cm, err
@@ -885,7 +886,7 @@ func (c *chunkWriter) dictPage(b []byte) []byte {
 func (c *chunkWriter) chunkStats() metadata.TypedStatistics {
 	lc := c.lc
 	if lc.stats == nil {
-		lc.stats = metadata.NewStatistics(lc.leaf.descr, c.props.Allocator())
+		lc.stats = metadata.NewStatistics(lc.leaf.descr(), c.props.Allocator())
 	}
 	return lc.stats
 }
@@ -898,7 +899,7 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 	if lc.values == 0 && lc.stats == nil {
 		// No value: no min or max, and no statistics object to make.
 		return metadata.EncodedStatistics{
-			HasNullCount: true, NullCount: lc.levels, Signed: lc.leaf.descr.SortOrder() == pqschema.SortSIGNED,
+			HasNullCount: true, NullCount: lc.levels, Signed: lc.leaf.node.sort == pqschema.SortSIGNED,
 		}, nil
 	}
 	s := c.chunkStats()
@@ -939,7 +940,7 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 		return enc, fmt.Errorf("statistics: %w", err)
 	}
 	enc.ApplyStatSizeLimits(lc.leaf.maxStats)
-	enc.Signed = lc.leaf.descr.SortOrder() == pqschema.SortSIGNED
+	enc.Signed = lc.leaf.node.sort == pqschema.SortSIGNED
 	return enc, nil
 }
 

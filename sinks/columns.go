@@ -40,9 +40,8 @@ type step struct {
 
 // leafPath is how to reach one Parquet leaf column from a record.
 type leafPath struct {
-	index  int      // of the leaf among the table's, in Parquet column order
-	path   []string // of the Parquet column
-	column int      // top-level column of the record
+	index  int // of the leaf among the table's, in Parquet column order
+	column int // top-level column of the record
 	steps  []step
 	maxDef int16
 	maxRep int16
@@ -50,9 +49,42 @@ type leafPath struct {
 	ptype  parquet.Type
 
 	// Set by newTableLayout.
-	descr    *pqschema.Column // the leaf's node alone, for its type, sort order and statistics
-	dict     bool             // values are dictionary-encoded (the writer properties, for the leaf's path)
-	maxStats int              // longest min or max kept in the statistics (the writer properties, for the leaf's path)
+	node     leafNode
+	dict     bool // values are dictionary-encoded (the writer properties, for the leaf's path)
+	maxStats int  // longest min or max kept in the statistics (the writer properties, for the leaf's path)
+}
+
+// leafNode is what the descriptor of a leaf's Parquet node alone is made of (leafPath.descr), for its type and
+// statistics. A layout keeps this rather than the descriptor, or the leaf's path: a chunk makes the descriptor when
+// it first needs statistics, and most leaves of a wide FHIR table never get a value (r4-examples' 138 tables held
+// about 40 MB of descriptors and paths). The footer takes the paths from the schema it builds.
+type leafNode struct {
+	name    string
+	rep     parquet.Repetition
+	logical pqschema.LogicalType
+	order   parquet.ColumnOrder
+	typeLen int32
+	fieldID int32
+	sort    pqschema.SortOrder
+}
+
+// descr returns a descriptor of l's Parquet node alone, outside the schema's tree. newTableLayout made one of the
+// same node, so it does not fail.
+func (l *leafPath) descr() *pqschema.Column {
+	n, err := l.node.primitive(l.ptype)
+	if err != nil {
+		panic(fmt.Sprintf("leaf %d: %v", l.index, err)) // newTableLayout checked the node
+	}
+	return pqschema.NewColumn(n, l.maxDef, l.maxRep)
+}
+
+func (n *leafNode) primitive(ptype parquet.Type) (*pqschema.PrimitiveNode, error) {
+	p, err := pqschema.NewPrimitiveNodeLogical(n.name, n.rep, n.logical, ptype, int(n.typeLen), n.fieldID)
+	if err != nil {
+		return nil, err
+	}
+	p.ColumnOrder = n.order
+	return p, nil
 }
 
 // leafPaths returns the leaves of s in Parquet column order, checked against the Parquet schema pqarrow derives
@@ -77,7 +109,6 @@ func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
 	for i := range out {
 		out[i].index = i
 		d := ps.Column(i)
-		out[i].path = d.ColumnPath()
 		if d.MaxDefinitionLevel() != out[i].maxDef || d.MaxRepetitionLevel() != out[i].maxRep || d.PhysicalType() != out[i].ptype {
 			return nil, fmt.Errorf("leaf %s: levels %d/%d %s, parquet schema says %d/%d %s", d.Path(),
 				out[i].maxDef, out[i].maxRep, out[i].ptype, d.MaxDefinitionLevel(), d.MaxRepetitionLevel(), d.PhysicalType())

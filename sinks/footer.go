@@ -3,7 +3,6 @@ package sinks
 import (
 	"encoding/binary"
 	"fmt"
-	"strings"
 
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/metadata"
@@ -143,9 +142,9 @@ func (l *tableLayout) fileMetaData(pm *partMeta) (*metadata.FileMetaData, error)
 				UncompressedSize: cm.uncompressed,
 			}, cm.flags&metaDict != 0, cm.flags&metaFellBack != 0, encStats, nil)
 			if err != nil {
-				return nil, fmt.Errorf("footer: column %s: %w", strings.Join(l.leaves[i].path, "."), err)
+				return nil, fmt.Errorf("footer: column %s: %w", ps.Column(i).Path(), err)
 			}
-			shareMeta(shared, cc, l.leaves[i].path)
+			shareMeta(shared, cc, ps.Column(i).ColumnPath())
 		}
 		if err := rg.Finish(gm.uncompressed, int16(g)); err != nil {
 			return nil, fmt.Errorf("footer: row group %d: %w", g, err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -114,7 +113,7 @@ func TestChunkStateOnFirstValue(t *testing.T) {
 		cw := tbl.idle[0].cw
 		for i, sl := range cw.leaves {
 			if sl.lc != nil {
-				got = append(got, strings.Join(cw.paths[i].path, "."))
+				got = append(got, cw.layout.columnPath(i))
 			}
 		}
 		return got

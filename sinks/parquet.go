@@ -455,13 +455,11 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	for i := range l.leaves {
 		d := ps.Column(i)
 		n := d.SchemaNode().(*pqschema.PrimitiveNode)
-		alone, err := pqschema.NewPrimitiveNodeLogical(n.Name(), n.RepetitionType(), n.LogicalType(), n.PhysicalType(),
-			n.TypeLength(), n.FieldID())
-		if err != nil {
+		l.leaves[i].node = leafNode{name: n.Name(), rep: n.RepetitionType(), logical: n.LogicalType(),
+			order: n.ColumnOrder, typeLen: int32(n.TypeLength()), fieldID: n.FieldID(), sort: d.SortOrder()}
+		if _, err := l.leaves[i].node.primitive(n.PhysicalType()); err != nil { // as leafPath.descr makes it
 			return nil, fmt.Errorf("parquet schema: column %s: %w", d.Path(), err)
 		}
-		alone.ColumnOrder = n.ColumnOrder
-		l.leaves[i].descr = pqschema.NewColumn(alone, d.MaxDefinitionLevel(), d.MaxRepetitionLevel())
 		l.leaves[i].dict = l.leaves[i].ptype != parquet.Types.Boolean && props.DictionaryEnabledFor(d.Path())
 		l.leaves[i].maxStats = int(props.MaxStatsSizeFor(d.Path()))
 	}
@@ -474,6 +472,15 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 	meta.Append("ARROW:schema", base64.StdEncoding.EncodeToString(flight.SerializeSchema(s, props.Allocator())))
 	l.meta = meta
 	return l, nil
+}
+
+// columnPath returns the path of leaf i, for an error message: it builds the Parquet schema to find it.
+func (l *tableLayout) columnPath(i int) string {
+	ps, err := l.parquetSchema()
+	if err != nil || i < 0 || i >= ps.NumColumns() {
+		return fmt.Sprintf("#%d", i)
+	}
+	return ps.Column(i).Path()
 }
 
 // parquetSchema returns the Parquet schema pqarrow derives from the Table's Arrow schema.
@@ -496,7 +503,7 @@ func (t *Table) writerProps() *parquet.WriterProperties {
 
 // openPart starts the part file rel.
 func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
-	cw, err := newChunkWriter(t.layout.props, t.layout.leaves)
+	cw, err := newChunkWriter(t.layout)
 	if err != nil {
 		return nil, fmt.Errorf("parquet writer: %w", err)
 	}
