@@ -61,6 +61,7 @@ type benchConfig struct {
 	CPUProfile string
 	MemProfile string
 	Log        logConfig
+	Memory     string // the memory limit the measurements run under (each child sets its own), for the header
 
 	child bool // run one conversion and print its benchResult as JSON
 }
@@ -82,6 +83,7 @@ func parseBenchConfig(args []string, getenv func(string) string, stderr io.Write
 	if err := parseFlags(fs, args, getenv); err != nil {
 		return c, err
 	}
+	c.Memory = memoryLimitFor(getenv, os.ReadFile).describe(getenv("GOMEMLIMIT"))
 	var errs []error
 	if c.Repeat < 1 {
 		errs = append(errs, fmt.Errorf("--repeat must be at least 1, not %d", c.Repeat))
@@ -298,7 +300,8 @@ func bench(ctx context.Context, c benchConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("find own executable: %w", err)
 	}
-	fmt.Fprintf(stdout, "fhirlake bench: %s, %d× over, %d CPUs, %s\n", benchInputName(c.In), c.Repeat, runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(stdout, "fhirlake bench: %s, %d× over, %d CPUs, %s, %s\n", benchInputName(c.In), c.Repeat, runtime.NumCPU(),
+		runtime.Version(), c.Memory)
 	var results []benchResult
 	for _, cores := range c.Cores {
 		for _, v := range c.Validators {

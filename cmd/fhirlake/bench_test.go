@@ -65,7 +65,7 @@ func TestBenchConfig(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := parseBenchConfig(tt.args, func(string) string { return "" }, &bytes.Buffer{})
 			if tt.wantErr == "" {
-				if err != nil || len(c.Validators) != 2 || len(c.Cores) == 0 || c.Repeat != 1 {
+				if err != nil || len(c.Validators) != 2 || len(c.Cores) == 0 || c.Repeat != 1 || !strings.Contains(c.Memory, "memory limit") {
 					t.Errorf("config %+v, err %v", c, err)
 				}
 				return

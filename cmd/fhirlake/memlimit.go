@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"runtime"
 	"runtime/debug"
@@ -69,6 +70,19 @@ func (m memoryLimit) limitFor(live int64) int64 {
 		l = min(l, m.ceiling)
 	}
 	return l
+}
+
+// describe says what limit a process keeps, for the header of bench's output; gomemlimit is GOMEMLIMIT's value.
+func (m memoryLimit) describe(gomemlimit string) string {
+	switch {
+	case m.base > 0 && m.ceiling > 0:
+		return fmt.Sprintf("soft memory limit %d MiB, raised with what stays live up to %d MiB", m.base>>20, m.ceiling>>20)
+	case m.base > 0:
+		return fmt.Sprintf("soft memory limit %d MiB, raised with what stays live", m.base>>20)
+	case gomemlimit != "":
+		return "GOMEMLIMIT=" + gomemlimit
+	}
+	return "no memory limit"
 }
 
 // watch calls after with the bytes found live after every collection, until after returns false. It is called

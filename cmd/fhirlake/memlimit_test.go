@@ -73,6 +73,24 @@ func TestMemoryLimitFor(t *testing.T) {
 	}
 }
 
+func TestDescribeMemoryLimit(t *testing.T) {
+	for _, tc := range []struct {
+		m          memoryLimit
+		gomemlimit string
+		want       string
+	}{
+		{memoryLimit{base: 192 << 20}, "", "soft memory limit 192 MiB, raised with what stays live"},
+		{memoryLimit{base: 192 << 20, ceiling: 921 << 20}, "", "soft memory limit 192 MiB, raised with what stays live up to 921 MiB"},
+		{memoryLimit{}, "300MiB", "GOMEMLIMIT=300MiB"},
+		{memoryLimit{}, "off", "GOMEMLIMIT=off"},
+		{memoryLimit{}, "", "no memory limit"},
+	} {
+		if got := tc.m.describe(tc.gomemlimit); got != tc.want {
+			t.Errorf("%+v with GOMEMLIMIT %q: %q, want %q", tc.m, tc.gomemlimit, got, tc.want)
+		}
+	}
+}
+
 // TestLimitFor: the limit stays at the base until 80% of it is live, then rises with what is live, by twice as
 // much, up to the ceiling.
 func TestLimitFor(t *testing.T) {
