@@ -44,11 +44,9 @@ const (
 // bytes rather than a leafChunk of about 450: the chunks without a value are encoded in spare.
 type chunkWriter struct {
 	codec  compress.Codec
-	props  *parquet.WriterProperties
-	layout *tableLayout
-	paths  []leafPath // the layout's leaves
-	leaves []leafSlot // by leaf index
-	spare  leafChunk  // the chunk of a leaf without state: walked for its levels, or encoded without a value
+	layout *tableLayout // its leaves, and the writer properties
+	leaves []leafSlot   // by leaf index
+	spare  leafChunk    // the chunk of a leaf without state: walked for its levels, or encoded without a value
 
 	lc *leafChunk // the chunk being encoded
 
@@ -207,9 +205,7 @@ func newChunkWriter(l *tableLayout) (*chunkWriter, error) {
 	}
 	c := &chunkWriter{
 		codec:   codec,
-		props:   l.props,
 		layout:  l,
-		paths:   l.leaves,
 		leaves:  make([]leafSlot, len(l.leaves)),
 		listOf:  map[listKey]int32{},
 		chainOf: map[chainLink]int32{},
@@ -272,14 +268,15 @@ func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
 	c.segs++
 	c.rows += hi - lo
 	var held int64
+	paths := c.layout.leaves
 	for i := range c.leaves {
 		s := &c.leaves[i]
-		node, cut := cutNode(&c.paths[i], rec)
+		node, cut := cutNode(&paths[i], rec)
 		switch {
 		case cut && s.deferred:
 			c.lc = s.lc
 			if c.lc == nil {
-				c.lc = c.spareFor(&c.paths[i])
+				c.lc = c.spareFor(&paths[i])
 			}
 			s.chain = c.extend(s.chain, c.runList(rec, lo, hi, seg, node))
 			if s.lc == nil {
@@ -291,7 +288,7 @@ func (c *chunkWriter) add(rec arrow.Record, lo, hi int) {
 			c.checkPage()
 		default:
 			if s.lc == nil {
-				s.lc = &leafChunk{leaf: &c.paths[i]}
+				s.lc = &leafChunk{leaf: &paths[i]}
 				c.begin(s.lc)
 			}
 			c.lc = s.lc
@@ -515,11 +512,11 @@ func (c *chunkWriter) addRows(rec arrow.Record, lo, hi int) {
 // checkPage ends the current page when it is full, or when the dictionary is (the pages after it are PLAIN).
 func (c *chunkWriter) checkPage() {
 	lc := c.lc
-	if lc.useDict && int64(lc.dict.size) >= c.props.DictionaryPageSizeLimit() {
+	if lc.useDict && int64(lc.dict.size) >= c.layout.props.DictionaryPageSizeLimit() {
 		c.flushPage() // the last dictionary-encoded page
 		lc.useDict, lc.fellBack = false, true
 	}
-	if c.pageBytes() >= c.props.DataPageSize() {
+	if c.pageBytes() >= c.layout.props.DataPageSize() {
 		c.flushPage()
 	}
 }
@@ -766,7 +763,7 @@ func (c *chunkWriter) flushPage() {
 	}
 	enc := parquet.Encodings.Plain
 	if lc.useDict && lc.pageValues > 0 {
-		enc = c.props.DictionaryIndexEncoding()
+		enc = c.layout.props.DictionaryIndexEncoding()
 		w := max(1, bits.Len(uint(lc.dict.len()-1)))
 		c.ix.reset(w)
 		for i := 0; i < len(lc.idx); i++ {
@@ -806,12 +803,13 @@ func appendLevels(b []byte, e *rleEncoder) []byte {
 // the writer for the next row group.
 func (c *chunkWriter) writeRowGroup(w *countingWriter, pm *partMeta) error {
 	var total int64
+	paths := c.layout.leaves
 	for i := range c.leaves {
 		s := &c.leaves[i]
 		lc := s.lc
 		if lc == nil {
 			lc = &c.spare
-			lc.leaf = &c.paths[i]
+			lc.leaf = &paths[i]
 			c.begin(lc)
 		}
 		c.lc = lc
@@ -845,7 +843,7 @@ func (c *chunkWriter) finish(w *countingWriter, pm *partMeta) (chunkMeta, error)
 		body := c.dictPage(c.body[:0])
 		z := c.codec.Encode(c.zbuf[:0], body)
 		c.hdr = appendPageHeader(c.hdr[:0], pageTypeDictionary, len(body), len(z), lc.dict.len(),
-			c.props.DictionaryPageEncoding())
+			c.layout.props.DictionaryPageEncoding())
 		cm.flags |= metaDict
 		cm.dictOffset = w.n
 		w.Write(c.hdr)
@@ -886,7 +884,7 @@ func (c *chunkWriter) dictPage(b []byte) []byte {
 func (c *chunkWriter) chunkStats() metadata.TypedStatistics {
 	lc := c.lc
 	if lc.stats == nil {
-		lc.stats = metadata.NewStatistics(lc.leaf.descr(), c.props.Allocator())
+		lc.stats = metadata.NewStatistics(lc.leaf.descr(), c.layout.props.Allocator())
 	}
 	return lc.stats
 }
