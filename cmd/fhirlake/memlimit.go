@@ -54,7 +54,7 @@ func (m memoryLimit) apply() {
 		return
 	}
 	debug.SetMemoryLimit(m.base)
-	m.watch(func(live int64) bool {
+	afterCollections(func(live int64) bool {
 		debug.SetMemoryLimit(m.limitFor(live))
 		return true
 	})
@@ -85,10 +85,10 @@ func (m memoryLimit) describe(gomemlimit string) string {
 	return "no memory limit"
 }
 
-// watch calls after with the bytes found live after every collection, until after returns false. It is called
-// from a cleanup of an object made unreachable for the next collection to find: the runtime runs cleanups after
-// the collection that frees their object.
-func (m memoryLimit) watch(after func(live int64) bool) {
+// afterCollections calls after with the bytes found live after every collection, until after returns false. It is
+// called from a cleanup of an object made unreachable for the next collection to find: the runtime runs cleanups
+// after the collection that frees their object.
+func afterCollections(after func(live int64) bool) {
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	var arm func()
 	arm = func() {

@@ -113,12 +113,12 @@ func TestLimitFor(t *testing.T) {
 	}
 }
 
-// TestWatchAfterCollections: the watcher reports what is live after each collection, and stops when told to.
-func TestWatchAfterCollections(t *testing.T) {
+// TestAfterCollections: the watcher reports what is live after each collection, and stops when told to.
+func TestAfterCollections(t *testing.T) {
 	keep := make([]byte, 8<<20) // live for the collections below
 	got := make(chan int64, 4)
 	var calls atomic.Int32
-	memoryLimit{base: 1 << 30}.watch(func(live int64) bool {
+	afterCollections(func(live int64) bool {
 		got <- live
 		return calls.Add(1) < 2
 	})
