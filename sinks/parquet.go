@@ -185,9 +185,10 @@ type tableLayout struct {
 // part is one Parquet file being written.
 type part struct {
 	rel  string
-	obj  *object
-	sink *countingWriter
-	meta partMeta // what the footer needs of the row groups written
+	key  string         // the bucket key of the part file
+	obj  *object        // nil until the first row group is written out (start)
+	sink countingWriter // into obj
+	meta partMeta       // what the footer needs of the row groups written
 	rows int64
 	cw   *chunkWriter // the row group being built
 }
@@ -280,7 +281,7 @@ func (t *Table) take(ctx context.Context) (*part, error) {
 	t.next++
 	t.open++
 	t.mu.Unlock()
-	p, err := t.openPart(ctx, rel)
+	p, err := t.openPart(rel)
 	t.mu.Lock()
 	if err == nil && t.err != nil { // failed (or aborted) elsewhere meanwhile
 		p.discard()
@@ -419,9 +420,17 @@ func (t *Table) overBudget() bool {
 // writeRowGroup writes the row group p has built, leaf column after leaf column, and closes p when it is full (or
 // closePart says so), returning what was committed. On failure p is discarded. The caller has p to itself.
 func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*File, error) {
+	size := p.cw.held
+	if closePart {
+		size += t.layout.footerBytes(1) // the only row group, when start opens the object
+	}
+	if err := t.start(ctx, p, size); err != nil {
+		p.discard()
+		return nil, err
+	}
 	stop := p.obj.watch(ctx)
 	rows := p.cw.rows
-	err := p.cw.writeRowGroup(p.sink, &p.meta)
+	err := p.cw.writeRowGroup(&p.sink, &p.meta)
 	if err == nil {
 		err = p.sink.err
 	}
@@ -430,7 +439,7 @@ func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*Fi
 	}
 	if err != nil {
 		p.discard()
-		return nil, fmt.Errorf("write %s: %w", p.obj.key, err)
+		return nil, fmt.Errorf("write %s: %w", p.key, err)
 	}
 	p.rows += int64(rows)
 	if closePart || p.sink.n >= t.opts.MaxFileBytes || len(p.meta.chunks)+len(t.layout.leaves) > t.opts.MaxColumnChunks {
@@ -501,23 +510,32 @@ func (t *Table) writerProps() *parquet.WriterProperties {
 	)
 }
 
-// openPart starts the part file rel.
-func (t *Table) openPart(ctx context.Context, rel string) (*part, error) {
+// openPart readies the part file rel. Its object is opened when its first row group is written out (start).
+func (t *Table) openPart(rel string) (*part, error) {
 	cw, err := newChunkWriter(t.layout)
 	if err != nil {
 		return nil, fmt.Errorf("parquet writer: %w", err)
 	}
-	obj, err := openObject(ctx, t.b, objectKey(t.out, rel), parquetType)
+	return &part{rel: rel, key: objectKey(t.out, rel), cw: cw}, nil
+}
+
+// start opens p's object, unless it is open, for a first write-out of about size bytes, and writes the leading
+// magic. The object's upload buffer is fitted to that write-out (see uploadBufferFor). On failure nothing is
+// committed; the caller discards p.
+func (t *Table) start(ctx context.Context, p *part, size int64) error {
+	if p.obj != nil {
+		return nil
+	}
+	obj, err := openObject(ctx, t.b, p.key, parquetType, uploadBufferFor(size+int64(len(parquetMagic))))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	sink := &countingWriter{w: obj.w}
-	sink.Write(parquetMagic)
-	if err := sink.err; err != nil {
-		obj.abort()
-		return nil, fmt.Errorf("start parquet file %s: %w", obj.key, err)
+	p.obj, p.sink = obj, countingWriter{w: obj.w}
+	p.sink.Write(parquetMagic)
+	if err := p.sink.err; err != nil {
+		return fmt.Errorf("start parquet file %s: %w", p.key, err)
 	}
-	return &part{rel: rel, obj: obj, sink: sink, cw: cw}, nil
+	return nil
 }
 
 // parquetMagic starts and ends a Parquet file.
@@ -525,14 +543,18 @@ var parquetMagic = []byte("PAR1")
 
 // closePart writes the footer of p and commits it. On failure p is discarded.
 func (t *Table) closePart(ctx context.Context, p *part) (File, error) {
+	if err := t.start(ctx, p, t.layout.footerBytes(0)); err != nil { // a part without a row group
+		p.discard()
+		return File{}, err
+	}
 	stop := p.obj.watch(ctx)
 	err := writeFooter(t.layout, p)
 	if serr := stop(); err == nil {
 		err = serr
 	}
 	if err != nil {
-		p.obj.abort()
-		return File{}, fmt.Errorf("finish parquet file %s: %w", p.obj.key, err)
+		p.discard()
+		return File{}, fmt.Errorf("finish parquet file %s: %w", p.key, err)
 	}
 	if err := p.obj.commit(ctx); err != nil {
 		return File{}, err
@@ -555,10 +577,11 @@ func (t *Table) fail(err error) {
 	t.freed.Broadcast()
 }
 
-// discard cancels the part's object, so nothing of it is committed.
+// discard cancels the part's object, if it was opened, so nothing of it is committed.
 func (p *part) discard() {
-	p.obj.cancel()
-	p.obj.abort()
+	if p.obj != nil {
+		p.obj.abort()
+	}
 }
 
 // Held returns what the row groups of the table's open parts hold, as of their last Write: about the work its

@@ -80,10 +80,28 @@ func isTypeName(s string) bool {
 // isTableName reports whether s names a Table: a resource type, or the patient-link table.
 func isTableName(s string) bool { return isTypeName(s) || s == schema.LinksTable }
 
-// writeBufferSize is the upload buffer of each open object (gcsblob's chunk size; GCS's default is 16 MiB). A run
-// over every R4 type holds about 150 objects open at once, so the default alone would be 2.4 GB; at 4 MiB it is
-// 600 MB, and each chunk is still a resumable, retried request.
-const writeBufferSize = 4 << 20
+// Upload buffers. gcsblob gives every object being written an upload buffer of WriterOptions.BufferSize (GCS's
+// chunk size; 16 MiB unless set), allocated when the object is opened and kept until it is committed: each chunk is
+// one request, retried from the buffer. A run over every R4 type has about 150 parts open at once, so a fixed 4 MiB
+// buffer each came to 600 MB of heap on Cloud Storage, which no benchmark on local files showed (r4-examples peaked
+// at 679 MB against 362 MB on local files). A part therefore opens its object only when its first row group is
+// written out, with a buffer fitted to that row group (or to the whole file, when that row group is its last):
+// small tables upload in one request from a buffer of their own size, and only tables that write out row groups of
+// 4 MiB or more get the largest buffer, which keeps a request per 4 MiB. The local and memory buckets ignore it.
+const (
+	minUploadBuffer     = 256 << 10 // GCS's granularity for the chunks of a resumable upload
+	maxUploadBuffer     = 4 << 20
+	rejectsUploadBuffer = 1 << 20 // quarantine files: most hold a few lines, each a few KB
+)
+
+// uploadBufferFor returns the upload buffer of an object whose first write is about n bytes: n rounded up to a
+// multiple of 256 KiB, at least 256 KiB and at most 4 MiB.
+func uploadBufferFor(n int64) int {
+	if n >= maxUploadBuffer {
+		return maxUploadBuffer
+	}
+	return int(max(minUploadBuffer, (n+minUploadBuffer-1)/minUploadBuffer*minUploadBuffer))
+}
 
 // object is one blob being written under a context the package owns. Nothing reaches the bucket until commit;
 // abort cancels the context first, so the close that follows cannot commit.
@@ -93,11 +111,11 @@ type object struct {
 	w      *blob.Writer
 }
 
-// openObject starts writing key. The writer's context keeps ctx's values but not its cancellation: an object
+// openObject starts writing key with an upload buffer of bufferSize bytes (see uploadBufferFor). The writer's context keeps ctx's values but not its cancellation: an object
 // outlives the call that opened it. Callers tie each later call to its ctx with watch.
-func openObject(ctx context.Context, b *blob.Bucket, key, contentType string) (*object, error) {
+func openObject(ctx context.Context, b *blob.Bucket, key, contentType string, bufferSize int) (*object, error) {
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType, BufferSize: writeBufferSize})
+	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType, BufferSize: bufferSize})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("open %s for writing: %w", key, err)
@@ -141,7 +159,7 @@ func (o *object) abort() {
 
 // writeObject writes data to key as one object, committed only if every byte was written.
 func writeObject(ctx context.Context, b *blob.Bucket, key, contentType string, data []byte) error {
-	o, err := openObject(ctx, b, key, contentType)
+	o, err := openObject(ctx, b, key, contentType, uploadBufferFor(int64(len(data))))
 	if err != nil {
 		return err
 	}
