@@ -23,12 +23,14 @@ import (
 
 	"github.com/fhirlake/fhirlake/pipeline"
 	"github.com/fhirlake/fhirlake/reader"
+	"gocloud.dev/blob"
 )
 
 // benchCmd is `fhirlake bench --in DIR [--repeat N]`: it converts the input N times over, once per validator and
 // core count, each in a child process of its own so that its peak RSS and CPU time are its own, and prints the
 // figures side by side. The input objects are read from their location every time (from the page cache for a
-// local directory); the output goes to a temporary directory that is removed afterwards.
+// local directory); the output goes to a temporary directory that is removed afterwards, or with --out under a
+// prefix of each measurement's own that is emptied afterwards (gs://, to measure what uploads hold).
 func benchCmd(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	c, err := parseBenchConfig(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -54,6 +56,7 @@ func benchCmd(ctx context.Context, args []string, getenv func(string) string, st
 
 type benchConfig struct {
 	In         string
+	Out        string // where the measurements write, each under a prefix of its own; empty: a temporary directory
 	Repeat     int
 	Validators []string
 	Cores      []int
@@ -72,6 +75,7 @@ func parseBenchConfig(args []string, getenv func(string) string, stderr io.Write
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.In, "in", "", "input: a directory, file:///dir, gs://bucket/prefix or mem://; empty: the embedded sample")
+	fs.StringVar(&c.Out, "out", "", "output: a directory, file:///dir, gs://bucket/prefix or mem://, each measurement under a prefix of its own that is emptied afterwards; empty: a temporary directory")
 	fs.IntVar(&c.Repeat, "repeat", 1, "convert the input this many times over in one run")
 	fs.StringVar(&validators, "validators", "reference,fast", "validation paths to measure, comma-separated")
 	fs.StringVar(&cores, "cores", "", "core counts (GOMAXPROCS) to measure, comma-separated; empty: 1 and every CPU")
@@ -145,7 +149,7 @@ type benchResult struct {
 }
 
 // benchChild runs one conversion of c.In, repeated c.Repeat times, with c.Validators[0], and prints the result.
-func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout io.Writer) error {
+func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout io.Writer) (err error) {
 	src, err := openSource(ctx, openGCS, c.In)
 	if err != nil {
 		return err
@@ -163,18 +167,17 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 	for range c.Repeat {
 		src.Objects = append(src.Objects, objects...)
 	}
-	out, err := os.MkdirTemp("", "fhirlake-bench-")
-	if err != nil {
-		return fmt.Errorf("create output directory: %w", err)
-	}
-	defer os.RemoveAll(out)
-	dst, err := openSink(ctx, openGCS, out)
+	suffix := fmt.Sprintf("-%s-%d", c.Validators[0], runtime.GOMAXPROCS(0))
+	dst, remove, err := benchSink(ctx, openGCS, c.Out, suffix)
 	if err != nil {
 		return err
 	}
-	defer dst.Bucket.Close()
+	defer func() {
+		if rerr := remove(); err == nil {
+			err = rerr
+		}
+	}()
 
-	suffix := fmt.Sprintf("-%s-%d", c.Validators[0], runtime.GOMAXPROCS(0))
 	if c.CPUProfile != "" {
 		f, err := os.Create(c.CPUProfile + suffix)
 		if err != nil {
@@ -219,6 +222,50 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 		r.Bytes += in.Bytes
 	}
 	return json.NewEncoder(stdout).Encode(r)
+}
+
+// benchSink opens where a measurement writes: a temporary directory when out is empty, or else the prefix
+// "fhirlake-bench<suffix>-<pid>" under out. remove deletes what the measurement wrote there and closes the bucket.
+func benchSink(ctx context.Context, openGCS openGCSFunc, out, suffix string) (dst pipeline.Sink, remove func() error, err error) {
+	if out == "" {
+		dir, err := os.MkdirTemp("", "fhirlake-bench-")
+		if err != nil {
+			return dst, nil, fmt.Errorf("create output directory: %w", err)
+		}
+		if dst, err = openSink(ctx, openGCS, dir); err != nil {
+			os.RemoveAll(dir)
+			return dst, nil, err
+		}
+		return dst, func() error { dst.Bucket.Close(); return os.RemoveAll(dir) }, nil
+	}
+	loc := fmt.Sprintf("%s/fhirlake-bench%s-%d", strings.TrimSuffix(out, "/"), suffix, os.Getpid())
+	if dst, err = openSink(ctx, openGCS, loc); err != nil {
+		return dst, nil, err
+	}
+	return dst, func() error {
+		defer dst.Bucket.Close()
+		if !strings.Contains(loc, "://") {
+			return os.RemoveAll(loc)
+		}
+		return removePrefix(ctx, dst.Bucket, strings.TrimSuffix(dst.Prefix, "/")+"/")
+	}, nil
+}
+
+// removePrefix deletes every object of b whose key starts with prefix.
+func removePrefix(ctx context.Context, b *blob.Bucket, prefix string) error {
+	it := b.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("list %s to remove it: %w", prefix, err)
+		}
+		if err := b.Delete(ctx, obj.Key); err != nil {
+			return fmt.Errorf("remove %s: %w", obj.Key, err)
+		}
+	}
 }
 
 // gcMetrics are running totals of the Go runtime.
@@ -324,7 +371,7 @@ func benchInputName(in string) string {
 }
 
 func benchOne(ctx context.Context, self string, c benchConfig, validator string, cores int, stderr io.Writer) (benchResult, error) {
-	args := []string{"bench", "--child", "--in", c.In, "--repeat", strconv.Itoa(c.Repeat),
+	args := []string{"bench", "--child", "--in", c.In, "--out", c.Out, "--repeat", strconv.Itoa(c.Repeat),
 		"--validators", validator, "--workers", strconv.Itoa(c.Workers),
 		"--log-format", c.Log.Format, "--log-level", c.Log.Level}
 	if c.CPUProfile != "" {

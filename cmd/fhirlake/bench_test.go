@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
+	"slices"
 	"strings"
 	"testing"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/gcsblob"
 )
 
 // TestBenchChild runs one measurement in-process on the embedded sample, repeated twice, and checks that it
@@ -92,5 +98,58 @@ func TestPrintBench(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestBenchChildOut: with --out gs://, a measurement writes its tables under a prefix of its own in the bucket
+// (through the storage client the worker uses, so that its upload buffers are measured) and removes them after;
+// what else the bucket holds stays.
+func TestBenchChildOut(t *testing.T) {
+	g := newConvertGCS(t)
+	ctx := context.Background()
+	b, err := gcsblob.OpenBucket(ctx, nil, convertOutBucket, &gcsblob.Options{Client: g.openClient(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteAll(ctx, "bench/keep.txt", []byte("not the bench's"), nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseBenchConfig([]string{"--validators", "fast", "--child", "--out", "gs://" + convertOutBucket + "/bench/"},
+		func(string) string { return "" }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := benchChild(ctx, c, g.openGCS(t), &out); err != nil {
+		t.Fatal(err)
+	}
+	var r benchResult
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Rows == 0 {
+		t.Fatalf("child output %q: %v", out.String(), err)
+	}
+	var uploads int
+	for _, req := range g.proxy.requests() {
+		if req.Op == "write" && strings.Contains(req.Object, "bench/fhirlake-bench-fast-") {
+			uploads++
+		}
+	}
+	if uploads == 0 {
+		t.Errorf("no upload under gs://%s/bench/fhirlake-bench-fast-*: %+v", convertOutBucket, g.proxy.requests())
+	}
+	var left []string
+	it := b.List(&blob.ListOptions{Prefix: "bench/"})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, obj.Key)
+	}
+	if !slices.Equal(left, []string{"bench/keep.txt"}) {
+		t.Errorf("left under bench/: %v; want only bench/keep.txt", left)
 	}
 }
