@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
-	"io"
 	"slices"
 	"strings"
 	"testing"
 
-	"gocloud.dev/blob"
 	"gocloud.dev/blob/gcsblob"
 )
 
@@ -137,19 +134,7 @@ func TestBenchChildOut(t *testing.T) {
 	if uploads == 0 {
 		t.Errorf("no upload under gs://%s/bench/fhirlake-bench-fast-*: %+v", convertOutBucket, g.proxy.requests())
 	}
-	var left []string
-	it := b.List(&blob.ListOptions{Prefix: "bench/"})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		left = append(left, obj.Key)
-	}
-	if !slices.Equal(left, []string{"bench/keep.txt"}) {
+	if left := bucketKeys(t, b, "bench/"); !slices.Equal(left, []string{"bench/keep.txt"}) {
 		t.Errorf("left under bench/: %v; want only bench/keep.txt", left)
 	}
 }

@@ -641,20 +641,12 @@ func (env *crashEnv) noOrphans(t *testing.T, m *sinks.Manifest) {
 		listed[f.Key] = true
 	}
 	run := runPrefix(crashPrefix, env.runID) + "/"
-	it := env.lake.List(&blob.ListOptions{Prefix: crashPrefix + "/"})
-	for {
-		obj, err := it.Next(context.Background())
-		if errors.Is(err, io.EOF) {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		rel := strings.TrimPrefix(obj.Key, crashPrefix+"/")
-		if key, ok := strings.CutPrefix(obj.Key, run); ok && listed[key] || ledgerObject.MatchString(rel) {
+	for _, obj := range bucketKeys(t, env.lake, crashPrefix+"/") {
+		rel := strings.TrimPrefix(obj, crashPrefix+"/")
+		if key, ok := strings.CutPrefix(obj, run); ok && listed[key] || ledgerObject.MatchString(rel) {
 			continue
 		}
-		t.Errorf("orphan %s: not in the manifest", obj.Key)
+		t.Errorf("orphan %s: not in the manifest", obj)
 	}
 }
 

@@ -3,12 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
 	"testing"
 	"time"
-
-	"gocloud.dev/blob"
 
 	"github.com/fhirlake/fhirlake/sinks"
 	"github.com/fhirlake/fhirlake/trigger"
@@ -70,17 +67,9 @@ func TestTamperedLedgerRunID(t *testing.T) {
 	if o.State != sinks.RunPublished || o.Err != nil {
 		t.Fatalf("outcome %+v", o)
 	}
-	it := b.List(&blob.ListOptions{})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.HasPrefix(obj.Key, prefix+"/r1/") && !strings.HasPrefix(obj.Key, prefix+"/_runs/") {
-			t.Errorf("object %s outside the run", obj.Key)
+	for _, key := range bucketKeys(t, b, "") {
+		if !strings.HasPrefix(key, prefix+"/r1/") && !strings.HasPrefix(key, prefix+"/_runs/") {
+			t.Errorf("object %s outside the run", key)
 		}
 	}
 	got, err := sinks.ReadRun(ctx, b, prefix, "r1")

@@ -142,19 +142,14 @@ func (h *harness) snapshot(t *testing.T, runID string) map[string][]byte {
 	ctx := context.Background()
 	b, prefix := h.out(t)
 	got := map[string][]byte{}
-	it := b.List(&blob.ListOptions{Prefix: runPrefix(prefix, runID) + "/"})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			return got
-		}
+	for _, key := range bucketKeys(t, b, runPrefix(prefix, runID)+"/") {
+		data, err := b.ReadAll(ctx, key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got[obj.Key], err = b.ReadAll(ctx, obj.Key); err != nil {
-			t.Fatal(err)
-		}
+		got[key] = data
 	}
+	return got
 }
 
 // exportedTypes counts, per resource type, the lines of the objects an export wrote (as the run's manifest lists
