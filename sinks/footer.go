@@ -112,7 +112,7 @@ func (l *tableLayout) fileMetaData(pm *partMeta) (*metadata.FileMetaData, error)
 	if err != nil {
 		return nil, err
 	}
-	b := metadata.NewFileMetadataBuilder(ps, l.props, l.meta)
+	b := metadata.NewFileMetadataBuilder(ps, l.props, l.keyValueMetadata())
 	shared := map[sharedKey]any{}
 	for g, gm := range pm.groups {
 		rg := b.AppendRowGroup()
@@ -157,11 +157,7 @@ func (l *tableLayout) fileMetaData(pm *partMeta) (*metadata.FileMetaData, error)
 // Arrow schema, about 90 bytes per leaf) and about 110 to 190 bytes per column chunk (135 for most of the tables
 // of synthea-100 and r4-examples).
 func (l *tableLayout) footerBytes(rowGroups int) int64 {
-	n := int64(150 * len(l.leaves) * rowGroups)
-	for i, k := range l.meta.Keys() {
-		n += int64(len(k) + len(l.meta.Values()[i]))
-	}
-	return n
+	return l.metaBytes + int64(150*len(l.leaves)*rowGroups)
 }
 
 // writeFooter writes the file metadata of p, a part of layout l, its length and the closing magic.

@@ -2,6 +2,7 @@ package sinks
 
 import (
 	"context"
+	"encoding/binary"
 	"io"
 	"runtime"
 	"testing"
@@ -142,5 +143,27 @@ func TestManySmallTablesOnGCS(t *testing.T) {
 	}
 	if got := keys(t, b); len(got) != len(types) {
 		t.Errorf("%d objects in the bucket, want %d", len(got), len(types))
+	}
+}
+
+// TestFooterBytes: the footer estimate that sizes the upload buffer of a part written out whole is close to the
+// footer written (testSchema is narrow, so the key-value metadata is most of it).
+func TestFooterBytes(t *testing.T) {
+	mem := checkedAllocator(t)
+	tbl := tableAfter(t, mem, 50, 0)
+	tbl.mu.Lock()
+	estimate := tbl.layout.footerBytes(1)
+	tbl.mu.Unlock()
+	files, err := tbl.Close(context.Background())
+	if err != nil || len(files) != 1 {
+		t.Fatalf("Close: %+v, %v", files, err)
+	}
+	data, err := tbl.b.ReadAll(context.Background(), objectKey("out", files[0].Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	footer := int64(binary.LittleEndian.Uint32(data[len(data)-8:]))
+	if estimate < footer/2 || estimate > 2*footer {
+		t.Errorf("footer estimate %d bytes, footer %d", estimate, footer)
 	}
 }
