@@ -531,13 +531,14 @@ func (t *Table) openPart(rel string) (*part, error) {
 }
 
 // start opens p's object, unless it is open, for a first write-out of about size bytes, and writes the leading
-// magic. The object's upload buffer is fitted to that write-out (see uploadBufferFor). On failure nothing is
-// committed; the caller discards p.
+// magic. The object's upload buffer is fitted to that write-out (see uploadBufferFor), within the table's share
+// (partUploadCap). On failure nothing is committed; the caller discards p.
 func (t *Table) start(ctx context.Context, p *part, size int64) error {
 	if p.obj != nil {
 		return nil
 	}
-	obj, err := openObject(ctx, t.b, p.key, parquetType, uploadBufferFor(size+int64(len(parquetMagic))))
+	buf := min(uploadBufferFor(size+int64(len(parquetMagic))), partUploadCap(t.opts.MaxOpenParts))
+	obj, err := openObject(ctx, t.b, p.key, parquetType, buf)
 	if err != nil {
 		return err
 	}

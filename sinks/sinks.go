@@ -84,15 +84,23 @@ func isTableName(s string) bool { return isTypeName(s) || s == schema.LinksTable
 // chunk size; 16 MiB unless set), allocated when the object is opened and kept until it is committed: each chunk is
 // one request, retried from the buffer. A run over every R4 type has about 150 parts open at once, so a fixed 4 MiB
 // buffer each came to 600 MB of heap on Cloud Storage, which no benchmark on local files showed (r4-examples peaked
-// at 679 MB against 362 MB on local files). A part therefore opens its object only when its first row group is
-// written out, with a buffer fitted to that row group (or to the whole file, when that row group is its last):
-// small tables upload in one request from a buffer of their own size, and only tables that write out row groups of
-// 4 MiB or more get the largest buffer, which keeps a request per 4 MiB. The local and memory buckets ignore it.
+// at about 700 MB RSS, against 380 MB on local files). A part therefore opens its object only when its first row
+// group is written out, with a buffer fitted to that row group (or to the whole file, when that row group is its
+// last): small tables upload in one request from a buffer of their own size. The parts of one table share 4 MiB
+// (partUploadCap), so a large table uploads through a request per 4 MiB of its output, whether over one part or
+// several at once. The local and memory buckets ignore the buffer size.
 const (
 	minUploadBuffer     = 256 << 10 // GCS's granularity for the chunks of a resumable upload
 	maxUploadBuffer     = 4 << 20
 	rejectsUploadBuffer = 1 << 20 // quarantine files: most hold a few lines, each a few KB
 )
+
+// partUploadCap is the largest upload buffer of a part of a table that keeps up to openParts parts open at once:
+// they share maxUploadBuffer, with at least 1 MiB each.
+func partUploadCap(openParts int) int {
+	c := maxUploadBuffer / max(openParts, 1) / minUploadBuffer * minUploadBuffer
+	return max(c, 1<<20)
+}
 
 // uploadBufferFor returns the upload buffer of an object whose first write is about n bytes: n rounded up to a
 // multiple of 256 KiB, at least 256 KiB and at most 4 MiB.
@@ -111,8 +119,9 @@ type object struct {
 	w      *blob.Writer
 }
 
-// openObject starts writing key with an upload buffer of bufferSize bytes (see uploadBufferFor). The writer's context keeps ctx's values but not its cancellation: an object
-// outlives the call that opened it. Callers tie each later call to its ctx with watch.
+// openObject starts writing key with an upload buffer of bufferSize bytes (see uploadBufferFor). The writer's
+// context keeps ctx's values but not its cancellation: an object outlives the call that opened it. Callers tie each
+// later call to its ctx with watch.
 func openObject(ctx context.Context, b *blob.Bucket, key, contentType string, bufferSize int) (*object, error) {
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	w, err := b.NewWriter(wctx, key, &blob.WriterOptions{ContentType: contentType, BufferSize: bufferSize})

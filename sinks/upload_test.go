@@ -167,3 +167,13 @@ func TestFooterBytes(t *testing.T) {
 		t.Errorf("footer estimate %d bytes, footer %d", estimate, footer)
 	}
 }
+
+func TestPartUploadCap(t *testing.T) {
+	for _, tc := range []struct{ openParts, want int }{
+		{0, 4 << 20}, {1, 4 << 20}, {2, 2 << 20}, {3, 1<<20 + 256<<10}, {4, 1 << 20}, {16, 1 << 20},
+	} {
+		if got := partUploadCap(tc.openParts); got != tc.want {
+			t.Errorf("partUploadCap(%d) = %d, want %d", tc.openParts, got, tc.want)
+		}
+	}
+}
