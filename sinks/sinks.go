@@ -90,9 +90,11 @@ func isTableName(s string) bool { return isTypeName(s) || s == schema.LinksTable
 // (partUploadCap), so a large table uploads through a request per 4 MiB of its output, whether over one part or
 // several at once. The local and memory buckets ignore the buffer size.
 const (
-	minUploadBuffer     = 256 << 10 // GCS's granularity for the chunks of a resumable upload
-	maxUploadBuffer     = 4 << 20
-	rejectsUploadBuffer = 1 << 20 // quarantine files: most hold a few lines, each a few KB
+	minUploadBuffer = 256 << 10 // GCS's granularity for the chunks of a resumable upload
+	maxUploadBuffer = 4 << 20
+	// rejectsUploadBuffer is a quarantine file's: one per type with rejects (up to about 150), most holding a
+	// few lines of a few KB, so a long one costs requests rather than every one a large buffer.
+	rejectsUploadBuffer = minUploadBuffer
 )
 
 // partUploadCap is the largest upload buffer of a part of a table that keeps up to openParts parts open at once:
