@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
@@ -239,13 +240,25 @@ func benchSink(ctx context.Context, openGCS openGCSFunc, out, suffix string) (ds
 		return dst, func() error { dst.Bucket.Close(); return os.RemoveAll(dir) }, nil
 	}
 	loc := fmt.Sprintf("%s/fhirlake-bench%s-%d", strings.TrimSuffix(out, "/"), suffix, os.Getpid())
+	// A local directory (a path or file://) is made here, as a file:// output must exist, and removed whole after.
+	dir := loc
+	if u, err := url.Parse(loc); err == nil && strings.EqualFold(u.Scheme, "file") {
+		dir = u.Path
+	} else if strings.Contains(loc, "://") {
+		dir = ""
+	}
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return dst, nil, fmt.Errorf("create output directory: %w", err)
+		}
+	}
 	if dst, err = openSink(ctx, openGCS, loc); err != nil {
 		return dst, nil, err
 	}
 	return dst, func() error {
 		defer dst.Bucket.Close()
-		if !strings.Contains(loc, "://") {
-			return os.RemoveAll(loc)
+		if dir != "" {
+			return os.RemoveAll(dir)
 		}
 		return removePrefix(ctx, dst.Bucket, strings.TrimSuffix(dst.Prefix, "/")+"/")
 	}, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -136,5 +137,32 @@ func TestBenchChildOut(t *testing.T) {
 	}
 	if left := bucketKeys(t, b, "bench/"); !slices.Equal(left, []string{"bench/keep.txt"}) {
 		t.Errorf("left under bench/: %v; want only bench/keep.txt", left)
+	}
+}
+
+// TestBenchChildOutLocal: --out to a directory, as a path or a file:// URL (which must exist, as for convert),
+// writes under a directory of the measurement's own, which is removed after; the directory given stays.
+func TestBenchChildOutLocal(t *testing.T) {
+	for _, scheme := range []string{"", "file://"} {
+		t.Run("scheme="+scheme, func(t *testing.T) {
+			dir := t.TempDir()
+			c, err := parseBenchConfig([]string{"--validators", "fast", "--child", "--out", scheme + dir},
+				func(string) string { return "" }, &bytes.Buffer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if err := benchChild(context.Background(), c, nil, &out); err != nil {
+				t.Fatal(err)
+			}
+			var r benchResult
+			if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Rows == 0 {
+				t.Fatalf("child output %q: %v", out.String(), err)
+			}
+			left, err := os.ReadDir(dir)
+			if err != nil || len(left) != 0 {
+				t.Errorf("left in %s: %v, %v; want nothing", dir, left, err)
+			}
+		})
 	}
 }
