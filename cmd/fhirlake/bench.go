@@ -260,7 +260,9 @@ func benchSink(ctx context.Context, openGCS openGCSFunc, out, suffix string) (ds
 		if dir != "" {
 			return os.RemoveAll(dir)
 		}
-		return removePrefix(ctx, dst.Bucket, strings.TrimSuffix(dst.Prefix, "/")+"/")
+		// The prefix ends in "/" (reader.OpenBucket adds it), so a sibling is safe; it is "" for mem://, whose
+		// bucket is the measurement's own.
+		return removePrefix(ctx, dst.Bucket, dst.Prefix)
 	}, nil
 }
 
