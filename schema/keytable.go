@@ -70,15 +70,6 @@ func (t *KeyTable[V]) Get(key []byte) (V, bool) {
 	return zero, false
 }
 
-// Each calls f for every key and value, in no particular order.
-func (t *KeyTable[V]) Each(f func(key string, v V)) {
-	for _, s := range t.slots {
-		if s.used {
-			f(s.key, s.val)
-		}
-	}
-}
-
 // keyWords returns words that hold all the bytes of a key of up to 16 bytes, given its length: the first and
 // last eight bytes; for a shorter key, its first and last four bytes (or, under four, its first, middle and last
 // byte) in head, and a zero tail.
