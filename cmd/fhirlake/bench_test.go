@@ -28,19 +28,8 @@ func TestBenchChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := parseBenchConfig([]string{"--repeat", "2", "--validators", "fast", "--child"}, func(string) string { return "" }, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
 	// The sample and a local output: no gs:// bucket to open.
-	if err := benchChild(context.Background(), c, nil, &out); err != nil {
-		t.Fatal(err)
-	}
-	var r benchResult
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		t.Fatalf("child output %q: %v", out.String(), err)
-	}
+	r := runBenchChild(t, nil, "--repeat", "2")
 	if r.Validator != "fast" || r.Lines != 2*lines || r.Bytes != 2*size || r.Rows != r.Valid || r.Valid == 0 {
 		t.Errorf("result %+v; want fast, %d lines, %d bytes, rows = valid", r, 2*lines, 2*size)
 	}
@@ -52,6 +41,26 @@ func TestBenchChild(t *testing.T) {
 		t.Errorf("runtime counts: %d bytes allocated for %d bytes read, %d collections taking %.3f s",
 			r.Alloc, r.Bytes, r.GCCycles, r.GCCPU)
 	}
+}
+
+// runBenchChild runs one fast measurement of the embedded sample in-process, with args added to the child's, and
+// returns what it reports.
+func runBenchChild(t *testing.T, openGCS openGCSFunc, args ...string) benchResult {
+	t.Helper()
+	c, err := parseBenchConfig(append([]string{"--validators", "fast", "--child"}, args...), func(string) string { return "" },
+		&bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := benchChild(context.Background(), c, openGCS, &out); err != nil {
+		t.Fatal(err)
+	}
+	var r benchResult
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("child output %q: %v", out.String(), err)
+	}
+	return r
 }
 
 func TestBenchConfig(t *testing.T) {
@@ -113,18 +122,8 @@ func TestBenchChildOut(t *testing.T) {
 	if err := b.WriteAll(ctx, "bench/keep.txt", []byte("not the bench's"), nil); err != nil {
 		t.Fatal(err)
 	}
-	c, err := parseBenchConfig([]string{"--validators", "fast", "--child", "--out", "gs://" + convertOutBucket + "/bench/"},
-		func(string) string { return "" }, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := benchChild(ctx, c, g.openGCS(t), &out); err != nil {
-		t.Fatal(err)
-	}
-	var r benchResult
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Rows == 0 {
-		t.Fatalf("child output %q: %v", out.String(), err)
+	if r := runBenchChild(t, g.openGCS(t), "--out", "gs://"+convertOutBucket+"/bench/"); r.Rows == 0 {
+		t.Errorf("result %+v: no rows", r)
 	}
 	var uploads int
 	for _, req := range g.proxy.requests() {
@@ -146,18 +145,8 @@ func TestBenchChildOutLocal(t *testing.T) {
 	for _, scheme := range []string{"", "file://"} {
 		t.Run("scheme="+scheme, func(t *testing.T) {
 			dir := t.TempDir()
-			c, err := parseBenchConfig([]string{"--validators", "fast", "--child", "--out", scheme + dir},
-				func(string) string { return "" }, &bytes.Buffer{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			var out bytes.Buffer
-			if err := benchChild(context.Background(), c, nil, &out); err != nil {
-				t.Fatal(err)
-			}
-			var r benchResult
-			if err := json.Unmarshal(out.Bytes(), &r); err != nil || r.Rows == 0 {
-				t.Fatalf("child output %q: %v", out.String(), err)
+			if r := runBenchChild(t, nil, "--out", scheme+dir); r.Rows == 0 {
+				t.Errorf("result %+v: no rows", r)
 			}
 			left, err := os.ReadDir(dir)
 			if err != nil || len(left) != 0 {
