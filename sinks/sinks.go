@@ -87,8 +87,8 @@ func isTableName(s string) bool { return isTypeName(s) || s == schema.LinksTable
 // at about 700 MB RSS, against 380 MB on local files). A part therefore opens its object only when its first row
 // group is written out, with a buffer fitted to that row group (or to the whole file, when that row group is its
 // last): small tables upload in one request from a buffer of their own size. The parts of one table share 4 MiB
-// (partUploadCap), so a large table uploads through a request per 4 MiB of its output, whether over one part or
-// several at once. The local and memory buckets ignore the buffer size.
+// (partUploadCap): a large table holds 4 MiB of upload buffers whether it writes one part or several at once, each
+// part uploading in chunks of its share. The local and memory buckets ignore the buffer size.
 const (
 	minUploadBuffer = 256 << 10 // GCS's granularity for the chunks of a resumable upload
 	maxUploadBuffer = 4 << 20
