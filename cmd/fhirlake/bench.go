@@ -228,31 +228,31 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 // benchSink opens where a measurement writes: a temporary directory when out is empty, or else the prefix
 // "fhirlake-bench<suffix>-<pid>" under out. remove deletes what the measurement wrote there and closes the bucket.
 func benchSink(ctx context.Context, openGCS openGCSFunc, out, suffix string) (dst pipeline.Sink, remove func() error, err error) {
+	// A local directory (a temporary one, a path or file://) is made here, as a file:// output must exist, and
+	// removed whole after.
+	var loc, dir string
 	if out == "" {
-		dir, err := os.MkdirTemp("", "fhirlake-bench-")
-		if err != nil {
+		if dir, err = os.MkdirTemp("", "fhirlake-bench-"); err != nil {
 			return dst, nil, fmt.Errorf("create output directory: %w", err)
 		}
-		if dst, err = openSink(ctx, openGCS, dir); err != nil {
-			os.RemoveAll(dir)
-			return dst, nil, err
+		loc = dir
+	} else {
+		loc = fmt.Sprintf("%s/fhirlake-bench%s-%d", strings.TrimSuffix(out, "/"), suffix, os.Getpid())
+		if u, err := url.Parse(loc); err == nil && strings.EqualFold(u.Scheme, "file") {
+			dir = u.Path
+		} else if !strings.Contains(loc, "://") {
+			dir = loc
 		}
-		return dst, func() error { dst.Bucket.Close(); return os.RemoveAll(dir) }, nil
-	}
-	loc := fmt.Sprintf("%s/fhirlake-bench%s-%d", strings.TrimSuffix(out, "/"), suffix, os.Getpid())
-	// A local directory (a path or file://) is made here, as a file:// output must exist, and removed whole after.
-	dir := loc
-	if u, err := url.Parse(loc); err == nil && strings.EqualFold(u.Scheme, "file") {
-		dir = u.Path
-	} else if strings.Contains(loc, "://") {
-		dir = ""
-	}
-	if dir != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return dst, nil, fmt.Errorf("create output directory: %w", err)
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return dst, nil, fmt.Errorf("create output directory: %w", err)
+			}
 		}
 	}
 	if dst, err = openSink(ctx, openGCS, loc); err != nil {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
 		return dst, nil, err
 	}
 	return dst, func() error {
