@@ -284,11 +284,10 @@ func sigterm(t *testing.T, bin string, k crashKill, ref *crashRef) {
 	if msg.Acks != 0 || !nacked {
 		t.Fatalf("message acked %d times, nacked %v after SIGTERM; want a nack", msg.Acks, nacked)
 	}
-	// No lease to wait out: the nacked message is redelivered at once and taken over. (pstest may have handed it
-	// back to the stopping worker's stream before it closed; then its ack deadline lapses first.)
-	if msg.Deliveries > 1 {
-		env.ps.SetTimeNowFunc(func() time.Time { return time.Now().Add(3 * time.Minute) })
-	}
+	// No lease to wait out: the nacked message is redelivered at once and taken over. pstest may hand it back to
+	// the stopping worker's stream before that stream closes, at any moment up to now, and then only its ack
+	// deadline lapsing frees it. Its clock jumps past that deadline whatever Deliveries said when we looked.
+	env.ps.SetTimeNowFunc(func() time.Time { return time.Now().Add(3 * time.Minute) })
 	w2 := env.startWorker(t, bin, crashIdle)
 	if code := w2.wait(t); code != 0 {
 		t.Fatalf("second worker exited %d", code)
