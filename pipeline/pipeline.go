@@ -70,8 +70,8 @@ type Options struct {
 	RecursionDepth int   // zero: the schema's default (2)
 	BatchRows      int   // rows per Arrow record batch; zero: 8192
 	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 8 MiB
-	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget for the run: the open row
-	// groups, over all tables, hold about that much memory at most.
+	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget and DefaultLayoutBudget for
+	// the run: the open row groups and the layouts, over all tables, hold about that much memory at most.
 	Parquet sinks.ParquetOptions
 	// Allocator backs the Arrow batches and the Parquet writer. Zero: memory.DefaultAllocator, except for the
 	// decoders' batches, whose memory is reused once their records are written (transform.Options.Allocator).
@@ -199,6 +199,11 @@ type Progress struct {
 // budget counted the bytes in the buffers rather than their size (the row groups then held up to 66 MB).
 const DefaultTableBudget = 56 << 20
 
+// DefaultLayoutBudget is the memory that the tables' layouts may hold (the leaf paths of their schemas, and the
+// chunk writers' slots for them), over all the tables of a run, unless Options.Parquet.Budget says otherwise.
+// synthea-100's 19 types hold 6 MB, so a run of a few types never reaches it; r4-examples' 146 would hold 45 MB.
+const DefaultLayoutBudget = 16 << 20
+
 const (
 	defaultBatchRows  = 8192
 	defaultBatchBytes = 8 << 20
@@ -284,7 +289,7 @@ func (o Options) withDefaults() Options {
 		o.Parquet.Allocator = o.allocator()
 	}
 	if o.Parquet.Budget == nil {
-		o.Parquet.Budget = sinks.NewMemoryBudget(DefaultTableBudget)
+		o.Parquet.Budget = sinks.NewMemoryBudget(DefaultTableBudget, DefaultLayoutBudget)
 	}
 	if o.Parquet.MaxOpenParts <= 0 {
 		o.Parquet.MaxOpenParts = o.Workers // a type that is most of the input is encoded on every core

@@ -104,7 +104,7 @@ func (pm *partMeta) encoded(cm *chunkMeta) metadata.EncodedStatistics {
 
 // fileMetaData builds the footer of a part of layout l whose row groups pm describes.
 func (l *tableLayout) fileMetaData(pm *partMeta) (*metadata.FileMetaData, error) {
-	leaves := len(l.leaves)
+	leaves := l.columns
 	if len(pm.chunks) != leaves*len(pm.groups) {
 		return nil, fmt.Errorf("footer: %d column chunks for %d row groups of %d columns", len(pm.chunks), len(pm.groups), leaves)
 	}
@@ -157,7 +157,7 @@ func (l *tableLayout) fileMetaData(pm *partMeta) (*metadata.FileMetaData, error)
 // Arrow schema, about 90 bytes per leaf) and about 110 to 190 bytes per column chunk (135 for most of the tables
 // of synthea-100 and r4-examples).
 func (l *tableLayout) footerBytes(rowGroups int) int64 {
-	return l.metaBytes + int64(150*len(l.leaves)*rowGroups)
+	return l.metaBytes + int64(150*l.columns*rowGroups)
 }
 
 // writeFooter writes the file metadata of p, a part of layout l, its length and the closing magic.

@@ -457,7 +457,7 @@ func TestTableBudget(t *testing.T) {
 		wantGroups func(n int) bool
 	}{
 		{"no budget", nil, func(n int) bool { return n == 1 }},
-		{"a budget of about two writes", NewMemoryBudget(2 * one), func(n int) bool { return n >= 3 }},
+		{"a budget of about two writes", NewMemoryBudget(2*one, 0), func(n int) bool { return n >= 3 }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -509,7 +509,7 @@ func TestTableBudgetRelief(t *testing.T) {
 	if small >= big {
 		t.Fatalf("one write holds %d bytes, four %d", small, big)
 	}
-	budget := NewMemoryBudget(big + small - 1) // exceeded only by both
+	budget := NewMemoryBudget(big+small-1, 0) // exceeded only by both
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
 	opts := ParquetOptions{Budget: budget, Allocator: mem}
@@ -547,6 +547,103 @@ func TestTableBudgetRelief(t *testing.T) {
 		if !slices.Equal(got.rowGroups, want[tbl]) {
 			t.Errorf("%s: row groups %v, want %v", tbl.typ, got.rowGroups, want[tbl])
 		}
+	}
+}
+
+// testLayoutMem returns what the layout of testSchema holds, as a budget counts it.
+func testLayoutMem(t *testing.T) int64 {
+	t.Helper()
+	l, err := newTableLayout(testSchema(), parquet.NewWriterProperties())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.mem <= 0 {
+		t.Fatalf("a layout of %d leaves holds %d bytes", len(l.leaves), l.mem)
+	}
+	return l.mem
+}
+
+// TestTableLetsGoOfLayout: when the layouts of the tables sharing a budget exceed its layout limit, a table not
+// being written to (a type whose rows have ended, in a run of many) writes out its row group and lets go of its
+// layout's leaves and chunk writers, and the budget stops counting them; the table being written keeps its own. A
+// later Write builds them again, into the same part, and the parts read back whole.
+func TestTableLetsGoOfLayout(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	lm := testLayoutMem(t)
+	budget := NewMemoryBudget(1<<30, lm+lm/2) // room for one layout
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	opts := ParquetOptions{Budget: budget, Allocator: mem}
+	a := NewTable(b, "out", "Patient", testSchema(), opts)
+	p := NewTable(b, "out", "Person", testSchema(), opts)
+	write := func(tbl *Table, start int) {
+		t.Helper()
+		rec := testRecord(t, mem, start, 20)
+		defer rec.Release()
+		if err := tbl.Write(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(when string, tbl *Table, wantLayout bool) {
+		t.Helper()
+		tbl.mu.Lock()
+		layout, cw := tbl.layout != nil && tbl.layout.leaves != nil, len(tbl.idle) == 1 && tbl.idle[0].cw != nil
+		tbl.mu.Unlock()
+		if layout != wantLayout || cw != wantLayout || (tbl.Held() > 0) != wantLayout {
+			t.Fatalf("%s: %s keeps layout %v, chunk writer %v, %d bytes of rows; want all or none (%v)", when,
+				tbl.typ, layout, cw, tbl.Held(), wantLayout)
+		}
+	}
+	write(a, 0)
+	check("Patient written", a, true)
+	if got := budget.Laid(); got != lm {
+		t.Fatalf("the budget counts %d bytes of layouts, want Patient's %d", got, lm)
+	}
+	write(p, 100) // two layouts: Patient retires
+	check("Person written", a, false)
+	check("Person written", p, true)
+	if got := budget.Laid(); got != lm {
+		t.Errorf("the budget counts %d bytes of layouts, want Person's %d", got, lm)
+	}
+	write(a, 20) // Patient again, into the same part: now Person retires
+	check("Patient written again", a, true)
+	check("Patient written again", p, false)
+
+	for _, tc := range []struct {
+		tbl    *Table
+		groups []int64
+		starts []int
+	}{{a, []int64{20, 20}, []int{0, 20}}, {p, []int64{20}, []int{100}}} {
+		files, err := tc.tbl.Close(ctx) // Person's footer from what its layout kept for it
+		if err != nil || len(files) != 1 || files[0].Rows != int64(20*len(tc.starts)) {
+			t.Fatalf("Close %s: %+v, %v; want one part", tc.tbl.typ, files, err)
+		}
+		got := readParquet(t, b, "out/"+files[0].Key, mem)
+		if !slices.Equal(got.rowGroups, tc.groups) {
+			t.Errorf("%s: row groups %v, want %v", tc.tbl.typ, got.rowGroups, tc.groups)
+		}
+		var ids, want []string
+		for _, rec := range got.records {
+			col := rec.Column(0).(*array.String)
+			for i := range col.Len() {
+				ids = append(ids, col.Value(i))
+			}
+		}
+		for _, start := range tc.starts {
+			rec := testRecord(t, mem, start, 20)
+			col := rec.Column(0).(*array.String)
+			for i := range col.Len() {
+				want = append(want, col.Value(i))
+			}
+			rec.Release()
+		}
+		if !slices.Equal(ids, want) {
+			t.Errorf("%s: ids read back %v, want %v", tc.tbl.typ, ids, want)
+		}
+	}
+	if budget.Held() != 0 || budget.Laid() != 0 {
+		t.Errorf("after Close the budget holds %d bytes of rows and %d of layouts", budget.Held(), budget.Laid())
 	}
 }
 
