@@ -201,7 +201,7 @@ const DefaultTableBudget = 56 << 20
 
 // DefaultLayoutBudget is the memory that the tables' layouts may hold (the leaf paths of their schemas, and the
 // chunk writers' slots for them), over all the tables of a run, unless Options.Parquet.Budget says otherwise.
-// synthea-100's 19 types hold 6 MB, so a run of a few types never reaches it; r4-examples' 146 would hold 45 MB.
+// synthea-100's 19 types hold 4 MB, so a run of a few types never reaches it; r4-examples' 146 would hold 28 MB.
 const DefaultLayoutBudget = 16 << 20
 
 const (
@@ -691,44 +691,46 @@ func (r *run) flushFull(ctx context.Context, w *transform.Worker) error {
 		return nil
 	}
 	if w.PendingBytes() >= r.opts.BatchBytes {
-		return r.write(ctx, func() ([]arrow.Record, error) { return w.FlushLargest(r.opts.BatchBytes / 2) })
+		return r.write(ctx, w, w.LargestTypes(r.opts.BatchBytes/2))
 	}
 	return r.flush(ctx, w, r.opts.BatchRows)
 }
 
 // flush hands the batches of the types with at least minRows pending rows to the sinks (minRows 0: every type).
 func (r *run) flush(ctx context.Context, w *transform.Worker, minRows int) error {
-	return r.write(ctx, func() ([]arrow.Record, error) { return w.Flush(minRows) })
+	return r.write(ctx, w, w.PendingTypes(minRows))
 }
 
-// write writes the records that cut returns into their tables.
-func (r *run) write(ctx context.Context, cut func() ([]arrow.Record, error)) error {
-	t := time.Now()
-	recs, err := cut()
-	r.opts.Timings.add(phaseBuild, t)
-	if err != nil {
-		return fmt.Errorf("build record batches: %w", err)
-	}
-	defer r.opts.Timings.add(phaseWrite, time.Now())
-	// Each record is released once written (the tables keep nothing of it), so that a flush holds one record's
-	// memory at a time, not all of them until the last is written.
-	defer func() {
-		for _, rec := range recs {
-			if rec != nil {
-				rec.Release()
-			}
+// write flushes the pending batches of types, one type after the other, and writes each record into its table
+// before the next is made: a decoder holds one record at a time, not one per type (at the end of a run, every
+// type it has met).
+func (r *run) write(ctx context.Context, w *transform.Worker, types []string) error {
+	for _, typ := range types {
+		t := r.opts.Timings.now()
+		rec, err := w.FlushType(typ)
+		r.opts.Timings.add(phaseBuild, t)
+		if err != nil {
+			return fmt.Errorf("build record batches: %w", err)
 		}
-	}()
-	for i, rec := range recs {
-		t, err := r.table(rec.Schema())
+		t = r.opts.Timings.now()
+		err = r.writeRecord(ctx, rec)
+		rec.Release()
+		r.opts.Timings.add(phaseWrite, t)
 		if err != nil {
 			return err
 		}
-		if err := t.Write(ctx, rec); err != nil {
-			return fmt.Errorf("write %s: %w", resourceTypeOf(rec.Schema()), err)
-		}
-		rec.Release()
-		recs[i] = nil
+	}
+	return nil
+}
+
+// writeRecord writes rec into the table of its type.
+func (r *run) writeRecord(ctx context.Context, rec arrow.Record) error {
+	t, err := r.table(rec.Schema())
+	if err != nil {
+		return err
+	}
+	if err := t.Write(ctx, rec); err != nil {
+		return fmt.Errorf("write %s: %w", resourceTypeOf(rec.Schema()), err)
 	}
 	return nil
 }

@@ -238,6 +238,11 @@ func (w *Worker) Pending() int {
 // a pending row), in type order, and starts new batches for them. Each record's schema is the registry's schema
 // of its type. The caller releases the records.
 func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
+	return w.flush(w.PendingTypes(minRows))
+}
+
+// PendingTypes returns the types Flush(minRows) flushes, in type order.
+func (w *Worker) PendingTypes(minRows int) []string {
 	minRows = max(minRows, 1)
 	types := make([]string, 0, len(w.tables))
 	for typ, t := range w.tables {
@@ -245,7 +250,8 @@ func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
 			types = append(types, typ)
 		}
 	}
-	return w.flush(types)
+	slices.Sort(types)
+	return types
 }
 
 // FlushLargest returns records, as Flush does, for the types whose pending batches hold the most memory, the
@@ -253,6 +259,11 @@ func (w *Worker) Flush(minRows int) ([]arrow.Record, error) {
 // into bigger records: flushing every type whenever the batches of a large one fill memory cuts the small ones
 // into many small records, each as wide as its type, and the Parquet writer pays per record for every column.
 func (w *Worker) FlushLargest(keep int64) ([]arrow.Record, error) {
+	return w.flush(w.LargestTypes(keep))
+}
+
+// LargestTypes returns the types FlushLargest(keep) flushes, in type order.
+func (w *Worker) LargestTypes(keep int64) []string {
 	held := w.PendingBytes()
 	var types []string
 	for typ, t := range w.tables {
@@ -268,24 +279,40 @@ func (w *Worker) FlushLargest(keep int64) ([]arrow.Record, error) {
 		held -= w.tables[types[n]].mem.held
 		n++
 	}
-	return w.flush(types[:n])
+	types = types[:n]
+	slices.Sort(types)
+	return types
 }
 
 // flush returns one record for each of types, in type order.
 func (w *Worker) flush(types []string) ([]arrow.Record, error) {
-	slices.Sort(types)
 	recs := make([]arrow.Record, 0, len(types))
 	for _, typ := range types {
-		t := w.tables[typ]
-		if t.broken != nil || t.rowsMisaligned() {
+		rec, err := w.FlushType(typ)
+		if err != nil {
 			for _, r := range recs {
 				r.Release()
 			}
-			return nil, fmt.Errorf("flush %s: columns do not hold %d rows", typ, t.rows)
+			return nil, err
 		}
-		recs = append(recs, t.record(w.alloc))
+		recs = append(recs, rec)
 	}
 	return recs, nil
+}
+
+// FlushType returns the record of typ's pending rows (none when typ has no pending row: an empty record), and
+// starts a new batch for it. Flushing one type at a time, each record written before the next is made, keeps one
+// record's arrays alive rather than those of every type a Worker holds: a run of many types flushes them all at
+// its end. The caller releases the record.
+func (w *Worker) FlushType(typ string) (arrow.Record, error) {
+	t, ok := w.tables[typ]
+	if !ok {
+		return nil, fmt.Errorf("flush %s: no batch of that type", typ)
+	}
+	if t.broken != nil || t.rowsMisaligned() {
+		return nil, fmt.Errorf("flush %s: columns do not hold %d rows", typ, t.rows)
+	}
+	return t.record(w.alloc), nil
 }
 
 // Release frees the pending batches. The Worker must not be used afterwards.
