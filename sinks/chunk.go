@@ -245,7 +245,7 @@ func (c *chunkWriter) startRowGroup() {
 // that is null throughout below the same parent, so that siblings (the absent fields of a present struct, the
 // absent top-level columns) share one run list.
 func cutNode(l *leafPath, rec arrow.Record) (int32, bool) {
-	a := rec.Column(l.column)
+	a := rec.Column(int(l.column))
 	parent := int32(-1)
 	for _, st := range l.steps {
 		if st.optional && a.NullN() == a.Len() {
@@ -254,7 +254,7 @@ func cutNode(l *leafPath, rec arrow.Record) (int32, bool) {
 		parent = st.node
 		switch st.kind {
 		case stepStruct:
-			a = a.(*array.Struct).Field(st.field)
+			a = a.(*array.Struct).Field(int(st.field))
 		case stepList:
 			a = a.(*array.List).ListValues()
 		}
@@ -344,7 +344,7 @@ func (c *chunkWriter) runList(rec arrow.Record, lo, hi int, seg, node int32) int
 	c.recDef.reset(defW)
 	c.recRep.reset(repW)
 	c.recN, c.recording = 0, true
-	c.walk(0, rec.Column(c.lc.leaf.column), lo, hi, 0, 0, 0)
+	c.walk(0, rec.Column(int(c.lc.leaf.column)), lo, hi, 0, 0, 0)
 	c.recording = false
 	l := runList{start: int32(len(c.listBytes)), n: int32(c.recN), defW: uint8(defW), repW: uint8(repW)}
 	c.listBytes = append(c.listBytes, c.recDef.finishRuns()...)
@@ -500,7 +500,7 @@ func (c *chunkWriter) resetPage() {
 
 // addRows encodes rows [lo, hi) of rec into the current chunk.
 func (c *chunkWriter) addRows(rec arrow.Record, lo, hi int) {
-	col := rec.Column(c.lc.leaf.column)
+	col := rec.Column(int(c.lc.leaf.column))
 	for lo < hi {
 		end := min(hi, lo+sliceRows)
 		c.walk(0, col, lo, end, 0, 0, 0)
@@ -937,7 +937,7 @@ func (c *chunkWriter) encodeStats() (metadata.EncodedStatistics, error) {
 	if err != nil {
 		return enc, fmt.Errorf("statistics: %w", err)
 	}
-	enc.ApplyStatSizeLimits(lc.leaf.maxStats)
+	enc.ApplyStatSizeLimits(int(lc.leaf.maxStats))
 	enc.Signed = lc.leaf.node.sort == pqschema.SortSIGNED
 	return enc, nil
 }

@@ -29,29 +29,29 @@ const (
 	stepLeaf
 )
 
-// step is one array on the path from a top-level column to a leaf.
+// step is one array on the path from a top-level column to a leaf: 12 bytes, of which a layout keeps one per
+// level of every leaf (StructureDefinition's 10,181 leaves are 8 levels deep on average).
 type step struct {
 	kind     stepKind
 	optional bool  // the Parquet node of this array is OPTIONAL: present adds one definition level
-	field    int   // stepStruct: the child field the path goes on through
-	node     int32 // the schema node of this array, numbered in the table: leaves through the same node share it
 	rep      int16 // stepList: the repetition level of this list's elements after the first
+	field    int32 // stepStruct: the child field the path goes on through
+	node     int32 // the schema node of this array, numbered in the table: leaves through the same node share it
 }
 
 // leafPath is how to reach one Parquet leaf column from a record.
 type leafPath struct {
-	index  int // of the leaf among the table's, in Parquet column order
-	column int // top-level column of the record
 	steps  []step
-	maxDef int16
-	maxRep int16
 	typ    arrow.Type // of the leaf array
 	ptype  parquet.Type
+	column int32 // top-level column of the record
+	maxDef int16
+	maxRep int16
 
 	// Set by newTableLayout.
 	node     leafNode
-	dict     bool // values are dictionary-encoded (the writer properties, for the leaf's path)
-	maxStats int  // longest min or max kept in the statistics (the writer properties, for the leaf's path)
+	maxStats int32 // longest min or max kept in the statistics (the writer properties, for the leaf's path)
+	dict     bool  // values are dictionary-encoded (the writer properties, for the leaf's path)
 }
 
 // leafNode is what the descriptor of a leaf's Parquet node alone is made of (leafPath.descr), for its type and
@@ -73,7 +73,7 @@ type leafNode struct {
 func (l *leafPath) descr() *pqschema.Column {
 	n, err := l.node.primitive(l.ptype)
 	if err != nil {
-		panic(fmt.Sprintf("leaf %d: %v", l.index, err)) // newTableLayout checked the node
+		panic(fmt.Sprintf("leaf %s: %v", l.node.name, err)) // newTableLayout checked the node
 	}
 	return pqschema.NewColumn(n, l.maxDef, l.maxRep)
 }
@@ -90,7 +90,7 @@ func (n *leafNode) primitive(ptype parquet.Type) (*pqschema.PrimitiveNode, error
 // leafPaths returns the leaves of s in Parquet column order, checked against the Parquet schema pqarrow derives
 // from s.
 func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
-	var out []leafPath
+	out := make([]leafPath, 0, ps.NumColumns())
 	root := ps.Root()
 	if root.NumFields() != s.NumFields() {
 		return nil, fmt.Errorf("parquet schema has %d top-level fields, arrow schema %d", root.NumFields(), s.NumFields())
@@ -107,7 +107,6 @@ func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
 		return nil, fmt.Errorf("%d leaves, parquet schema has %d columns", len(out), ps.NumColumns())
 	}
 	for i := range out {
-		out[i].index = i
 		d := ps.Column(i)
 		if d.MaxDefinitionLevel() != out[i].maxDef || d.MaxRepetitionLevel() != out[i].maxRep || d.PhysicalType() != out[i].ptype {
 			return nil, fmt.Errorf("leaf %s: levels %d/%d %s, parquet schema says %d/%d %s", d.Path(),
@@ -135,7 +134,7 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 			return nil, fmt.Errorf("%s: struct does not match its parquet group", n.Name())
 		}
 		for i, f := range t.Fields() {
-			p := append(path[:len(path):len(path)], step{kind: stepStruct, optional: optional, field: i, node: node})
+			p := append(path[:len(path):len(path)], step{kind: stepStruct, optional: optional, field: int32(i), node: node})
 			var err error
 			if out, err = appendLeaves(out, column, f.Type, g.Field(i), p, rep, nodes); err != nil {
 				return nil, fmt.Errorf("%s: %w", f.Name, err)
@@ -177,7 +176,7 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 			def++ // the repeated group: at least one element
 		}
 	}
-	return append(out, leafPath{column: column, steps: p, maxDef: def, maxRep: rep, typ: t.ID(), ptype: ptype}), nil
+	return append(out, leafPath{column: int32(column), steps: p, maxDef: def, maxRep: rep, typ: t.ID(), ptype: ptype}), nil
 }
 
 // walk appends the entries of elements [lo, hi) of arr, the array at step s, whose ancestors are all present at
@@ -226,7 +225,7 @@ func (c *chunkWriter) present(s int, arr arrow.Array, lo, hi int, d, r0, r int16
 	st := &c.lc.leaf.steps[s]
 	switch st.kind {
 	case stepStruct:
-		c.walk(s+1, arr.(*array.Struct).Field(st.field), lo, hi, d, r0, r)
+		c.walk(s+1, arr.(*array.Struct).Field(int(st.field)), lo, hi, d, r0, r)
 	case stepList:
 		l := arr.(*array.List)
 		elems := l.ListValues()

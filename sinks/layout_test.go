@@ -54,7 +54,7 @@ func TestLayoutColumnsStandAlone(t *testing.T) {
 				t.Errorf("%s: leaf %d has path %s, the schema %s", typ, i, l.columnPath(i), want.Path())
 			}
 			wantDict := want.PhysicalType() != parquet.Types.Boolean && props.DictionaryEnabledFor(want.Path())
-			if l.leaves[i].dict != wantDict || l.leaves[i].maxStats != int(props.MaxStatsSizeFor(want.Path())) {
+			if l.leaves[i].dict != wantDict || int(l.leaves[i].maxStats) != int(props.MaxStatsSizeFor(want.Path())) {
 				t.Errorf("%s: column %s: dictionary %v, statistics up to %d bytes; the properties say %v and %d", typ,
 					want.Path(), l.leaves[i].dict, l.leaves[i].maxStats, wantDict, props.MaxStatsSizeFor(want.Path()))
 			}

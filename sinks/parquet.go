@@ -74,7 +74,7 @@ type ParquetOptions struct {
 //
 // The second is for their layouts: the leaf paths of their schemas and the chunk writers' slots for them, which
 // a Table keeps from its first Write on, rows or not. A run of a few types keeps a few MB of them (synthea-100's
-// 19 types, 6 MB), but one of many keeps tens (r4-examples' 146 types have 100,774 leaves: 45 MB), and most of
+// 19 types, 4 MB), but one of many keeps tens (r4-examples' 146 types have 100,774 leaves: 28 MB), and most of
 // those types get no more rows: each is one object of a bulk export. When a Write finds this limit exceeded,
 // other Tables write out their row groups and let go of their layouts' leaves (retire), until the layouts are
 // back under the limit: first those whose layout holds the most more than their rows (retiree). A later Write to
@@ -632,7 +632,7 @@ func (l *tableLayout) addLeaves() error {
 			return fmt.Errorf("parquet schema: column %s: %w", d.Path(), err)
 		}
 		l.leaves[i].dict = l.leaves[i].ptype != parquet.Types.Boolean && props.DictionaryEnabledFor(d.Path())
-		l.leaves[i].maxStats = int(props.MaxStatsSizeFor(d.Path()))
+		l.leaves[i].maxStats = int32(props.MaxStatsSizeFor(d.Path()))
 	}
 	l.columns = len(l.leaves)
 	l.mem = layoutMem(l.leaves)
