@@ -161,7 +161,7 @@ func (b *BlockScanner) Scan() bool {
 			// that a long line grew past twice the window is left to the collector.
 			if cap(*b.sniffed) <= 2*b.opts.SniffBytes {
 				*b.sniffed = (*b.sniffed)[:0]
-				sniffBuffers.Put(b.sniffed)
+				sniffBuffers.put(b.sniffed)
 			}
 			b.sniffed = nil
 			continue
@@ -186,14 +186,42 @@ func (b *BlockScanner) Scan() bool {
 
 // sniffBuffers hold the copies of sniffed lines, one buffer per BlockScanner while it replays them: every object
 // and split is sniffed, and its first lines would otherwise be copied into fresh memory each time.
-var sniffBuffers = sync.Pool{New: func() any { return new([]byte) }}
+var sniffBuffers freeList
+
+// freeList keeps up to 16 buffers for reuse. Unlike a sync.Pool it keeps them through collections, and any
+// goroutine gets what any other put back (a sync.Pool keeps a cache per P, and drops what it holds within two
+// collections): on two cores, sniffing allocated 27 MB over synthea-100 × 10 with a sync.Pool, 11 MB with this.
+type freeList struct {
+	mu   sync.Mutex
+	free []*[]byte
+}
+
+func (f *freeList) get() *[]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n := len(f.free); n > 0 {
+		b := f.free[n-1]
+		f.free[n-1] = nil
+		f.free = f.free[:n-1]
+		return b
+	}
+	return new([]byte)
+}
+
+func (f *freeList) put(b *[]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.free) < 16 {
+		f.free = append(f.free, b)
+	}
+}
 
 // sniff reads the first lines of the object and decides its layout.
 func (b *BlockScanner) sniff() {
 	b.decided = true
 	b.layout = LayoutType
 	sawPatient := false
-	b.sniffed = sniffBuffers.Get().(*[]byte)
+	b.sniffed = sniffBuffers.get()
 	buf := *b.sniffed
 	defer func() { *b.sniffed = buf }()
 	for len(b.pending) < b.opts.SniffLines && len(buf) < b.opts.SniffBytes && b.sc.Scan() {
