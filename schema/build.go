@@ -88,12 +88,12 @@ func (s *shared) structOf(fields []arrow.Field) *arrow.StructType {
 	return t
 }
 
-// field returns the Arrow field of an element of type typ, a list of it when repeated.
-func (s *shared) field(name string, typ arrow.DataType, repeated bool) arrow.Field {
+// typeOf returns the Arrow type of an element of type typ: a list of it when repeated.
+func (s *shared) typeOf(typ arrow.DataType, repeated bool) arrow.DataType {
 	if repeated {
-		typ = s.listOf(typ)
+		return s.listOf(typ)
 	}
-	return arrow.Field{Name: name, Type: typ, Nullable: true}
+	return typ
 }
 
 func (b *builder) resource(md protoreflect.MessageDescriptor) (*Resource, error) {
@@ -107,14 +107,14 @@ func (b *builder) resource(md protoreflect.MessageDescriptor) (*Resource, error)
 		Path:    typ + "." + PrimitiveExtensionsColumn,
 		Kind:    JSON,
 		Derived: PrimitiveExtensions,
-		Field:   arrow.Field{Name: PrimitiveExtensionsColumn, Type: arrow.BinaryTypes.String, Nullable: true},
+		Type:    arrow.BinaryTypes.String,
 	})
 	root := &Node{Name: typ, Path: typ, Kind: Struct, FHIRType: typ, Children: children}
 	if err := b.index(root); err != nil {
 		return nil, err
 	}
 	fields := fieldsOf(children)
-	root.Field = arrow.Field{Name: typ, Type: arrow.StructOf(fields...), Nullable: true}
+	root.Type = arrow.StructOf(fields...)
 	meta := arrow.NewMetadata(
 		[]string{MetaSchemaVersion, MetaFHIRVersion, MetaResourceType, MetaRecursionDepth},
 		[]string{Version, FHIRVersion, typ, strconv.Itoa(b.depth)},
@@ -214,7 +214,7 @@ func (b *builder) element(fd protoreflect.FieldDescriptor, name, path string) (*
 	if err := b.index(n); err != nil {
 		return nil, err
 	}
-	n.Field = b.field(name, b.structOf(fieldsOf(children)), repeated)
+	n.Type = b.typeOf(b.structOf(fieldsOf(children)), repeated)
 	return n, nil
 }
 
@@ -238,7 +238,7 @@ func (b *builder) choice(md protoreflect.MessageDescriptor, name, path string, r
 		children = append(children, c)
 	}
 	n := &Node{Name: name, Path: path + "[x]", Kind: Choice, Repeated: repeated, Children: children}
-	n.Field = b.field(name, b.structOf(fieldsOf(children)), repeated)
+	n.Type = b.typeOf(b.structOf(fieldsOf(children)), repeated)
 	return n, nil
 }
 
@@ -296,17 +296,17 @@ func (b *builder) index(n *Node) error {
 func (b *builder) primitive(name, path, fhirType string, repeated bool) *Node {
 	sc, typ := scalarOf(fhirType)
 	return &Node{Name: name, Path: path, Kind: Primitive, Repeated: repeated, FHIRType: fhirType, Scalar: sc,
-		Field: b.field(name, typ, repeated)}
+		Type: b.typeOf(typ, repeated)}
 }
 
 func (b *builder) derived(name, parent string, d Derived) *Node {
 	return &Node{Name: name, Path: parent + "." + name, Kind: Primitive, Scalar: String, Derived: d,
-		Field: b.field(name, arrow.BinaryTypes.String, false)}
+		Type: arrow.BinaryTypes.String}
 }
 
 func (b *builder) jsonNode(name, path, fhirType string, repeated, cut bool) *Node {
 	return &Node{Name: name, Path: path, Kind: JSON, Repeated: repeated, FHIRType: fhirType, Cut: cut,
-		Field: b.field(name, arrow.BinaryTypes.String, repeated)}
+		Type: b.typeOf(arrow.BinaryTypes.String, repeated)}
 }
 
 // TimestampType is the Arrow type of instant columns.
@@ -332,7 +332,7 @@ func scalarOf(fhirType string) (Scalar, arrow.DataType) {
 func fieldsOf(nodes []*Node) []arrow.Field {
 	fs := make([]arrow.Field, len(nodes))
 	for i, c := range nodes {
-		fs[i] = c.Field
+		fs[i] = c.Field()
 	}
 	return fs
 }

@@ -88,7 +88,7 @@ func TestAllTypes(t *testing.T) {
 			t.Errorf("%s: %d schema fields, %d nodes", typ, len(res.Schema.Fields()), len(res.Fields))
 		}
 		for i, f := range res.Schema.Fields() {
-			if res.Fields[i].Name != f.Name || !arrow.TypeEqual(res.Fields[i].Field.Type, f.Type) {
+			if res.Fields[i].Name != f.Name || !arrow.TypeEqual(res.Fields[i].Type, f.Type) {
 				t.Errorf("%s: field %d %s does not match node %s", typ, i, f.Name, res.Fields[i].Name)
 			}
 			walkFields(f, typ, func(path string, f arrow.Field) {
@@ -275,9 +275,9 @@ func TestShape(t *testing.T) {
 			if n == nil {
 				t.Fatalf("%s.%s not found", tt.typ, strings.Join(tt.path, "."))
 			}
-			if n.Kind != tt.kind || n.Scalar != tt.scalar || n.Repeated != tt.repeated || n.Field.Type.String() != tt.arrow {
+			if n.Kind != tt.kind || n.Scalar != tt.scalar || n.Repeated != tt.repeated || n.Type.String() != tt.arrow {
 				t.Errorf("%s = kind %v scalar %v repeated %v arrow %s, want %v %v %v %s", n.Path, n.Kind, n.Scalar, n.Repeated,
-					n.Field.Type, tt.kind, tt.scalar, tt.repeated, tt.arrow)
+					n.Type, tt.kind, tt.scalar, tt.repeated, tt.arrow)
 			}
 		})
 	}

@@ -25,7 +25,7 @@ func TestSharedMatchesNodes(t *testing.T) {
 			}
 			fields := make([]arrow.Field, len(n.Children))
 			for i, c := range n.Children {
-				fields[i] = c.Field
+				fields[i] = c.Field()
 			}
 			if want := arrow.StructOf(fields...); !arrow.TypeEqual(n.Leaf(), want) {
 				t.Errorf("%s: type %s, want the struct of its children %s", n.Path, n.Leaf(), want)
