@@ -104,12 +104,12 @@ func (b *builder) resource(md protoreflect.MessageDescriptor) (*Resource, error)
 	}
 	children = append(children, &Node{
 		Name:    PrimitiveExtensionsColumn,
-		Path:    typ + "." + PrimitiveExtensionsColumn,
 		Kind:    JSON,
 		Derived: PrimitiveExtensions,
 		Type:    arrow.BinaryTypes.String,
 	})
-	root := &Node{Name: typ, Path: typ, Kind: Struct, FHIRType: typ, Children: children}
+	root := &Node{Name: typ, Kind: Struct, FHIRType: typ, Children: children}
+	adopt(root)
 	if err := b.index(root); err != nil {
 		return nil, err
 	}
@@ -210,7 +210,8 @@ func (b *builder) element(fd protoreflect.FieldDescriptor, name, path string) (*
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Name: name, Path: path, Kind: Struct, Repeated: repeated, FHIRType: typ, Children: children}
+	n := &Node{Name: name, Kind: Struct, Repeated: repeated, FHIRType: typ, Children: children}
+	adopt(n)
 	if err := b.index(n); err != nil {
 		return nil, err
 	}
@@ -228,16 +229,18 @@ func (b *builder) choice(md protoreflect.MessageDescriptor, name, path string, r
 	fields := md.Fields()
 	for i := 0; i < fields.Len(); i++ {
 		fd := fields.Get(i)
-		c, err := b.element(fd, fd.JSONName(), base+name+upperFirst(fd.JSONName()))
+		cpath := base + name + upperFirst(fd.JSONName())
+		c, err := b.element(fd, fd.JSONName(), cpath)
 		if err != nil {
 			return nil, err
 		}
 		if c.Repeated {
-			return nil, fmt.Errorf("%s: choice type %s is repeated", c.Path, fd.FullName())
+			return nil, fmt.Errorf("%s: choice type %s is repeated", cpath, fd.FullName())
 		}
 		children = append(children, c)
 	}
-	n := &Node{Name: name, Path: path + "[x]", Kind: Choice, Repeated: repeated, Children: children}
+	n := &Node{Name: name, Kind: Choice, Repeated: repeated, Children: children}
+	adopt(n)
 	n.Type = b.typeOf(b.structOf(fieldsOf(children)), repeated)
 	return n, nil
 }
@@ -285,7 +288,7 @@ func (b *builder) index(n *Node) error {
 	t := new(KeyTable[Member])
 	for _, e := range entries {
 		if !t.Put(e.key, e.m) {
-			return fmt.Errorf("%s: JSON key %s is ambiguous", n.Path, e.key)
+			return fmt.Errorf("%s: JSON key %s is ambiguous", n.Path(), e.key)
 		}
 	}
 	b.keys[string(sig)] = t
@@ -295,17 +298,17 @@ func (b *builder) index(n *Node) error {
 
 func (b *builder) primitive(name, path, fhirType string, repeated bool) *Node {
 	sc, typ := scalarOf(fhirType)
-	return &Node{Name: name, Path: path, Kind: Primitive, Repeated: repeated, FHIRType: fhirType, Scalar: sc,
+	return &Node{Name: name, Kind: Primitive, Repeated: repeated, FHIRType: fhirType, Scalar: sc,
 		Type: b.typeOf(typ, repeated)}
 }
 
 func (b *builder) derived(name, parent string, d Derived) *Node {
-	return &Node{Name: name, Path: parent + "." + name, Kind: Primitive, Scalar: String, Derived: d,
+	return &Node{Name: name, Kind: Primitive, Scalar: String, Derived: d,
 		Type: arrow.BinaryTypes.String}
 }
 
 func (b *builder) jsonNode(name, path, fhirType string, repeated, cut bool) *Node {
-	return &Node{Name: name, Path: path, Kind: JSON, Repeated: repeated, FHIRType: fhirType, Cut: cut,
+	return &Node{Name: name, Kind: JSON, Repeated: repeated, FHIRType: fhirType, Cut: cut,
 		Type: b.typeOf(arrow.BinaryTypes.String, repeated)}
 }
 
@@ -339,6 +342,13 @@ func fieldsOf(nodes []*Node) []arrow.Field {
 
 func sdURL(md protoreflect.MessageDescriptor) string {
 	return proto.GetExtension(md.Options(), apb.E_FhirStructureDefinitionUrl).(string)
+}
+
+// adopt makes n the parent of its children, for Node.Path.
+func adopt(n *Node) {
+	for _, c := range n.Children {
+		c.parent = n
+	}
 }
 
 func upperFirst(s string) string {

@@ -1,6 +1,10 @@
 package schema
 
-import "github.com/apache/arrow/go/v17/arrow"
+import (
+	"strings"
+
+	"github.com/apache/arrow/go/v17/arrow"
+)
 
 // Kind says how a Node is laid out in Arrow and read from FHIR JSON.
 type Kind uint8
@@ -70,9 +74,6 @@ type Node struct {
 	// Name is the Arrow field name: the FHIR JSON element name (the proto json_name), or for a child of a
 	// Choice node the type name as BigQuery's analytics schema spells it ("quantity", "string", "dateTime").
 	Name string
-	// Path is the FHIR element path for messages, e.g. "Patient.name.given", "Observation.value[x]",
-	// "Observation.valueQuantity". It never holds data.
-	Path string
 	// FHIRType is the FHIR type of the element: "string", "code", "HumanName", "Reference", "BackboneElement",
 	// "Extension", "Resource"; empty for Choice nodes and derived columns.
 	FHIRType string
@@ -81,10 +82,11 @@ type Node struct {
 	// Type is the Arrow type of this node's column (a list when Repeated); Field is its field.
 	Type arrow.DataType
 
-	keys *KeyTable[Member] // shared by the nodes of the same keys (see shared)
+	keys   *KeyTable[Member] // shared by the nodes of the same keys (see shared)
+	parent *Node             // nil for a resource's root, for Path
 
-	// The small fields last, together: a node takes 112 bytes, and all 146 types have about 120,000 (it took
-	// 192 with its arrow.Field, whose name repeats Name and whose metadata is always empty).
+	// The small fields last, together: a node takes 96 bytes, and all 146 types have about 120,000 (it took 192
+	// with its arrow.Field, whose name repeats Name and whose metadata is always empty, and its path).
 	Kind Kind
 	// Repeated elements are Arrow lists of the element type.
 	Repeated bool
@@ -109,6 +111,22 @@ func (n *Node) Lookup(key []byte) (Member, bool) {
 		return Member{}, false
 	}
 	return n.keys.Get(key)
+}
+
+// Path is the FHIR element path of the node, for messages: "Patient.name.given", "Observation.value[x]",
+// "Observation.valueQuantity". It is made from the node's ancestors on each call: errors need it, data never.
+func (n *Node) Path() string {
+	if n.parent == nil {
+		return n.Name
+	}
+	p := n.parent.Path()
+	switch {
+	case n.parent.Kind == Choice:
+		return strings.TrimSuffix(p, "[x]") + upperFirst(n.Name)
+	case n.Kind == Choice:
+		return p + "." + n.Name + "[x]"
+	}
+	return p + "." + n.Name
 }
 
 // Field is the Arrow field of this node: nullable, of its Type.

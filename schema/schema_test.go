@@ -202,7 +202,7 @@ func TestRecursionDepth(t *testing.T) {
 				t.Fatalf("%s.%s not found", tt.typ, strings.Join(tt.path, "."))
 			}
 			if n.Kind != tt.kind {
-				t.Errorf("%s kind = %v, want %v", n.Path, n.Kind, tt.kind)
+				t.Errorf("%s kind = %v, want %v", n.Path(), n.Kind, tt.kind)
 			}
 		})
 	}
@@ -276,7 +276,7 @@ func TestShape(t *testing.T) {
 				t.Fatalf("%s.%s not found", tt.typ, strings.Join(tt.path, "."))
 			}
 			if n.Kind != tt.kind || n.Scalar != tt.scalar || n.Repeated != tt.repeated || n.Type.String() != tt.arrow {
-				t.Errorf("%s = kind %v scalar %v repeated %v arrow %s, want %v %v %v %s", n.Path, n.Kind, n.Scalar, n.Repeated,
+				t.Errorf("%s = kind %v scalar %v repeated %v arrow %s, want %v %v %v %s", n.Path(), n.Kind, n.Scalar, n.Repeated,
 					n.Type, tt.kind, tt.scalar, tt.repeated, tt.arrow)
 			}
 		})

@@ -19,7 +19,7 @@ func TestSharedMatchesNodes(t *testing.T) {
 			nodes++
 			if n.Kind != Struct && n.Kind != Choice {
 				if n.keys != nil {
-					t.Errorf("%s (%s) has a key map", n.Path, n.Kind)
+					t.Errorf("%s (%s) has a key map", n.Path(), n.Kind)
 				}
 				return
 			}
@@ -28,7 +28,7 @@ func TestSharedMatchesNodes(t *testing.T) {
 				fields[i] = c.Field()
 			}
 			if want := arrow.StructOf(fields...); !arrow.TypeEqual(n.Leaf(), want) {
-				t.Errorf("%s: type %s, want the struct of its children %s", n.Path, n.Leaf(), want)
+				t.Errorf("%s: type %s, want the struct of its children %s", n.Path(), n.Leaf(), want)
 			}
 			structs[n.Leaf()] = true
 			if n.Kind == Struct {
@@ -58,13 +58,13 @@ func TestSharedMatchesNodes(t *testing.T) {
 					}
 					for k, key := range keys {
 						if got, ok := n.Lookup([]byte(key)); !ok || got != members[k] {
-							t.Errorf("%s: Lookup(%q) = %+v, %v; want %+v", n.Path, key, got, ok, members[k])
+							t.Errorf("%s: Lookup(%q) = %+v, %v; want %+v", n.Path(), key, got, ok, members[k])
 						}
 					}
 					want += len(keys)
 				}
 				if n.keys.Len() != want {
-					t.Errorf("%s: %d keys, want %d", n.Path, n.keys.Len(), want)
+					t.Errorf("%s: %d keys, want %d", n.Path(), n.keys.Len(), want)
 				}
 			}
 			for _, c := range n.Children {

@@ -337,17 +337,17 @@ func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 		elem: c, ref: -1, refType: -1}
 	if n.Repeated {
 		if c.kind != colList {
-			return nil, fmt.Errorf("%s: column %s is not a list", n.Path, c.typ)
+			return nil, fmt.Errorf("%s: column %s is not a list", n.Path(), c.typ)
 		}
 		p.elem = c.kids[0]
 	}
 	switch n.Kind {
 	case schema.Struct, schema.Choice:
 		if p.elem.kind != colStruct || len(p.elem.kids) != len(n.Children) {
-			return nil, fmt.Errorf("%s: column %s does not match the schema's struct", n.Path, p.elem.typ)
+			return nil, fmt.Errorf("%s: column %s does not match the schema's struct", n.Path(), p.elem.typ)
 		}
 		if n.Kind == schema.Choice && n.Repeated {
-			return nil, fmt.Errorf("%s: repeated choice elements are not supported", n.Path)
+			return nil, fmt.Errorf("%s: repeated choice elements are not supported", n.Path())
 		}
 		p.kids = make([]*plan, len(n.Children))
 		for i, ch := range n.Children {
@@ -362,7 +362,7 @@ func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 		}
 	default:
 		if !arrow.TypeEqual(p.elem.typ, n.Leaf()) {
-			return nil, fmt.Errorf("%s: column type %s does not match schema type %s", n.Path, p.elem.typ, n.Leaf())
+			return nil, fmt.Errorf("%s: column type %s does not match schema type %s", n.Path(), p.elem.typ, n.Leaf())
 		}
 	}
 	return p, nil
@@ -390,7 +390,7 @@ func (p *plan) kid(i int) (*plan, error) {
 		c, err = p.elem.kid(i)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", n.Path, err)
+		return nil, fmt.Errorf("%s: %w", n.Path(), err)
 	}
 	kp, err := newPlan(n, key, c)
 	if err != nil {
@@ -469,11 +469,11 @@ func (c *converter) convert(t *table, line []byte) error {
 	} else {
 		var err error
 		if root, err = c.tree.parse(line); err != nil {
-			return fmt.Errorf("parse %s: %w", p.node.Path, err)
+			return fmt.Errorf("parse %s: %w", p.node.Path(), err)
 		}
 	}
 	if c.tree.nodes[root].kind != jObject {
-		return fmt.Errorf("parse %s: not a JSON object", p.node.Path)
+		return fmt.Errorf("parse %s: not a JSON object", p.node.Path())
 	}
 	c.slots, c.order, c.path, c.pe = c.slots[:0], c.order[:0], c.path[:0], c.pe[:0]
 	if err := c.object(p, root, t.rows); err != nil {
@@ -508,12 +508,12 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 	for i := 0; i < len(members); i += 2 {
 		key, err := c.tree.text(members[i])
 		if err != nil {
-			return fmt.Errorf("%s: %w", p.node.Path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		m, ok := p.node.Lookup(key)
 		if !ok {
 			if p.key != "" || string(key) != "resourceType" {
-				return fmt.Errorf("%s: unexpected element %s", p.node.Path, safeName(key))
+				return fmt.Errorf("%s: unexpected element %s", p.node.Path(), safeName(key))
 			}
 			continue // the root's resourceType: the table is the type
 		}
@@ -570,7 +570,7 @@ func (c *converter) pushKey(key string) {
 
 func (c *converter) choice(p *plan, which int, v int32, at int) error {
 	if which < 0 || which >= len(p.kids) {
-		return fmt.Errorf("%s: choice type %d out of range", p.node.Path, which)
+		return fmt.Errorf("%s: choice type %d out of range", p.node.Path(), which)
 	}
 	kp, err := p.kid(which)
 	if err != nil {
@@ -590,7 +590,7 @@ func (c *converter) column(p *plan, v int32, at int) error {
 		return c.item(p, v, at)
 	}
 	if c.tree.nodes[v].kind != jArray {
-		return fmt.Errorf("%s: expected a JSON array", p.node.Path)
+		return fmt.Errorf("%s: expected a JSON array", p.node.Path())
 	}
 	start := p.col.beginList(at)
 	mark := len(c.path)
@@ -618,7 +618,7 @@ func (c *converter) item(p *plan, v int32, at int) error {
 	switch p.kind {
 	case schema.Struct:
 		if n.kind != jObject {
-			return fmt.Errorf("%s: expected a JSON object", p.node.Path)
+			return fmt.Errorf("%s: expected a JSON object", p.node.Path())
 		}
 		p.elem.setStruct(at)
 		return c.object(p, v, at)
@@ -629,72 +629,71 @@ func (c *converter) item(p *plan, v int32, at int) error {
 	case schema.Primitive:
 		return c.primitive(p, v, at)
 	}
-	return fmt.Errorf("%s: cannot convert a %s element", p.node.Path, p.node.Kind)
+	return fmt.Errorf("%s: cannot convert a %s element", p.node.Path(), p.node.Kind)
 }
 
 func (c *converter) primitive(p *plan, v int32, at int) error {
 	n := &c.tree.nodes[v]
-	path := p.node.Path
 	switch p.scalar {
 	case schema.String:
 		if n.kind != jString {
-			return fmt.Errorf("%s: expected a JSON string", path)
+			return fmt.Errorf("%s: expected a JSON string", p.node.Path())
 		}
 		s, err := c.tree.text(v)
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		p.elem.appendBinary(at, s)
 	case schema.Bool:
 		if n.kind != jTrue && n.kind != jFalse {
-			return fmt.Errorf("%s: expected a JSON boolean", path)
+			return fmt.Errorf("%s: expected a JSON boolean", p.node.Path())
 		}
 		p.elem.appendBool(at, n.kind == jTrue)
 	case schema.Int:
 		if n.kind != jNumber {
-			return fmt.Errorf("%s: expected a JSON number", path)
+			return fmt.Errorf("%s: expected a JSON number", p.node.Path())
 		}
 		i, err := parseInteger(c.tree.raw(v))
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		p.elem.appendFixed8(at, uint64(i))
 	case schema.Float:
 		if n.kind != jNumber {
-			return fmt.Errorf("%s: expected a JSON number", path)
+			return fmt.Errorf("%s: expected a JSON number", p.node.Path())
 		}
 		f, err := parseDecimal(c.tree.raw(v))
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		p.elem.appendFixed8(at, math.Float64bits(f))
 	case schema.Timestamp:
 		if n.kind != jString {
-			return fmt.Errorf("%s: expected a JSON string", path)
+			return fmt.Errorf("%s: expected a JSON string", p.node.Path())
 		}
 		s, err := c.tree.text(v)
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		ts, err := parseInstant(s)
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		p.elem.appendFixed8(at, uint64(ts))
 	case schema.Binary:
 		if n.kind != jString {
-			return fmt.Errorf("%s: expected a JSON string", path)
+			return fmt.Errorf("%s: expected a JSON string", p.node.Path())
 		}
 		s, err := c.tree.text(v)
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		if c.b64, err = decodeBase64(c.b64[:0], s); err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
 		p.elem.appendBinary(at, c.b64)
 	default:
-		return fmt.Errorf("%s: unknown scalar kind %d", path, p.node.Scalar)
+		return fmt.Errorf("%s: unknown scalar kind %d", p.node.Path(), p.node.Scalar)
 	}
 	return nil
 }

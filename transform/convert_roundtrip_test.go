@@ -68,7 +68,7 @@ func putMember(obj map[string]any, n *schema.Node, col arrow.Array, row int) err
 			}
 		}
 		if set != 1 {
-			return fmt.Errorf("%s: %d choice children set", n.Path, set)
+			return fmt.Errorf("%s: %d choice children set", n.Path(), set)
 		}
 		return nil
 	}
@@ -115,7 +115,7 @@ func arrowItem(n *schema.Node, col arrow.Array, row int) (any, error) {
 	case schema.JSON:
 		var v any
 		if err := decodeJSON([]byte(col.(*array.String).Value(row)), &v); err != nil {
-			return nil, fmt.Errorf("%s: %w", n.Path, err)
+			return nil, fmt.Errorf("%s: %w", n.Path(), err)
 		}
 		return v, nil
 	case schema.Primitive:
@@ -133,9 +133,9 @@ func arrowItem(n *schema.Node, col arrow.Array, row int) (any, error) {
 		case *array.Binary:
 			return slices.Clone(a.Value(row)), nil
 		}
-		return nil, fmt.Errorf("%s: unexpected array %T", n.Path, col)
+		return nil, fmt.Errorf("%s: unexpected array %T", n.Path(), col)
 	}
-	return nil, fmt.Errorf("%s: unexpected kind %v", n.Path, n.Kind)
+	return nil, fmt.Errorf("%s: unexpected kind %v", n.Path(), n.Kind)
 }
 
 func decodeJSON(b []byte, v any) error {

@@ -845,7 +845,7 @@ func TestPlanMadeOnUse(t *testing.T) {
 	c, tab := newTestTable(t, mem, "Patient")
 	for _, kp := range tab.plan.kids {
 		if kp != nil {
-			t.Fatalf("a fresh plan has the plan of %s", kp.node.Path)
+			t.Fatalf("a fresh plan has the plan of %s", kp.node.Path())
 		}
 	}
 	if err := c.convert(tab, []byte(`{"resourceType":"Patient","name":[{"family":"Chalmers"}]}`)); err != nil {
@@ -855,7 +855,7 @@ func TestPlanMadeOnUse(t *testing.T) {
 		t.Helper()
 		m, ok := p.node.Lookup([]byte(name))
 		if !ok {
-			t.Fatalf("%s has no %s", p.node.Path, name)
+			t.Fatalf("%s has no %s", p.node.Path(), name)
 		}
 		return p.kids[m.Child]
 	}
