@@ -188,13 +188,20 @@ func (b *BlockScanner) Scan() bool {
 // and split is sniffed, and its first lines would otherwise be copied into fresh memory each time.
 var sniffBuffers freeList
 
-// freeList keeps up to 16 buffers for reuse. Unlike a sync.Pool it keeps them through collections, and any
-// goroutine gets what any other put back (a sync.Pool keeps a cache per P, and drops what it holds within two
-// collections): on two cores, sniffing allocated 27 MB over synthea-100 × 10 with a sync.Pool, 11 MB with this.
+// freeList keeps buffers for reuse, up to freeListBytes of them. Unlike a sync.Pool it keeps them through
+// collections, and any goroutine gets what any other put back (a sync.Pool keeps a cache per P, and drops what it
+// holds within two collections): on two cores, sniffing allocated 27 MB over synthea-100 × 10 with a sync.Pool,
+// 11 MB with this. What it keeps is bounded in bytes, not buffers: a sniff buffer grows to 256 lines, MBs for an
+// object of large resources.
 type freeList struct {
-	mu   sync.Mutex
-	free []*[]byte
+	mu    sync.Mutex
+	free  []*[]byte
+	bytes int // the capacity of free's buffers
 }
+
+// freeListBytes is the most a freeList keeps: the sniff buffers of four readers of synthea-100 (about 0.3 MB
+// each, 2.5 MB for ExplanationOfBenefit).
+const freeListBytes = 4 << 20
 
 func (f *freeList) get() *[]byte {
 	f.mu.Lock()
@@ -203,6 +210,7 @@ func (f *freeList) get() *[]byte {
 		b := f.free[n-1]
 		f.free[n-1] = nil
 		f.free = f.free[:n-1]
+		f.bytes -= cap(*b)
 		return b
 	}
 	return new([]byte)
@@ -211,8 +219,9 @@ func (f *freeList) get() *[]byte {
 func (f *freeList) put(b *[]byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.free) < 16 {
+	if f.bytes+cap(*b) <= freeListBytes {
 		f.free = append(f.free, b)
+		f.bytes += cap(*b)
 	}
 }
 

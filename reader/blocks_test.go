@@ -301,3 +301,25 @@ func TestBlockScannerGroupByPatient(t *testing.T) {
 			bs.Layout(), lines, bs.Blocks(), patients, issues)
 	}
 }
+
+// TestFreeListBound: a free list hands back what was put, and keeps no more than freeListBytes of buffers, so that
+// the sniff buffers of objects of large resources are left to the collector.
+func TestFreeListBound(t *testing.T) {
+	var f freeList
+	small := make([]byte, 0, 1<<20)
+	f.put(&small)
+	big := make([]byte, 0, freeListBytes)
+	f.put(&big) // over the bound with small kept: dropped
+	if f.bytes != cap(small) || len(f.free) != 1 {
+		t.Fatalf("keeps %d buffers of %d bytes, want only the 1 MiB one", len(f.free), f.bytes)
+	}
+	if got := f.get(); got != &small {
+		t.Errorf("get returned a buffer of %d bytes, want the one put", cap(*got))
+	}
+	if f.bytes != 0 {
+		t.Errorf("an empty list counts %d bytes", f.bytes)
+	}
+	if got := f.get(); got == nil || cap(*got) != 0 {
+		t.Errorf("an empty list returned %v, want a new empty buffer", got)
+	}
+}
