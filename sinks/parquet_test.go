@@ -513,16 +513,8 @@ func TestTableBudgetRelief(t *testing.T) {
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
 	opts := ParquetOptions{Budget: budget, Allocator: mem}
-	a := NewTable(b, "out", "Patient", testSchema(), opts)
-	p := NewTable(b, "out", "Person", testSchema(), opts)
-	write := func(tbl *Table, start int) {
-		t.Helper()
-		rec := testRecord(t, mem, start, 20)
-		defer rec.Release()
-		if err := tbl.Write(ctx, rec); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a, p := patientAndPerson(b, opts)
+	write := func(tbl *Table, start int) { t.Helper(); write20(t, tbl, mem, start) }
 	for _, s := range []int{0, 20, 40, 60} {
 		write(a, s)
 	}
@@ -547,6 +539,21 @@ func TestTableBudgetRelief(t *testing.T) {
 		if !slices.Equal(got.rowGroups, want[tbl]) {
 			t.Errorf("%s: row groups %v, want %v", tbl.typ, got.rowGroups, want[tbl])
 		}
+	}
+}
+
+// patientAndPerson returns a Patient and a Person table of testSchema writing into b with opts.
+func patientAndPerson(b *blob.Bucket, opts ParquetOptions) (*Table, *Table) {
+	return NewTable(b, "out", "Patient", testSchema(), opts), NewTable(b, "out", "Person", testSchema(), opts)
+}
+
+// write20 writes the 20 rows of testRecord from start to tbl.
+func write20(t *testing.T, tbl *Table, mem memory.Allocator, start int) {
+	t.Helper()
+	rec := testRecord(t, mem, start, 20)
+	defer rec.Release()
+	if err := tbl.Write(context.Background(), rec); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -575,16 +582,8 @@ func TestTableLetsGoOfLayout(t *testing.T) {
 	b := memblob.OpenBucket(nil)
 	defer b.Close()
 	opts := ParquetOptions{Budget: budget, Allocator: mem}
-	a := NewTable(b, "out", "Patient", testSchema(), opts)
-	p := NewTable(b, "out", "Person", testSchema(), opts)
-	write := func(tbl *Table, start int) {
-		t.Helper()
-		rec := testRecord(t, mem, start, 20)
-		defer rec.Release()
-		if err := tbl.Write(ctx, rec); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a, p := patientAndPerson(b, opts)
+	write := func(tbl *Table, start int) { t.Helper(); write20(t, tbl, mem, start) }
 	check := func(when string, tbl *Table, wantLayout bool) {
 		t.Helper()
 		tbl.mu.Lock()
