@@ -119,17 +119,17 @@ func (b *MemoryBudget) largest() *Table {
 	return best
 }
 
-// retiree returns the table, other than writer, whose layout holds the most more than its row groups do (nil if
-// none holds a layout): a table whose rows have ended gives back its layout and cuts a small row group short,
-// where one that is getting many rows (its row group large) would cut a large one. Of tables alike, the one
-// written to least recently.
-func (b *MemoryBudget) retiree(writer *Table) *Table {
+// retiree returns the table, other than those passed over, whose layout holds the most more than its row groups
+// do (nil if none holds a layout): a table whose rows have ended gives back its layout and cuts a small row group
+// short, where one that is getting many rows (its row group large) would cut a large one. Of tables alike, the
+// one written to least recently.
+func (b *MemoryBudget) retiree(passed []*Table) *Table {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var best *Table
 	var most, oldest int64
 	for t := range b.laidOut {
-		if t == writer {
+		if slices.Contains(passed, t) {
 			continue
 		}
 		gain, w := t.laidNow.Load()-t.heldNow.Load(), t.lastWrite.Load()
@@ -328,7 +328,7 @@ func (t *Table) take(ctx context.Context) (*part, error) {
 	}
 	if n := len(t.idle); n > 0 {
 		p := t.idle[n-1]
-		if p.cw == nil { // let go of by writeIdle
+		if p.cw == nil { // let go of by retire
 			cw, err := newChunkWriter(t.layout)
 			if err != nil {
 				t.fail(fmt.Errorf("write %s table: parquet writer: %w", t.typ, err))
@@ -359,8 +359,7 @@ func (t *Table) take(ctx context.Context) (*part, error) {
 }
 
 // keepLayout builds the Table's layout unless it has one with its leaves, and counts its memory. On failure the
-// Table fails.
-// Called with mu held.
+// Table fails. Called with mu held.
 func (t *Table) keepLayout() {
 	if t.layout != nil && t.layout.leaves != nil {
 		return
@@ -434,18 +433,22 @@ func (t *Table) account(delta int64) {
 
 // relieve brings the budget back under its limits; writer's Write calls it when it finds one exceeded. Row groups
 // over their limit: the Table that holds the most writes out those of its idle parts. Layouts over theirs: Tables
-// other than writer retire (retiree), until the layouts are under it or one cannot.
-// Called without any Table's mu held.
+// other than writer retire (retiree), until the layouts are under it or none can (a Table that another Write is
+// encoding into cannot, and is passed over). Called without any Table's mu held.
 func relieve(ctx context.Context, bu *MemoryBudget, writer *Table) {
 	if bu.over() {
 		if t := bu.largest(); t != nil {
 			t.writeIdle(ctx)
 		}
 	}
+	passed := []*Table{writer}
 	for bu.overLayouts() {
-		t := bu.retiree(writer)
-		if t == nil || !t.retire(ctx) {
+		t := bu.retiree(passed)
+		if t == nil {
 			return
+		}
+		if !t.retire(ctx) {
+			passed = append(passed, t)
 		}
 	}
 }

@@ -646,6 +646,53 @@ func TestTableLetsGoOfLayout(t *testing.T) {
 	}
 }
 
+// TestRelievePassesOverBusyTable: a table that another Write is encoding into cannot retire; relieving the
+// layouts passes over it to the next, rather than giving up.
+func TestRelievePassesOverBusyTable(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	lm := testLayoutMem(t)
+	budget := NewMemoryBudget(1<<30, 2*lm+lm/2) // room for two layouts
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	opts := ParquetOptions{Budget: budget, Allocator: mem}
+	busy, idle := patientAndPerson(b, opts)
+	writer := NewTable(b, "out", "Group", testSchema(), opts)
+	write20(t, busy, mem, 0)
+	write20(t, idle, mem, 100)
+	write20(t, idle, mem, 120) // more rows than busy: busy would be the retiree
+	busy.mu.Lock()
+	p, err := busy.take(ctx) // as a Write does before it encodes, without mu
+	busy.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	write20(t, writer, mem, 200) // a third layout
+	kept := func(tbl *Table) bool {
+		tbl.mu.Lock()
+		defer tbl.mu.Unlock()
+		return tbl.layout != nil && tbl.layout.leaves != nil
+	}
+	if !kept(busy) || kept(idle) || !kept(writer) {
+		t.Errorf("layouts kept: busy %v, idle %v, writer %v; want the idle table's let go of", kept(busy), kept(idle), kept(writer))
+	}
+	if got := budget.Laid(); got != 2*lm {
+		t.Errorf("the budget counts %d bytes of layouts, want two of %d", got, lm)
+	}
+	busy.mu.Lock()
+	err = busy.handBack(ctx, p)
+	busy.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tbl, rows := range map[*Table]int64{busy: 20, idle: 40, writer: 20} {
+		files, err := tbl.Close(ctx)
+		if err != nil || len(files) != 1 || files[0].Rows != rows {
+			t.Errorf("Close %s: %+v, %v; want one part of %d rows", tbl.typ, files, err, rows)
+		}
+	}
+}
+
 // TestTableSmallTableOnePart: concurrent Writes to a table that has not had a row group's worth of rows share
 // one part (each part repeats the footer), whatever MaxOpenParts allows.
 func TestTableSmallTableOnePart(t *testing.T) {
