@@ -356,3 +356,38 @@ func TestBuildUnknownType(t *testing.T) {
 		t.Errorf("Build(Patient) = %v, %v", res, err)
 	}
 }
+
+// TestNodePath: a node's path is made from its ancestors (Node.Path), as the builder names elements: a choice
+// element ends in "[x]", a choice's child is the element with its type capitalised, a derived column and the
+// primitive extensions column hang off their parent.
+func TestNodePath(t *testing.T) {
+	r := newRegistry(t, Options{})
+	tests := []struct {
+		typ  string
+		path []string
+		want string
+	}{
+		{"Patient", nil, "Patient"},
+		{"Patient", []string{"name", "given"}, "Patient.name.given"},
+		{"Patient", []string{"deceased"}, "Patient.deceased[x]"},
+		{"Patient", []string{"deceased", "dateTime"}, "Patient.deceasedDateTime"},
+		{"Observation", []string{"value", "quantity", "value"}, "Observation.valueQuantity.value"},
+		{"Observation", []string{"component", "value", "codeableConcept", "coding", "code"}, "Observation.component.valueCodeableConcept.coding.code"},
+		{"Observation", []string{"subject", "referenceId"}, "Observation.subject.referenceId"},
+		{"Observation", []string{PrimitiveExtensionsColumn}, "Observation." + PrimitiveExtensionsColumn},
+	}
+	for _, tt := range tests {
+		res, err := r.Build(tt.typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := find(res.Root, tt.path)
+		if n == nil {
+			t.Errorf("%s: no node at %v", tt.typ, tt.path)
+			continue
+		}
+		if got := n.Path(); got != tt.want {
+			t.Errorf("%s %v: Path() = %q, want %q", tt.typ, tt.path, got, tt.want)
+		}
+	}
+}
