@@ -469,7 +469,7 @@ func (t *Table) writeOutIdle(ctx context.Context) {
 	var ps []*part
 	keep := t.idle[:0]
 	for _, p := range t.idle {
-		if p.cw != nil && p.cw.rows > 0 {
+		if p.hasRows() {
 			ps = append(ps, p)
 		} else {
 			keep = append(keep, p)
@@ -774,6 +774,9 @@ func (p *part) held() int64 {
 	return p.cw.held
 }
 
+// hasRows reports whether p's row group has rows: none when the Table let go of its chunk writer.
+func (p *part) hasRows() bool { return p.cw != nil && p.cw.rows > 0 }
+
 // discard cancels the part's object, if it was opened, so nothing of it is committed.
 func (p *part) discard() {
 	if p.obj != nil {
@@ -810,7 +813,7 @@ func (t *Table) Close(ctx context.Context) ([]File, error) {
 			t.open--
 			t.account(-p.held())
 			var f *File
-			if p.cw != nil && p.cw.rows > 0 {
+			if p.hasRows() {
 				f, err = t.writeRowGroup(ctx, p, true)
 			} else {
 				var ff File
