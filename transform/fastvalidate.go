@@ -76,11 +76,11 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 	if !v.open('{') {
 		return vd, false
 	}
-	rt, m, ok := v.resourceType()
+	rt, m, at, ok := v.resourceType()
 	if !ok {
 		return vd, false
 	}
-	if !v.members(m, true, true, nil) {
+	if !v.members(m, true, at, nil) {
 		return vd, false
 	}
 	v.ws()
@@ -100,35 +100,123 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 	return vd, true
 }
 
-// resourceType reads the first member of a resource object, which must be its resourceType, and returns the
-// plan of that type.
-func (v *fastValidator) resourceType() (string, *fmsg, bool) {
+// resourceType reads a resource object's resourceType, just after its opening brace, and returns the plan of
+// that type and where members is to go on. The reference takes the members in any order: when resourceType is
+// not the first (an export that sorts its keys puts it after "entry" or "contact"), it is looked for among the
+// object's members, which are stepped over without being checked or added to the tree, and members then reads
+// the object from its first member, resourceType among the others.
+func (v *fastValidator) resourceType() (string, *fmsg, opening, bool) {
 	v.ws()
-	ks, ke, ok := v.key()
-	if !ok || string(v.b[ks:ke]) != "resourceType" {
-		return "", nil, false
+	at := afterType
+	mark := v.i
+	tree := v.tree
+	v.tree = nil // the first key is added to the tree by members, whichever it is
+	defer func() { v.tree = tree }()
+	for {
+		ks, ke, ok := v.key()
+		if !ok {
+			return "", nil, 0, false
+		}
+		v.ws()
+		if !v.eat(':') {
+			return "", nil, 0, false
+		}
+		v.ws()
+		if string(v.b[ks:ke]) == "resourceType" {
+			break
+		}
+		if at = typeLater; !v.skip(v.depth + 1) {
+			return "", nil, 0, false
+		}
+		v.ws()
+		if !v.eat(',') {
+			return "", nil, 0, false // the object ended without a resourceType
+		}
+		v.ws()
 	}
-	v.ws()
-	if !v.eat(':') {
-		return "", nil, false
-	}
-	v.ws()
 	s, e, esc, ok := v.str()
 	if !ok || esc {
-		return "", nil, false
+		return "", nil, 0, false
 	}
 	m, known := v.plan.resources[string(v.b[s+1:e-1])]
 	if !known {
-		return "", nil, false
+		return "", nil, 0, false
+	}
+	if at == typeLater {
+		v.i = mark
+	} else if tree != nil {
+		tree.leaf(jString, mark, mark+len(`"resourceType"`), false)
+		tree.leaf(jString, s, e, false)
 	}
 	v.ws()
-	return string(m.name.Name()), m, true // the plan's own string: no allocation per line
+	return string(m.name.Name()), m, at, true // the plan's own string: no allocation per line
 }
 
-// members checks the members of an object of message m after its opening brace (and, for a resource, after
-// its resourceType), through the closing brace. validate is false inside contained resources, which the
-// reference parses but does not validate. ref is the element type when m is a Reference.
-func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
+// skip steps over one JSON value at v.i, at nesting depth, checking only that it is well-formed.
+func (v *fastValidator) skip(depth int) bool {
+	switch v.peek() {
+	case '"':
+		_, _, _, ok := v.str()
+		return ok
+	case 't':
+		return v.lit("true")
+	case 'f':
+		return v.lit("false")
+	case 'n':
+		return v.lit("null")
+	case '{', '[':
+	default:
+		_, _, ok := v.number()
+		return ok
+	}
+	if depth > fastMaxDepth {
+		return false
+	}
+	end := byte(']')
+	if v.peek() == '{' {
+		end = '}'
+	}
+	v.i++
+	v.ws()
+	if v.eat(end) {
+		return true
+	}
+	for {
+		if end == '}' {
+			if _, _, ok := v.key(); !ok {
+				return false
+			}
+			v.ws()
+			if !v.eat(':') {
+				return false
+			}
+			v.ws()
+		}
+		if !v.skip(depth + 1) {
+			return false
+		}
+		v.ws()
+		if v.eat(',') {
+			v.ws()
+			continue
+		}
+		return v.eat(end)
+	}
+}
+
+// opening is where members starts reading an object.
+type opening uint8
+
+const (
+	inBrace   opening = iota // just after the opening brace of an object that is not a resource
+	afterType                // after a resource's resourceType, its first member
+	typeLater                // just after the opening brace of a resource whose resourceType comes later
+)
+
+// members checks the members of an object of message m from where at says, through the closing brace. validate
+// is false inside contained resources, which the reference parses but does not validate. ref is the element
+// type when m is a Reference.
+func (v *fastValidator) members(m *fmsg, validate bool, at opening, ref *fopt) bool {
 	if v.depth++; v.depth > fastMaxDepth {
 		return false
 	}
@@ -139,7 +227,8 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 	root := v.depth == 1
 	// After a resourceType the next byte is ',' or '}'; a fresh object starts with a key or '}'.
 	empty := false
-	if first {
+	typeSeen := false
+	if at == afterType {
 		if v.close('}') {
 			empty = true
 		} else if !v.eat(',') {
@@ -158,6 +247,25 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 			}
 			k, known := m.keys.Get(v.b[ks:ke])
 			if !known {
+				if at != typeLater || typeSeen || string(v.b[ks:ke]) != "resourceType" {
+					return false
+				}
+				typeSeen = true // resourceType found it already: its value is that string
+				v.ws()
+				if !v.eat(':') {
+					return false
+				}
+				v.ws()
+				if _, _, esc, ok := v.str(); !ok || esc {
+					return false
+				}
+				v.ws()
+				if v.eat(',') {
+					continue
+				}
+				if v.close('}') {
+					break
+				}
 				return false
 			}
 			v.ws()
@@ -203,7 +311,7 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 				if !v.open('{') {
 					return false
 				}
-				if !v.members(o.msg, validate, false, nil) {
+				if !v.members(o.msg, validate, inBrace, nil) {
 					return false
 				}
 			default:
@@ -236,6 +344,9 @@ func (v *fastValidator) members(m *fmsg, validate, first bool, ref *fopt) bool {
 			}
 			return false
 		}
+	}
+	if at == typeLater && !typeSeen {
+		return false
 	}
 	for i := 0; unders > 0 && i < len(m.fields); i++ {
 		sl := v.slots[base+i]
@@ -274,7 +385,7 @@ func (v *fastValidator) array(o *fopt, under, validate bool) (int32, bool) {
 			// rejects it whatever the type (TestValidateNullCompanion): left to the reference.
 			return 0, false
 		case under:
-			if !v.open('{') || !v.members(o.msg, validate, false, nil) {
+			if !v.open('{') || !v.members(o.msg, validate, inBrace, nil) {
 				return 0, false
 			}
 		default:
@@ -302,12 +413,12 @@ func (v *fastValidator) item(o *fopt, validate bool) bool {
 		}
 		switch o.msg.kind {
 		case mkResource:
-			_, m, ok := v.resourceType()
-			return ok && v.members(m, validate && !o.msg.contained, true, nil)
+			_, m, at, ok := v.resourceType()
+			return ok && v.members(m, validate && !o.msg.contained, at, nil)
 		case mkReference:
-			return v.members(o.msg, validate, false, o)
+			return v.members(o.msg, validate, inBrace, o)
 		}
-		return v.members(o.msg, validate, false, nil)
+		return v.members(o.msg, validate, inBrace, nil)
 	}
 	return v.primitive(o, validate)
 }
@@ -332,7 +443,7 @@ func (v *fastValidator) primitive(o *fopt, validate bool) bool {
 			s++
 		}
 		val, ok := digits(v.b[s:e])
-		return ok && !(neg && val == 0) && val <= math.MaxInt32
+		return ok && !(neg && val == 0) && (val <= math.MaxInt32 || neg && val == -math.MinInt32)
 	case pkPositiveInt, pkUnsignedInt:
 		s, e, ok := v.number()
 		if !ok {
