@@ -16,8 +16,8 @@ import (
 // builds no proto and no map, and allocates nothing on the path of a valid resource beyond its id and version.
 //
 // Its answer is either "valid, as the reference would say" or "not sure". Every line it is not sure of (invalid
-// lines, and valid ones in shapes it does not model: null values, escaped keys, duplicate keys, a primitive with
-// only its "_name" companion ...) goes to the reference path, which gives the verdict and the issues. So the
+// lines, and valid ones in shapes it does not model: null values, escaped keys, duplicate keys, a required
+// primitive with only its "_name" companion ...) goes to the reference path, which gives the verdict and the issues. So the
 // issues of a rejected line are the reference's own, and parity rests on one property that the parity tests and
 // fuzz targets check: whatever the fast validator accepts, the reference accepts too.
 
@@ -350,8 +350,10 @@ func (v *fastValidator) members(m *fmsg, validate bool, at opening, ref *fopt) b
 	}
 	for i := 0; unders > 0 && i < len(m.fields); i++ {
 		sl := v.slots[base+i]
-		if sl.u && (!sl.x || sl.nu != sl.nx) {
-			return false // a companion without its value, or arrays of different lengths
+		// A companion may come without its value (a primitive with only an extension or an id): the reference
+		// takes it. With its value, a repeated element's two arrays must be as long as each other.
+		if sl.u && sl.x && sl.nu != sl.nx {
+			return false
 		}
 	}
 	if validate {

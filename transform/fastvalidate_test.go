@@ -324,6 +324,27 @@ func TestFastCompanions(t *testing.T) {
 	if c.fastValid != 1 {
 		t.Error("the fast validator does not vouch for a value with its companion")
 	}
+	// A companion without its value: a primitive with only an extension (r4-examples' ActivityDefinitions have
+	// a Timing's "_event" so), or only an id, which the reference takes; null items it does not.
+	for _, tt := range []struct {
+		line  string
+		vouch bool
+	}{
+		{`{"resourceType":"Patient","_birthDate":{"extension":[{"url":"http://example.org/x","valueString":"a"}]}}`, true},
+		{`{"resourceType":"Patient","_gender":{"id":"b"}}`, true},
+		{`{"resourceType":"Patient","_active":{}}`, true},
+		{`{"resourceType":"Patient","name":[{"_given":[{"id":"f"},{"extension":[{"url":"http://example.org/x","valueCode":"a"}]}]}]}`, true},
+		{`{"resourceType":"ActivityDefinition","status":"draft","timingTiming":{"_event":[{"extension":[{"url":"http://example.org/x","valueExpression":{"language":"text/cql","expression":"Now()"}}]}]}}`, true},
+		{`{"resourceType":"Patient","name":[{"_given":[{"id":"f"},null]}]}`, false},
+		{`{"resourceType":"Patient","gender":null,"_gender":{"id":"b"}}`, false},
+		{`{"resourceType":"Patient","_gender":{"id":"b","extension":{}}}`, false},
+	} {
+		var c parityCounts
+		parityCheck(t, fv, ref, tt.line, []byte(tt.line), &c)
+		if got := c.fastValid == 1; got != tt.vouch {
+			t.Errorf("%s: fast validator vouches %v, want %v", tt.line, got, tt.vouch)
+		}
+	}
 }
 
 // TestFastResourceTypeLater checks resources whose resourceType is not their first member, as exports that sort
@@ -346,7 +367,7 @@ func TestFastResourceTypeLater(t *testing.T) {
 		{line: `{"id":"a"}`},
 		{line: `{"id":"a","resourceType":"NoSuchType"}`},
 		{line: `{"id":"a","resourceType":"Pat\u0069ent"}`},
-		{line: `{"id":"a","resourceType":"Patient","_birthDate":{"id":"b"}}`},
+		{line: `{"id":"a","resourceType":"Patient","_birthDate":{"id":"b"}}`, vouch: true, wantID: "a"},
 		{line: `{"id":"a","resourceType":"Patient","gender":"robot"}`},
 		{line: `{"id":"a",,"resourceType":"Patient"}`},
 		{line: `{"id":[1,2}],"resourceType":"Patient"}`},
