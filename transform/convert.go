@@ -3,7 +3,6 @@ package transform
 import (
 	"bytes"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -286,12 +285,12 @@ func (t *jtree) text(i int32) ([]byte, error) {
 	if !n.escaped {
 		return t.src[n.start+1 : n.end-1], nil
 	}
-	var s string
-	if err := json.Unmarshal(t.src[n.start:n.end], &s); err != nil {
+	out, ok := appendUnquoted(t.str[:0], t.src[n.start+1:n.end-1])
+	if !ok {
 		return nil, errMalformed
 	}
-	t.str = append(t.str[:0], s...)
-	return t.str, nil
+	t.str = out
+	return out, nil
 }
 
 // plan binds a schema Node to the col that receives its values. Plans are built once per resource type per

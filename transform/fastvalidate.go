@@ -801,38 +801,9 @@ func hex4(b []byte, i int) (rune, bool) {
 
 // unescape decodes the content of a JSON string the tokenizer accepted into scratch.
 func (v *fastValidator) unescape(raw []byte) ([]byte, bool) {
-	out := v.scratch[:0]
-	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		if c != '\\' {
-			out = append(out, c)
-			continue
-		}
-		i++
-		switch raw[i] {
-		case 'b':
-			out = append(out, '\b')
-		case 'f':
-			out = append(out, '\f')
-		case 'n':
-			out = append(out, '\n')
-		case 'r':
-			out = append(out, '\r')
-		case 't':
-			out = append(out, '\t')
-		case 'u':
-			r, ok := hex4(raw, i+1)
-			if !ok {
-				return nil, false
-			}
-			out = utf8.AppendRune(out, r)
-			i += 4
-		default:
-			out = append(out, raw[i])
-		}
-	}
+	out, ok := appendUnquoted(v.scratch[:0], raw)
 	v.scratch = out
-	return out, true
+	return out, ok
 }
 
 // number reads a JSON number and returns its span.

@@ -1,6 +1,8 @@
 package transform
 
 import (
+	"bytes"
+	"encoding/json"
 	"math/rand/v2"
 	"testing"
 )
@@ -39,4 +41,40 @@ func TestSkipPlain(t *testing.T) {
 			t.Fatalf("skipPlain(%q, %d) = %d, first special byte at %d", b, i, got, want)
 		}
 	}
+}
+
+// checkUnquoted compares appendUnquoted with json.Unmarshal on the JSON string "s": the same verdict and, when
+// both take it, the same bytes.
+func checkUnquoted(t *testing.T, s []byte) {
+	t.Helper()
+	var want string
+	err := json.Unmarshal(append(append([]byte{'"'}, s...), '"'), &want)
+	got, ok := appendUnquoted([]byte("prefix"), s)
+	if ok != (err == nil) {
+		t.Fatalf("appendUnquoted(%q): ok %v; json.Unmarshal: %v", s, ok, err)
+	}
+	if ok && !bytes.Equal(got, []byte("prefix"+want)) {
+		t.Fatalf("appendUnquoted(%q) = %q, json.Unmarshal %q", s, got[len("prefix"):], want)
+	}
+}
+
+// TestAppendUnquoted checks the escapes and the corner cases encoding/json resolves its own way: surrogate pairs,
+// lone surrogates, bytes that are not UTF-8, control characters and bad escapes.
+func TestAppendUnquoted(t *testing.T) {
+	for _, s := range []string{
+		``, `plain`, `a\"b\\c\/d`, `\b\f\n\r\t`, `\u00e9\u00C9`, `caf\u00e9 na\u00efve`, "d\u00e9j\u00e0 \u2603 \u6f22",
+		`\ud83d\ude00`, `\ud83d`, `\ud83dx`, `\ude00\ud83d`, `\ud83d\u0041`, `\ud83d\ud83d\ude00`, `\ud83d\u12`,
+		"\xff", "a\xc3", "\xc3\xa9", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+		"\x00", "a\nb", "\x1f", "\x7f", `"`, `a"b`, `\`, `\x`, `\'`, `\u12`, `\u12g4`, `\U1234`,
+	} {
+		checkUnquoted(t, []byte(s))
+	}
+}
+
+// FuzzAppendUnquoted compares appendUnquoted with json.Unmarshal on any string content.
+func FuzzAppendUnquoted(f *testing.F) {
+	for _, s := range []string{`plain`, `a\"b`, `\ud83d\ude00`, `\ud83d`, "\xff\u00e9", `\u12g4`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(checkUnquoted)
 }
