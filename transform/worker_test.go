@@ -387,6 +387,41 @@ func TestWorkerFlush(t *testing.T) {
 	}
 }
 
+// TestWorkerFlushType flushes one type at a time, as pipeline's writer does: the type's pending rows, then an
+// empty record, and an error for a type the Worker has no batch of (nothing is lost or made up).
+func TestWorkerFlushType(t *testing.T) {
+	w, _ := newTestWorker(t, Options{})
+	for _, line := range []string{
+		`{"resourceType":"Patient","id":"a"}`,
+		`{"resourceType":"Patient","id":"b"}`,
+		`{"resourceType":"Organization","id":"o"}`,
+	} {
+		if res, err := w.Process([]byte(line)); err != nil || !res.Valid {
+			t.Fatalf("%s: Valid %v, issues %v, err %v", line, res.Valid, res.Issues, err)
+		}
+	}
+	for _, st := range []struct {
+		typ  string
+		rows int64
+	}{{"Patient", 2}, {"Patient", 0}, {"Organization", 1}} {
+		rec, err := w.FlushType(st.typ)
+		if err != nil {
+			t.Fatalf("FlushType(%s): %v", st.typ, err)
+		}
+		if typ, _ := rec.Schema().Metadata().GetValue(schema.MetaResourceType); typ != st.typ || rec.NumRows() != st.rows {
+			t.Errorf("FlushType(%s) = %s with %d rows, want %d rows", st.typ, typ, rec.NumRows(), st.rows)
+		}
+		rec.Release()
+	}
+	if rec, err := w.FlushType("Observation"); err == nil {
+		rec.Release()
+		t.Error("FlushType(Observation), a type the Worker never had a row of: no error")
+	}
+	if w.Pending() != 0 {
+		t.Errorf("Pending() = %d after flushing every type", w.Pending())
+	}
+}
+
 // TestWorkerFlushLargest fills batches of three types of very different sizes and checks that FlushLargest takes
 // the types holding the most memory, and only as many as it must to get under what it may keep.
 func TestWorkerFlushLargest(t *testing.T) {
