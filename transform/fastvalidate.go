@@ -17,9 +17,9 @@ import (
 //
 // Its answer is either "valid, as the reference would say" or "not sure". Every line it is not sure of (invalid
 // lines, and valid ones in shapes it does not model: null values, escaped keys, duplicate keys, a required
-// primitive with only its "_name" companion ...) goes to the reference path, which gives the verdict and the issues. So the
-// issues of a rejected line are the reference's own, and parity rests on one property that the parity tests and
-// fuzz targets check: whatever the fast validator accepts, the reference accepts too.
+// primitive with only its "_name" companion ...) goes to the reference path, which gives the verdict and the
+// issues. So the issues of a rejected line are the reference's own, and parity rests on one property that the
+// parity tests and fuzz targets check: whatever the fast validator accepts, the reference accepts too.
 
 // fastMaxDepth bounds the nesting the fast validator follows; deeper lines go to the reference path.
 const fastMaxDepth = 200
