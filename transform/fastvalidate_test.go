@@ -1,6 +1,7 @@
 package transform
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -170,8 +171,61 @@ func FuzzFastParity(f *testing.F) {
 // JSON (replace it by a JSON string, raw text, null or nothing, prefix a key with "_", insert text after it), so
 // that the fuzzer explores FHIR rules rather than JSON syntax. The fast validator must never accept what the
 // reference rejects.
-func FuzzFastParityMutate(f *testing.F) {
-	seeds := fuzzSeeds(f)
+func FuzzFastParityMutate(f *testing.F) { fuzzMutate(f, fuzzSeeds(f)) }
+
+// FuzzFastParityMutateSorted is FuzzFastParityMutate over the seeds written with their keys sorted, where the fast
+// validator looks for each resource's resourceType among its members (top-level and contained resources alike).
+func FuzzFastParityMutateSorted(f *testing.F) { fuzzMutate(f, sortedSeeds(f)) }
+
+// sortedSeeds are fuzzSeeds written again with every object's keys sorted, as exports that sort their keys write
+// them: resourceType comes after "code" or "contained". Numbers keep their text.
+func sortedSeeds(t testing.TB) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for _, line := range fuzzSeeds(t) {
+		d := json.NewDecoder(bytes.NewReader(line))
+		d.UseNumber()
+		var v any
+		if err := d.Decode(&v); err != nil {
+			t.Fatalf("seed: %v", err)
+		}
+		var buf bytes.Buffer
+		e := json.NewEncoder(&buf)
+		e.SetEscapeHTML(false)
+		if err := e.Encode(v); err != nil { // encoding/json writes a map's keys sorted
+			t.Fatalf("seed: %v", err)
+		}
+		out = append(out, bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+	}
+	return out
+}
+
+// TestFastSortedKeys checks every seed written with sorted keys on both paths: the fast validator vouches for
+// it exactly when it vouches for the seed as written (the order of members changes neither path's verdict), and
+// builds the parser's tree.
+func TestFastSortedKeys(t *testing.T) {
+	fv, ref := newFast(t), valNew(t)
+	seeds, sorted := fuzzSeeds(t), sortedSeeds(t)
+	later, vouched := 0, 0
+	for i, line := range sorted {
+		var c, orig parityCounts
+		parityCheck(t, fv, ref, "sorted seed "+itoa(i), line, &c)
+		parityCheck(t, fv, ref, "seed "+itoa(i), seeds[i], &orig)
+		if c.fastValid != orig.fastValid {
+			t.Errorf("seed %d: the fast validator vouches %v for it sorted, %v as written", i, c.fastValid == 1, orig.fastValid == 1)
+		}
+		if !bytes.HasPrefix(line, []byte(`{"resourceType"`)) {
+			later++
+		}
+		vouched += c.fastValid
+	}
+	t.Logf("%d seeds, %d with resourceType after another member, %d the fast path vouches for", len(sorted), later, vouched)
+	if later < len(sorted)/2 {
+		t.Errorf("only %d of %d sorted seeds have resourceType later than their first member", later, len(sorted))
+	}
+}
+
+func fuzzMutate(f *testing.F, seeds [][]byte) {
 	for i := range seeds {
 		f.Add(uint16(i), uint32(i*7), uint8(i%7), "x")
 	}
