@@ -147,7 +147,7 @@ func TestGroupByPatient(t *testing.T) {
 	m8 := runDir(t, dir, dst8, pipeline.Options{Workers: 8, BatchRows: 500})
 
 	t.Run("counts", func(t *testing.T) {
-		want := sinks.Totals{Lines: 10656, Valid: 10656, Duplicates: 14, Rows: 10642, Links: 10655}
+		want := sinks.Totals{Lines: 10656, Valid: 10656, Duplicates: 14, Rows: 10642, Links: 10655, ValidByReference: 10656}
 		if m8.Totals != want {
 			t.Errorf("totals = %+v, want %+v", m8.Totals, want)
 		}
@@ -294,7 +294,8 @@ func TestMalformedBlocks(t *testing.T) {
 		t.Run(string(layout), func(t *testing.T) {
 			dst := memBucket(t)
 			m := runDir(t, malformedBlocks(t), dst, pipeline.Options{Workers: 2, Layout: layout})
-			want := sinks.Totals{Lines: 12, Valid: 11, Rejected: 1, Duplicates: 2, Rows: 9, Links: 10, BlockIssues: 3, Unparsed: 1}
+			want := sinks.Totals{Lines: 12, Valid: 11, Rejected: 1, Duplicates: 2, Rows: 9, Links: 10, BlockIssues: 3, Unparsed: 1,
+				ValidByReference: 11} // the reference validator, pipeline.Options' default
 			if m.Totals != want {
 				t.Errorf("totals = %+v, want %+v", m.Totals, want)
 			}

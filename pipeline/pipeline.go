@@ -192,6 +192,14 @@ type Progress struct {
 	Elapsed                   time.Duration
 }
 
+// validator is the name of the validation path the run takes, as the manifest records it.
+func (o Options) validator() string {
+	if o.Validator == "" {
+		return transform.ValidatorReference
+	}
+	return o.Validator
+}
+
 // DefaultTableBudget is the memory that the open row groups may hold (compressed pages, pages being filled,
 // dictionaries, with the room their buffers keep), over all the tables of a run, unless Options.Parquet.Budget
 // says otherwise. Smaller row groups cost speed: every row group repeats the dictionaries of its column chunks.
@@ -350,7 +358,7 @@ type run struct {
 	rejected    atomic.Int64
 }
 
-type typeStats struct{ valid, rejected, duplicates, links int64 }
+type typeStats struct{ valid, rejected, duplicates, links, validByReference int64 }
 
 // batch is a run of lines of one object, copied out of the reader's buffer.
 type batch struct {
@@ -612,6 +620,9 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 	if res.Valid {
 		st := statsFor(local, res.ResourceType)
 		st.valid++
+		if res.ByReference {
+			st.validByReference++
+		}
 		// A resource of a per-Patient object is written once, whichever block (of whichever object) holds it
 		// first; a resource without an id cannot be told apart and is always written.
 		if b.perPatient && res.ID != "" && !r.seen.add(res.ResourceType, res.ID, res.Version) {
@@ -789,6 +800,7 @@ func (r *run) mergeStats(local map[string]*typeStats) {
 		t.rejected += s.rejected
 		t.duplicates += s.duplicates
 		t.links += s.links
+		t.validByReference += s.validByReference
 	}
 }
 
@@ -829,6 +841,7 @@ func (r *run) close(ctx context.Context, started time.Time) (*sinks.Manifest, er
 	m := &sinks.Manifest{
 		FHIRVersion:   schema.FHIRVersion,
 		SchemaVersion: schema.Version,
+		Validator:     r.opts.validator(),
 		RunID:         r.opts.RunID,
 		Started:       started,
 		Source:        r.src.Name,
@@ -911,8 +924,10 @@ func (r *run) close(ctx context.Context, started time.Time) (*sinks.Manifest, er
 			rs.Rejected += s.rejected
 			rs.Duplicates += s.duplicates
 			rs.Links += s.links
+			rs.ValidByReference += s.validByReference
 		}
 		m.Totals.Valid += s.valid
+		m.Totals.ValidByReference += s.validByReference
 		m.Totals.Rejected += s.rejected
 		m.Totals.Duplicates += s.duplicates
 	}

@@ -118,7 +118,7 @@ func TestRunMixed(t *testing.T) {
 	dst := memBucket(t)
 	m := runDir(t, "testdata/mixed", dst, pipeline.Options{Workers: 2})
 
-	want := sinks.Totals{Lines: 11, Valid: 6, Rejected: 5, Rows: 6, Unparsed: 4}
+	want := sinks.Totals{Lines: 11, Valid: 6, Rejected: 5, Rows: 6, Unparsed: 4, ValidByReference: 6} // the reference validates all
 	if m.Totals != want {
 		t.Errorf("totals = %+v, want %+v", m.Totals, want)
 	}
@@ -194,6 +194,41 @@ func TestRunMixed(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("errors.ndjson = %+v, want the bad Patient at Patient.ndjson line 3", errs)
+	}
+}
+
+// TestRunValidByReference checks that the manifest says which validator ran and counts, in total and per type,
+// the valid lines the reference validated: on the fast path, only those in a shape the fast validator does not
+// model (here an escaped key), so that an operator can tell why a run went at the reference's speed.
+func TestRunValidByReference(t *testing.T) {
+	dir := t.TempDir()
+	lines := strings.Join([]string{
+		`{"resourceType":"Patient","id":"plain","active":true}`,
+		`{"resourceType":"Patient","id":"escaped-key","\u0061ctive":true}`,
+		`{"resourceType":"Patient","id":"invalid","birthDate":"1970-13-45"}`,
+		`{"resourceType":"Organization","id":"o","name":"x"}`,
+	}, "\n") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "mixed.ndjson"), []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		validator, want     string
+		total, patient, org int64
+	}{
+		{validator: "fast", want: "fast", total: 1, patient: 1, org: 0},
+		{validator: "", want: "reference", total: 3, patient: 2, org: 1},
+	} {
+		m := runDir(t, dir, memBucket(t), pipeline.Options{Workers: 1, Validator: tt.validator})
+		if m.Validator != tt.want {
+			t.Errorf("validator %q: manifest says %q, want %q", tt.validator, m.Validator, tt.want)
+		}
+		if m.Totals.Valid != 3 || m.Totals.ValidByReference != tt.total {
+			t.Errorf("validator %q: totals valid %d, valid by reference %d; want 3 and %d", tt.validator,
+				m.Totals.Valid, m.Totals.ValidByReference, tt.total)
+		}
+		if p, o := m.Resources["Patient"].ValidByReference, m.Resources["Organization"].ValidByReference; p != tt.patient || o != tt.org {
+			t.Errorf("validator %q: valid by reference Patient %d, Organization %d; want %d and %d", tt.validator, p, o, tt.patient, tt.org)
+		}
 	}
 }
 
@@ -328,7 +363,7 @@ func TestSynthea100(t *testing.T) {
 	dir := sharedDir(t, "synthea-100")
 	dst := memBucket(t)
 	m := runDir(t, dir, dst, pipeline.Options{})
-	want := sinks.Totals{Lines: 38483, Valid: 38483, Rows: 38483}
+	want := sinks.Totals{Lines: 38483, Valid: 38483, Rows: 38483, ValidByReference: 38483}
 	if m.Totals != want {
 		t.Errorf("totals = %+v, want %+v", m.Totals, want)
 	}

@@ -205,8 +205,8 @@ func mergeTasks(ctx context.Context, dst Sink, plan *Plan, hash string, recs []*
 		}
 	}
 	m := &sinks.Manifest{
-		FHIRVersion: schema.FHIRVersion, SchemaVersion: schema.Version, RunID: plan.RunID, Source: plan.Source,
-		Resources: map[string]sinks.ResourceStats{},
+		FHIRVersion: schema.FHIRVersion, SchemaVersion: schema.Version, Validator: opts.validator(),
+		RunID: plan.RunID, Source: plan.Source, Resources: map[string]sinks.ResourceStats{},
 	}
 	splitInputs := map[string][]sinks.Input{}
 	for _, r := range byTask {
@@ -218,6 +218,7 @@ func mergeTasks(ctx context.Context, dst Sink, plan *Plan, hash string, recs []*
 			m.Finished = tm.Finished
 		}
 		m.Totals.Valid += tm.Totals.Valid
+		m.Totals.ValidByReference += tm.Totals.ValidByReference
 		m.Totals.Rejected += tm.Totals.Rejected
 		m.Totals.Duplicates += tm.Totals.Duplicates
 		m.Totals.Links += tm.Totals.Links
@@ -230,6 +231,7 @@ func mergeTasks(ctx context.Context, dst Sink, plan *Plan, hash string, recs []*
 			rs.Rejected += s.Rejected
 			rs.Duplicates += s.Duplicates
 			rs.Links += s.Links
+			rs.ValidByReference += s.ValidByReference
 			rs.Files = append(rs.Files, s.Files...)
 			m.Resources[typ] = rs
 		}

@@ -24,14 +24,15 @@ func sampleManifest() *Manifest {
 	return &Manifest{
 		FHIRVersion:   "4.0.1",
 		SchemaVersion: "1",
+		Validator:     "fast",
 		RunID:         "run-42",
 		Source:        "gs://exports/2024-05-01",
 		Started:       time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC),
 		Finished:      time.Date(2024, 5, 1, 12, 3, 7, 250_000_000, time.UTC),
-		Totals: Totals{Lines: 9, Valid: 7, Rejected: 2, Duplicates: 1, Rows: 6, Links: 4, BlockIssues: 1, Unparsed: 1,
+		Totals: Totals{Lines: 9, Valid: 7, Rejected: 2, Duplicates: 1, Rows: 6, Links: 4, ValidByReference: 1, BlockIssues: 1, Unparsed: 1,
 			RejectedInputs: 1},
 		Resources: map[string]ResourceStats{
-			"Patient": {Lines: 3, Valid: 2, Rejected: 1, Rows: 2, Links: 1, Files: []File{
+			"Patient": {Lines: 3, Valid: 2, Rejected: 1, Rows: 2, Links: 1, ValidByReference: 1, Files: []File{
 				{Key: "Patient/part-00000.parquet", Rows: 2, Bytes: 4096},
 			}},
 			"Practitioner": {Lines: 2, Valid: 2, Rows: 2, Files: []File{

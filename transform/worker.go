@@ -51,6 +51,10 @@ type Result struct {
 	Version      string // meta.versionId, else meta.lastUpdated, else "" (see Verdict.Version)
 	Valid        bool
 	Issues       []Issue
+	// ByReference is set when the verdict is the reference path's: every line's with ValidatorReference, and with
+	// ValidatorFast those of the lines the fast validator handed on, the invalid ones and the valid ones in a
+	// shape it does not model (null values, escaped keys ...), which convert at the reference's speed.
+	ByReference bool
 }
 
 // Worker validates lines and converts the valid ones into per-type Arrow record batches. It is not safe for
@@ -142,7 +146,7 @@ func (w *Worker) Validate(line []byte) Result {
 	}
 	vd := w.val.Validate(line)
 	return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version,
-		Valid: len(vd.Issues) == 0, Issues: vd.Issues}
+		Valid: len(vd.Issues) == 0, Issues: vd.Issues, ByReference: true}
 }
 
 // Append converts line, which Validate found valid with result r, into one row of r.ResourceType's batch. Its

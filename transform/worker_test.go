@@ -422,6 +422,26 @@ func TestWorkerFlushType(t *testing.T) {
 	}
 }
 
+// TestWorkerByReference checks Result.ByReference: unset for a line the fast validator vouches for, set for one
+// it hands on (valid in a shape it does not model, or invalid) and for every line on the reference path.
+func TestWorkerByReference(t *testing.T) {
+	for _, tt := range []struct {
+		validator, line string
+		valid, byRef    bool
+	}{
+		{ValidatorFast, `{"resourceType":"Patient","active":true}`, true, false},
+		{ValidatorFast, `{"resourceType":"Patient","\u0061ctive":true}`, true, true},
+		{ValidatorFast, `{"resourceType":"Patient","birthDate":"1970-13-45"}`, false, true},
+		{ValidatorReference, `{"resourceType":"Patient","active":true}`, true, true},
+	} {
+		w, _ := newTestWorker(t, Options{Validator: tt.validator})
+		res, err := w.Process([]byte(tt.line))
+		if err != nil || res.Valid != tt.valid || res.ByReference != tt.byRef {
+			t.Errorf("%s %s: Valid %v, ByReference %v, err %v; want %v, %v", tt.validator, tt.line, res.Valid, res.ByReference, err, tt.valid, tt.byRef)
+		}
+	}
+}
+
 // TestWorkerFlushLargest fills batches of three types of very different sizes and checks that FlushLargest takes
 // the types holding the most memory, and only as many as it must to get under what it may keep.
 func TestWorkerFlushLargest(t *testing.T) {

@@ -87,7 +87,8 @@ func convert(ctx context.Context, c convertConfig, openGCS openGCSFunc, log *slo
 		}
 	}
 	log.Info("convert finished", "lines", m.Totals.Lines, "valid", m.Totals.Valid,
-		"rejected", m.Totals.Rejected, "rows", m.Totals.Rows, "elapsed", elapsed.Round(time.Millisecond).String())
+		"rejected", m.Totals.Rejected, "rows", m.Totals.Rows, "valid_by_reference", m.Totals.ValidByReference,
+		"elapsed", elapsed.Round(time.Millisecond).String())
 	return printSummary(stdout, m, elapsed)
 }
 
@@ -220,6 +221,10 @@ func printSummary(w io.Writer, m *sinks.Manifest, elapsed time.Duration) error {
 	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t\n", m.Totals.Rows, m.Totals.Rejected, files)
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if n := m.Totals.ValidByReference; n > 0 && m.Validator == "fast" {
+		fmt.Fprintf(w, "%d of %d valid lines are in a shape the fast validator does not model (null values, escaped keys ...): "+
+			"the reference validated them, at its speed; valid_by_reference in the manifest counts them per type\n", n, m.Totals.Valid)
 	}
 	if n := m.Totals.RejectedInputs; n > 0 {
 		fmt.Fprintf(w, "%d objects damaged, not read to their end: the lines before the damage are converted, see the manifest's inputs\n", n)

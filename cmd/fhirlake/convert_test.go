@@ -169,6 +169,36 @@ func TestConvertEmbeddedSample(t *testing.T) {
 	}
 }
 
+// TestConvertSaysWhatTheReferenceValidated checks that convert's summary and its log name the valid lines the fast
+// validator left to the reference (a shape it does not model, here an escaped key), which convert at the
+// reference's speed, and that the embedded sample, which has none, gets no such line.
+func TestConvertSaysWhatTheReferenceValidated(t *testing.T) {
+	in := t.TempDir()
+	lines := `{"resourceType":"Patient","id":"plain","active":true}` + "\n" +
+		`{"resourceType":"Patient","id":"escaped-key","\u0061ctive":true}` + "\n"
+	if err := os.WriteFile(filepath.Join(in, "Patient.ndjson"), []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"convert", "--in", in, "--out", t.TempDir()}, env(nil), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "1 of 2 valid lines are in a shape the fast validator does not model") {
+		t.Errorf("summary does not say that the reference validated one line:\n%s", stdout.String())
+	}
+	if !strings.Contains(stderr.String(), `"valid_by_reference":1`) {
+		t.Errorf("the convert finished log does not count it:\n%s", stderr.String())
+	}
+
+	stdout.Reset()
+	if code := run(context.Background(), []string{"convert", "--out", t.TempDir()}, env(nil), &stdout, &stderr); code != 0 {
+		t.Fatalf("embedded sample: exit %d", code)
+	}
+	if strings.Contains(stdout.String(), "fast validator does not model") {
+		t.Errorf("the embedded sample's summary names lines the reference validated:\n%s", stdout.String())
+	}
+}
+
 func TestRunUsage(t *testing.T) {
 	tests := []struct {
 		name string

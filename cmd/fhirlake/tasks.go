@@ -105,7 +105,8 @@ func reportTask(log *slog.Logger, stdout io.Writer, plan *pipeline.Plan, task in
 	if res.Record != nil {
 		t := res.Record.Manifest.Totals
 		log.Info("task finished", "run_id", plan.RunID, "task", task, "resumed", res.Resumed, "lines", t.Lines,
-			"valid", t.Valid, "rejected", t.Rejected, "elapsed", elapsed.Round(time.Millisecond).String())
+			"valid", t.Valid, "rejected", t.Rejected, "valid_by_reference", t.ValidByReference,
+			"elapsed", elapsed.Round(time.Millisecond).String())
 	}
 	switch {
 	case res.Manifest == nil:
