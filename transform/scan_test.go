@@ -78,3 +78,25 @@ func FuzzAppendUnquoted(f *testing.F) {
 	}
 	f.Fuzz(checkUnquoted)
 }
+
+// TestJSONString checks jsonString, which the reference path's sniffing and the duplicate-key check use on the
+// spans of JSON strings, against json.Unmarshal where the string has escapes: the same string, and "" with false
+// where it fails. (A span without a backslash it takes as is, trusting its caller's scanner.)
+func TestJSONString(t *testing.T) {
+	for _, raw := range []string{
+		`""`, `"plain"`, `"a\"b\\c\/d"`, `"caf\u00e9"`, `"\ud83d\ude00"`, `"\ud83d"`, "\"\\u00e9\xff\"",
+		`"a\u0041"b"`, `"\x"`, `"\u12"`, `"a\"`, `"a\\"`, "\"a\\n\nb\"",
+	} {
+		var want string
+		err := json.Unmarshal([]byte(raw), &want)
+		got, ok := jsonString([]byte(raw))
+		if ok != (err == nil) || got != want {
+			t.Errorf("jsonString(%s) = %q, %v; json.Unmarshal: %q, %v", raw, got, ok, want, err)
+		}
+	}
+	for _, raw := range []string{``, `"`, `x`, `1`, `{"a":1}`} {
+		if got, ok := jsonString([]byte(raw)); ok || got != "" {
+			t.Errorf("jsonString(%s) = %q, %v; want \"\", false", raw, got, ok)
+		}
+	}
+}

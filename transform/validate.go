@@ -448,11 +448,14 @@ func jsonString(raw []byte) (string, bool) {
 	if bytes.IndexByte(raw, '\\') < 0 {
 		return string(raw[1 : len(raw)-1]), true
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
+	if raw[len(raw)-1] != '"' {
 		return "", false
 	}
-	return s, true
+	s, ok := appendUnquoted(nil, raw[1:len(raw)-1])
+	if !ok {
+		return "", false
+	}
+	return string(s), true
 }
 
 // collector is the ErrorReporter handed to the library: it keeps every validation error as an Issue.
