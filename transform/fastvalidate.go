@@ -245,17 +245,17 @@ func (v *fastValidator) members(m *fmsg, validate bool, at opening, ref *fopt) b
 			if !ok {
 				return false
 			}
+			v.ws()
+			if !v.eat(':') {
+				return false
+			}
+			v.ws()
 			k, known := m.keys.Get(v.b[ks:ke])
 			if !known {
 				if at != typeLater || typeSeen || string(v.b[ks:ke]) != "resourceType" {
 					return false
 				}
 				typeSeen = true // resourceType found it already: its value is that string
-				v.ws()
-				if !v.eat(':') {
-					return false
-				}
-				v.ws()
 				if _, _, esc, ok := v.str(); !ok || esc {
 					return false
 				}
@@ -268,11 +268,6 @@ func (v *fastValidator) members(m *fmsg, validate bool, at opening, ref *fopt) b
 				}
 				return false
 			}
-			v.ws()
-			if !v.eat(':') {
-				return false
-			}
-			v.ws()
 			f := &m.fields[k.field]
 			si := base + k.field
 			sl := &v.slots[si]
