@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -456,6 +457,27 @@ type converter struct {
 	pe                []byte  // the _primitiveExtensions object being built
 	compact           []byte
 	b64               []byte
+}
+
+// shed lets go of the scratch buffers that hold more than limit bytes.
+func (c *converter) shed(limit int) {
+	t := &c.tree
+	t.nodes, t.kids, t.stack, t.open, t.str = shedSlice(t.nodes, limit), shedSlice(t.kids, limit),
+		shedSlice(t.stack, limit), shedSlice(t.open, limit), shedSlice(t.str, limit)
+	c.refText, c.typeText, c.compact, c.b64 = shedSlice(c.refText, limit), shedSlice(c.typeText, limit),
+		shedSlice(c.compact, limit), shedSlice(c.b64, limit)
+	c.slots, c.order, c.path, c.pe = shedSlice(c.slots, limit), shedSlice(c.order, limit),
+		shedSlice(c.path, limit), shedSlice(c.pe, limit)
+}
+
+// shedSlice returns nil when the array of s holds more than limit bytes, and s otherwise. Every scratch buffer
+// shed is emptied when a line begins.
+func shedSlice[T any](s []T, limit int) []T {
+	var zero T
+	if cap(s)*int(unsafe.Sizeof(zero)) > limit {
+		return nil
+	}
+	return s
 }
 
 // convert appends the resource in line as row t.rows of t's columns and counts it, or appends nothing and fails:

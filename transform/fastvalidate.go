@@ -63,6 +63,11 @@ func newFastValidator() (*fastValidator, error) {
 	return &fastValidator{plan: p, uris: make(map[string]bool, 256)}, nil
 }
 
+// shed lets go of the scratch buffers that hold more than limit bytes. The tree is the converter's to shed.
+func (v *fastValidator) shed(limit int) {
+	v.slots, v.scratch, v.b64 = shedSlice(v.slots, limit), shedSlice(v.scratch, limit), shedSlice(v.b64, limit)
+}
+
 // validate returns the verdict of a line the reference path would find valid, and ok false when it cannot be
 // sure (the caller then asks the reference path).
 func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {

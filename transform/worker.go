@@ -68,7 +68,10 @@ type Worker struct {
 	// fastHits and fallbacks count the lines the fast validator vouched for and those it handed on.
 	fastHits, fallbacks int64
 	conv                converter
-	tables              map[string]*table
+	// grown is set after a line of more than shedAfterBytes: the scratch buffers it grew past keepScratchBytes
+	// are let go before the next line that is not as long (shed).
+	grown  bool
+	tables map[string]*table
 }
 
 // table is the pending batch of one resource type.
@@ -137,6 +140,10 @@ func (w *Worker) Process(line []byte) (Result, error) {
 // Validate validates one line without converting it. A caller that decides per line whether to keep a valid
 // resource (pipeline skips duplicates) calls Validate and then Append for the lines it keeps.
 func (w *Worker) Validate(line []byte) Result {
+	if w.grown && len(line) <= shedAfterBytes {
+		w.shed()
+	}
+	w.grown = len(line) > shedAfterBytes
 	if w.fast != nil {
 		if vd, ok := w.fast.validate(line); ok {
 			w.fastHits++
@@ -147,6 +154,24 @@ func (w *Worker) Validate(line []byte) Result {
 	vd := w.val.Validate(line)
 	return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version,
 		Valid: len(vd.Issues) == 0, Issues: vd.Issues, ByReference: true}
+}
+
+// A Worker's scratch buffers (the tree of a line, at 20 bytes a token, unescaped strings, decoded base64) grow to
+// fit the longest line it has met, and most exports have a few lines of MBs among many of KBs: r4-examples' 2.75
+// MB ImplementationGuide left each of two decoders holding about 7 MB for the rest of the run. So after a line of
+// more than shedAfterBytes, the next line that is not as long finds no scratch buffer of more than
+// keepScratchBytes (a line of up to shedAfterBytes needs less than that of each).
+const (
+	shedAfterBytes   = 64 << 10
+	keepScratchBytes = 1 << 20
+)
+
+// shed lets go of the scratch buffers that hold more than keepScratchBytes, for the collector to take.
+func (w *Worker) shed() {
+	w.conv.shed(keepScratchBytes)
+	if w.fast != nil {
+		w.fast.shed(keepScratchBytes)
+	}
 }
 
 // Append converts line, which Validate found valid with result r, into one row of r.ResourceType's batch. Its

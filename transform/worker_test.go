@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -630,5 +631,54 @@ func TestWorkerBytes(t *testing.T) {
 	w.Release()
 	if w.Bytes() != 0 {
 		t.Errorf("Bytes() = %d after Release", w.Bytes())
+	}
+}
+
+func TestWorkerShedsScratch(t *testing.T) {
+	for _, validator := range []string{ValidatorFast, ValidatorReference} {
+		t.Run(validator, func(t *testing.T) {
+			w, _ := newTestWorker(t, Options{Validator: validator})
+			// 100,000 given names: a line of 400 KB whose tree has 2 MB of nodes.
+			big := []byte(`{"resourceType":"Patient","id":"big","name":[{"given":["a"` +
+				strings.Repeat(`,"a"`, 99_999) + `]}]}`)
+			small := []byte(`{"resourceType":"Patient","id":"small"}`)
+			held := func() int {
+				n := cap(w.conv.tree.nodes) * int(unsafe.Sizeof(jnode{}))
+				if w.fast != nil {
+					n = max(n, cap(w.fast.scratch), cap(w.fast.b64))
+				}
+				return n
+			}
+			for i, step := range []struct {
+				line     []byte
+				wantMore bool // scratch over keepScratchBytes after the line
+			}{{big, true}, {big, true}, {small, false}, {small, false}, {big, true}} {
+				if res, err := w.Process(step.line); err != nil || !res.Valid {
+					t.Fatalf("line %d: Valid %v, issues %v, err %v", i, res.Valid, res.Issues, err)
+				}
+				if got := held() > keepScratchBytes; got != step.wantMore {
+					t.Errorf("after line %d (%d bytes) the largest scratch holds %d bytes; over %d: %v, want %v",
+						i, len(step.line), held(), keepScratchBytes, got, step.wantMore)
+				}
+			}
+			recs, err := w.Flush(0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				for _, r := range recs {
+					r.Release()
+				}
+			}()
+			if len(recs) != 1 || recs[0].NumRows() != 5 {
+				t.Fatalf("Flush: %d records, want one of 5 rows", len(recs))
+			}
+			ids := recs[0].Column(recs[0].Schema().FieldIndices("id")[0]).(*array.String)
+			for i, want := range []string{"big", "big", "small", "small", "big"} {
+				if ids.Value(i) != want {
+					t.Errorf("row %d: id %q, want %q", i, ids.Value(i), want)
+				}
+			}
+		})
 	}
 }
