@@ -30,6 +30,9 @@ const maxStringBytes = 1 << 20
 // uriCacheSize bounds the cache of url.Parse verdicts (code systems and profiles repeat on every line).
 const uriCacheSize = 4096
 
+// uriCacheKeyBytes is the longest URI whose verdict is cached.
+const uriCacheKeyBytes = 512
+
 // fastSlot is the state of one field of the object being checked.
 type fastSlot struct {
 	x, u   bool  // the key "name" (x) and "_name" (u) were seen
@@ -599,6 +602,9 @@ func (v *fastValidator) validURL(s []byte) bool {
 		return ok
 	}
 	_, err := url.Parse(string(s))
+	if len(s) > uriCacheKeyBytes {
+		return err == nil // a data: URL, say: kept, it would stay until the cache is cleared
+	}
 	if len(v.uris) >= uriCacheSize {
 		clear(v.uris)
 	}

@@ -452,3 +452,20 @@ func TestFastIntegerRange(t *testing.T) {
 		checkVouch(t, fv, ref, `{"resourceType":"Patient","multipleBirthInteger":`+tt.value+`}`, tt.vouch)
 	}
 }
+
+func TestFastURICacheKeepsShortURIs(t *testing.T) {
+	v, err := newFastValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := []byte("http://example.org/fhir/StructureDefinition/x")
+	long := []byte("data:text/plain;base64," + strings.Repeat("QUFB", uriCacheKeyBytes/4))
+	for _, u := range [][]byte{short, long, short, long} {
+		if !v.validURL(u) {
+			t.Errorf("validURL(%.40s...) = false", u)
+		}
+	}
+	if _, ok := v.uris[string(short)]; !ok || len(v.uris) != 1 {
+		t.Errorf("the cache holds %d URIs, short one cached: %v; want only the short one", len(v.uris), ok)
+	}
+}
