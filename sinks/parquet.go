@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math"
+	"runtime/metrics"
 	"slices"
 	"strings"
 	"sync"
@@ -82,11 +84,15 @@ type ParquetOptions struct {
 //
 // It is safe for concurrent use.
 type MemoryBudget struct {
-	limit   int64        // of the row groups
-	layouts int64        // of the layouts; 0: none
-	held    atomic.Int64 // by the row groups
-	laid    atomic.Int64 // by the layouts
-	clock   atomic.Int64 // Writes begun, for Table.lastWrite
+	limit int64 // of the row groups
+	// heapTarget, when above 0, is the live heap over which the row groups give way (GiveWay); liveHeap reads
+	// what the last collection found live.
+	heapTarget int64
+	liveHeap   func() int64
+	layouts    int64        // of the layouts; 0: none
+	held       atomic.Int64 // by the row groups
+	laid       atomic.Int64 // by the layouts
+	clock      atomic.Int64 // Writes begun, for Table.lastWrite
 
 	mu      sync.Mutex
 	members map[*Table]struct{} // tables holding rows
@@ -99,8 +105,47 @@ func NewMemoryBudget(rowGroups, layouts int64) *MemoryBudget {
 	return &MemoryBudget{limit: rowGroups, layouts: layouts, members: map[*Table]struct{}{}, laidOut: map[*Table]struct{}{}}
 }
 
+// GiveWay makes the row groups give way to the rest of the process: while the last garbage collection found more
+// than target bytes live, the row groups' limit is lowered by the excess, to no less than a quarter of it. The row
+// groups can be written out at any time, where much of the rest of a run's memory (schemas, layouts, lines being
+// read and validated) grows with the width of the types and the length of the lines it meets, and Go's soft
+// memory limit would otherwise be the only bound left: a collector that has to keep under it runs back to back.
+// Excess tells other holders of memory that can let go of it (pipeline's decoders) by how much. target 0 or less:
+// never. Call it before the budget is shared.
+func (b *MemoryBudget) GiveWay(target int64) {
+	b.heapTarget, b.liveHeap = target, liveHeap
+}
+
+// Excess returns how many bytes more than the target of GiveWay the last collection found live: 0 when fewer, or
+// without a target.
+func (b *MemoryBudget) Excess() int64 {
+	if b == nil || b.heapTarget <= 0 {
+		return 0
+	}
+	return max(b.liveHeap()-b.heapTarget, 0)
+}
+
+// rowGroupLimit returns the limit of the row groups now: limit, less what the live heap holds over the target.
+func (b *MemoryBudget) rowGroupLimit() int64 {
+	excess := b.Excess()
+	if excess == 0 {
+		return b.limit
+	}
+	return max(b.limit-excess, b.limit/4)
+}
+
+// liveHeap returns the heap bytes that the last garbage collection found live (0 before the first).
+func liveHeap() int64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return int64(min(s[0].Value.Uint64(), math.MaxInt64))
+}
+
 // over reports whether the row groups exceed their limit.
-func (b *MemoryBudget) over() bool { return b.held.Load() > b.limit }
+func (b *MemoryBudget) over() bool { return b.held.Load() > b.rowGroupLimit() }
 
 // overLayouts reports whether the layouts exceed their limit.
 func (b *MemoryBudget) overLayouts() bool { return b.layouts > 0 && b.laid.Load() > b.layouts }
@@ -560,7 +605,7 @@ func (t *Table) overBudget() bool {
 		return false
 	}
 	held := bu.held.Load()
-	if held <= bu.limit {
+	if held <= bu.rowGroupLimit() {
 		return false
 	}
 	bu.mu.Lock()

@@ -543,6 +543,55 @@ func TestTableBudgetRelief(t *testing.T) {
 }
 
 // patientAndPerson returns a Patient and a Person table of testSchema writing into b with opts.
+// TestTableBudgetGivesWay writes 8 records of 20 rows into a table whose budget holds all of them, while the
+// last collection found the live heap under, over and far over the budget's target.
+func TestTableBudgetGivesWay(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	one := heldAfter(t, mem, 20, 0)
+	const target = 1 << 30
+	for _, tc := range []struct {
+		name      string
+		live      int64
+		excess    int64
+		rowGroups []int64
+	}{
+		{"under the target", target - 1, 0, []int64{160}},
+		{"over the target by six writes' worth", target + 6*one, 6 * one, []int64{100, 60}}, // limit 4 writes
+		{"far over the target", 2 * target, target, []int64{60, 60, 40}},                    // a quarter: 2.5
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			budget := NewMemoryBudget(10*one, 0)
+			budget.GiveWay(target)
+			budget.liveHeap = func() int64 { return tc.live }
+			if got := budget.Excess(); got != tc.excess {
+				t.Errorf("Excess() = %d, want %d", got, tc.excess)
+			}
+			b := memblob.OpenBucket(nil)
+			defer b.Close()
+			tbl := NewTable(b, "out", "Patient", testSchema(), ParquetOptions{Budget: budget, Allocator: mem})
+			for i := range 8 {
+				write20(t, tbl, mem, 20*i)
+			}
+			files, err := tbl.Close(ctx)
+			if err != nil || len(files) != 1 {
+				t.Fatalf("Close: %+v, %v", files, err)
+			}
+			got := readParquet(t, b, "out/"+files[0].Key, mem)
+			if !slices.Equal(got.rowGroups, tc.rowGroups) {
+				t.Errorf("row groups %v, want %v", got.rowGroups, tc.rowGroups)
+			}
+		})
+	}
+	var none *MemoryBudget
+	if got := none.Excess(); got != 0 {
+		t.Errorf("Excess() of no budget = %d", got)
+	}
+	if got := NewMemoryBudget(one, 0).Excess(); got != 0 {
+		t.Errorf("Excess() of a budget without a target = %d", got)
+	}
+}
+
 func patientAndPerson(b *blob.Bucket, opts ParquetOptions) (*Table, *Table) {
 	return NewTable(b, "out", "Patient", testSchema(), opts), NewTable(b, "out", "Person", testSchema(), opts)
 }
