@@ -24,7 +24,9 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -71,8 +73,14 @@ type Options struct {
 	BatchRows      int   // rows per Arrow record batch; zero: 8192
 	BatchBytes     int64 // Arrow memory a decoding goroutine holds before it flushes; zero: 8 MiB
 	// Parquet shapes the tables. A nil Parquet.Budget gets one of DefaultTableBudget and DefaultLayoutBudget for
-	// the run: the open row groups and the layouts, over all tables, hold about that much memory at most.
+	// the run: the open row groups and the layouts, over all tables, hold about that much memory at most, and the
+	// row groups give way to the rest of the process over HeapTarget.
 	Parquet sinks.ParquetOptions
+	// HeapTarget is the live heap, in bytes, over which the open row groups of the run's own budget
+	// (sinks.MemoryBudget.GiveWay) and the decoders' pending batches give way to the rest of the process. Zero:
+	// three quarters of Go's soft memory limit as the run starts (none without a limit); negative: never. A budget
+	// of the caller's own gives way as the caller set it to.
+	HeapTarget int64
 	// Allocator backs the Arrow batches and the Parquet writer. Zero: memory.DefaultAllocator, except for the
 	// decoders' batches, whose memory is reused once their records are written (transform.Options.Allocator).
 	Allocator memory.Allocator
@@ -280,6 +288,20 @@ func (o Options) allocator() memory.Allocator {
 	return o.Allocator
 }
 
+// heapTarget returns the live heap over which the row groups give way: HeapTarget, or three quarters of Go's soft
+// memory limit when HeapTarget is zero, which leaves the collector room to work between collections (fhirlake's
+// command raises its limit only when more than 80% of it stays live). 0: none.
+func (o Options) heapTarget() int64 {
+	switch limit := debug.SetMemoryLimit(-1); {
+	case o.HeapTarget != 0:
+		return max(o.HeapTarget, 0)
+	case limit <= 0 || limit == math.MaxInt64:
+		return 0
+	default:
+		return limit / 4 * 3
+	}
+}
+
 func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
 		o.Workers = runtime.GOMAXPROCS(0)
@@ -298,6 +320,7 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Parquet.Budget == nil {
 		o.Parquet.Budget = sinks.NewMemoryBudget(DefaultTableBudget, DefaultLayoutBudget)
+		o.Parquet.Budget.GiveWay(o.heapTarget())
 	}
 	if o.Parquet.MaxOpenParts <= 0 {
 		o.Parquet.MaxOpenParts = o.Workers // a type that is most of the input is encoded on every core
@@ -695,16 +718,23 @@ func (r *run) maxLineBytes() int {
 }
 
 // flushFull hands a decoder's full batches to the sinks: the types with a full batch or, when the pending batches
-// hold too much memory together, the types that hold the most, until they hold half as much. Flushing every type
+// hold too much memory together (batchBytes), the types that hold the most, until they hold half as much. Flushing every type
 // then would cut the small types into many small records, each as wide as its type.
 func (r *run) flushFull(ctx context.Context, w *transform.Worker) error {
+	if limit := r.batchBytes(); w.PendingBytes() >= limit {
+		return r.write(ctx, w, w.LargestTypes(limit/2))
+	}
 	if !w.Full() {
 		return nil
 	}
-	if w.PendingBytes() >= r.opts.BatchBytes {
-		return r.write(ctx, w, w.LargestTypes(r.opts.BatchBytes/2))
-	}
 	return r.flush(ctx, w, r.opts.BatchRows)
+}
+
+// batchBytes returns the Arrow memory a decoder's pending batches may hold now: Options.BatchBytes, less its share
+// of what the live heap holds over the budget's target (sinks.MemoryBudget.GiveWay), down to a quarter.
+func (r *run) batchBytes() int64 {
+	excess := r.opts.Parquet.Budget.Excess()
+	return max(r.opts.BatchBytes-excess/int64(r.opts.Workers), r.opts.BatchBytes/4)
 }
 
 // flush hands the batches of the types with at least minRows pending rows to the sinks (minRows 0: every type).
