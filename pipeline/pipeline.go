@@ -718,8 +718,8 @@ func (r *run) maxLineBytes() int {
 }
 
 // flushFull hands a decoder's full batches to the sinks: the types with a full batch or, when the pending batches
-// hold too much memory together (batchBytes), the types that hold the most, until they hold half as much. Flushing every type
-// then would cut the small types into many small records, each as wide as its type.
+// hold too much memory together (batchBytes), the types that hold the most, until they hold half as much.
+// Flushing every type then would cut the small types into many small records, each as wide as its type.
 func (r *run) flushFull(ctx context.Context, w *transform.Worker) error {
 	if limit := r.batchBytes(); w.PendingBytes() >= limit {
 		return r.write(ctx, w, w.LargestTypes(limit/2))

@@ -459,9 +459,10 @@ type converter struct {
 	b64               []byte
 }
 
-// shed lets go of the scratch buffers that hold more than limit bytes.
+// shed lets go of the scratch buffers that hold more than limit bytes, and of the tree of the line before.
 func (c *converter) shed(limit int) {
 	t := &c.tree
+	t.src, t.built = nil, false
 	t.nodes, t.kids, t.stack, t.open, t.str = shedSlice(t.nodes, limit), shedSlice(t.kids, limit),
 		shedSlice(t.stack, limit), shedSlice(t.open, limit), shedSlice(t.str, limit)
 	c.refText, c.typeText, c.compact, c.b64 = shedSlice(c.refText, limit), shedSlice(c.typeText, limit),
