@@ -661,15 +661,7 @@ func TestWorkerShedsScratch(t *testing.T) {
 						i, len(step.line), held(), keepScratchBytes, got, step.wantMore)
 				}
 			}
-			recs, err := w.Flush(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				for _, r := range recs {
-					r.Release()
-				}
-			}()
+			recs := flushed(t, w)
 			if len(recs) != 1 || recs[0].NumRows() != 5 {
 				t.Fatalf("Flush: %d records, want one of 5 rows", len(recs))
 			}
@@ -681,4 +673,19 @@ func TestWorkerShedsScratch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// flushed returns the records of every pending batch of w (Flush(0)), released when the test ends.
+func flushed(t testing.TB, w *Worker) []arrow.Record {
+	t.Helper()
+	recs, err := w.Flush(0)
+	if err != nil {
+		t.Fatalf("Flush(0): %v", err)
+	}
+	t.Cleanup(func() {
+		for _, r := range recs {
+			r.Release()
+		}
+	})
+	return recs
 }
