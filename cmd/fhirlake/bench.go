@@ -200,9 +200,10 @@ func benchChild(ctx context.Context, c benchConfig, openGCS openGCSFunc, stdout 
 	before := readGCMetrics()
 	start := time.Now()
 	m, err := pipeline.Run(ctx, src, dst, pipeline.Options{
-		Workers:   c.Workers,
-		Validator: c.Validators[0],
-		Timings:   &tm,
+		Workers:    c.Workers,
+		Validator:  c.Validators[0],
+		Timings:    &tm,
+		HeapTarget: heapTarget,
 	})
 	if err != nil {
 		return err

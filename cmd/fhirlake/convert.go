@@ -100,6 +100,7 @@ func conversionOptions(c convertConfig, log *slog.Logger) pipeline.Options {
 		RecursionDepth: c.RecursionDepth,
 		Layout:         reader.Layout(c.Layout),
 		Validator:      c.Validator,
+		HeapTarget:     heapTarget,
 		Progress: func(p pipeline.Progress) {
 			log.Info("progress",
 				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,

@@ -46,19 +46,29 @@ func memoryLimitFor(getenv func(string) string, readFile func(string) ([]byte, e
 	return m
 }
 
+// heapTarget is the live heap over which a run's row groups and decoder batches give way (pipeline.Options.
+// HeapTarget): three quarters of the base limit apply gave the runtime, so that a run lets go of them before the
+// limit is raised. It is taken from the base, not from the limit as a run starts, which a run before it may have
+// left raised. 0 (the pipeline's own default: three quarters of GOMEMLIMIT) when apply set no limit.
+var heapTarget int64
+
 // apply gives the Go runtime the base limit, and after every collection the limit for what the collection found
 // live (limitFor): a run that keeps more live than the base allows for is not slowed down by back-to-back
-// collections, its peak RSS grows instead, up to the ceiling.
+// collections, its peak RSS grows instead, up to the ceiling. It sets heapTarget.
 func (m memoryLimit) apply() {
 	if m.base <= 0 {
 		return
 	}
+	heapTarget = m.target()
 	debug.SetMemoryLimit(m.base)
 	afterCollections(func(live int64) bool {
 		debug.SetMemoryLimit(m.limitFor(live))
 		return true
 	})
 }
+
+// target returns the heap target of runs under this limit: three quarters of the base, 0 without one.
+func (m memoryLimit) target() int64 { return max(m.base, 0) / 4 * 3 }
 
 // limitFor returns the soft limit after a collection that found live bytes live: the base limit while live is
 // under 80% of it, then twice live less 60% of the base, so that the heap may grow by at least a fifth of the base

@@ -113,6 +113,28 @@ func TestLimitFor(t *testing.T) {
 	}
 }
 
+// TestMemoryLimitTarget: runs give way from three quarters of the base limit, below where limitFor raises it, and
+// leave it to the pipeline's default (GOMEMLIMIT's) when fhirlake sets no limit.
+func TestMemoryLimitTarget(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		m    memoryLimit
+		want int64
+	}{
+		{memoryLimit{base: 192 * mib}, 144 * mib},
+		{memoryLimit{base: 100 * mib, ceiling: 100 * mib}, 75 * mib},
+		{memoryLimit{}, 0},
+	} {
+		got := tc.m.target()
+		if got != tc.want {
+			t.Errorf("%+v: target %d, want %d", tc.m, got, tc.want)
+		}
+		if got > 0 && tc.m.limitFor(got) != tc.m.base {
+			t.Errorf("%+v: the limit is already raised at the target, %d live", tc.m, got)
+		}
+	}
+}
+
 // TestAfterCollections: the watcher reports what is live after each collection, and stops when told to.
 func TestAfterCollections(t *testing.T) {
 	keep := make([]byte, 8<<20) // live for the collections below

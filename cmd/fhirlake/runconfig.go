@@ -152,6 +152,7 @@ func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
 		},
 		convert: pipeline.Options{
 			Workers: c.Workers, MaxLineBytes: c.MaxLineBytes, RecursionDepth: c.RecursionDepth, Validator: c.Validator,
+			HeapTarget: heapTarget,
 		},
 		outputs:          &outputs{gcs: gcs},
 		openExportBucket: gcs.open,
