@@ -598,13 +598,15 @@ func (v *fastValidator) code(e *fenum, s []byte) bool {
 }
 
 func (v *fastValidator) validURL(s []byte) bool {
+	if len(s) > uriCacheKeyBytes {
+		// A data: URL, say, is parsed every time: cached, it would stay until the cache is cleared.
+		_, err := url.Parse(string(s))
+		return err == nil
+	}
 	if ok, hit := v.uris[string(s)]; hit {
 		return ok
 	}
 	_, err := url.Parse(string(s))
-	if len(s) > uriCacheKeyBytes {
-		return err == nil // a data: URL, say: kept, it would stay until the cache is cleared
-	}
 	if len(v.uris) >= uriCacheSize {
 		clear(v.uris)
 	}
