@@ -288,18 +288,23 @@ func (o Options) allocator() memory.Allocator {
 	return o.Allocator
 }
 
-// heapTarget returns the live heap over which the row groups give way: HeapTarget, or three quarters of Go's soft
-// memory limit when HeapTarget is zero, which leaves the collector room to work between collections (fhirlake's
-// command raises its limit only when more than 80% of it stays live). 0: none.
-func (o Options) heapTarget() int64 {
-	switch limit := debug.SetMemoryLimit(-1); {
-	case o.HeapTarget != 0:
-		return max(o.HeapTarget, 0)
-	case limit <= 0 || limit == math.MaxInt64:
+// HeapTargetFor returns the heap target (Options.HeapTarget) of runs under a soft memory limit: three quarters of
+// it, which leaves the collector room to work between collections (fhirlake's command raises its limit only when
+// more than 80% of it stays live); 0, none, without a limit (0 or less, or math.MaxInt64).
+func HeapTargetFor(limit int64) int64 {
+	if limit <= 0 || limit == math.MaxInt64 {
 		return 0
-	default:
-		return limit / 4 * 3
 	}
+	return limit / 4 * 3
+}
+
+// heapTarget returns the live heap over which the row groups give way: HeapTarget, or when it is zero the target
+// for Go's soft memory limit as the run starts (HeapTargetFor). 0: none.
+func (o Options) heapTarget() int64 {
+	if o.HeapTarget != 0 {
+		return max(o.HeapTarget, 0)
+	}
+	return HeapTargetFor(debug.SetMemoryLimit(-1))
 }
 
 func (o Options) withDefaults() Options {

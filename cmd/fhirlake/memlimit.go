@@ -8,6 +8,8 @@ import (
 	"runtime/metrics"
 	"strconv"
 	"strings"
+
+	"github.com/fhirlake/fhirlake/pipeline"
 )
 
 // cgroupMemoryFiles hold the memory limit of the container the process runs in: cgroup v2, then v1.
@@ -67,8 +69,8 @@ func (m memoryLimit) apply() {
 	})
 }
 
-// target returns the heap target of runs under this limit: three quarters of the base, 0 without one.
-func (m memoryLimit) target() int64 { return max(m.base, 0) / 4 * 3 }
+// target returns the heap target of runs under this limit: pipeline's for the base, 0 without one.
+func (m memoryLimit) target() int64 { return pipeline.HeapTargetFor(m.base) }
 
 // limitFor returns the soft limit after a collection that found live bytes live: the base limit while live is
 // under 80% of it, then twice live less 60% of the base, so that the heap may grow by at least a fifth of the base
