@@ -57,7 +57,7 @@ type leafPath struct {
 // leafNode is what the descriptor of a leaf's Parquet node alone is made of (leafPath.descr), for its type and
 // statistics. A layout keeps this rather than the descriptor, or the leaf's path: a chunk makes the descriptor when
 // it first needs statistics, and most leaves of a wide FHIR table never get a value (r4-examples' 138 tables held
-// about 40 MB of descriptors and paths). The footer takes the paths from the schema it builds.
+// about 40 MB of descriptors and paths). The footer takes the paths from the schema's nodes (parquetNodes).
 type leafNode struct {
 	name    string
 	rep     parquet.Repetition
@@ -87,71 +87,93 @@ func (n *leafNode) primitive(ptype parquet.Type) (*pqschema.PrimitiveNode, error
 	return p, nil
 }
 
-// leafPaths returns the leaves of s in Parquet column order, checked against the Parquet schema pqarrow derives
-// from s.
-func leafPaths(s *arrow.Schema, ps *pqschema.Schema) ([]leafPath, error) {
-	out := make([]leafPath, 0, ps.NumColumns())
-	root := ps.Root()
-	if root.NumFields() != s.NumFields() {
-		return nil, fmt.Errorf("parquet schema has %d top-level fields, arrow schema %d", root.NumFields(), s.NumFields())
+// leafPaths returns the leaves of s in Parquet column order, walking nodes, the Parquet schema of s
+// (parquetNodes), alongside.
+func leafPaths(s *arrow.Schema, nodes []pqNode) ([]leafPath, error) {
+	if len(nodes) == 0 || int(nodes[0].fields) != s.NumFields() {
+		return nil, fmt.Errorf("parquet schema does not have the %d top-level fields of the arrow schema", s.NumFields())
 	}
-	var nodes int32
+	w := leafWalk{nodes: nodes, at: 1}
+	leaves := 0
+	for i := range nodes {
+		if nodes[i].leaf() {
+			leaves++
+		}
+	}
+	out := make([]leafPath, 0, leaves)
 	for c, f := range s.Fields() {
 		var err error
-		out, err = appendLeaves(out, c, f.Type, root.Field(c), nil, 0, &nodes)
+		out, err = w.appendLeaves(out, c, f.Type, nil, 0)
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", f.Name, err)
 		}
 	}
-	if len(out) != ps.NumColumns() {
-		return nil, fmt.Errorf("%d leaves, parquet schema has %d columns", len(out), ps.NumColumns())
-	}
-	for i := range out {
-		d := ps.Column(i)
-		if d.MaxDefinitionLevel() != out[i].maxDef || d.MaxRepetitionLevel() != out[i].maxRep || d.PhysicalType() != out[i].ptype {
-			return nil, fmt.Errorf("leaf %s: levels %d/%d %s, parquet schema says %d/%d %s", d.Path(),
-				out[i].maxDef, out[i].maxRep, out[i].ptype, d.MaxDefinitionLevel(), d.MaxRepetitionLevel(), d.PhysicalType())
-		}
+	if w.at != len(nodes) {
+		return nil, fmt.Errorf("parquet schema has %d nodes, the arrow schema %d", len(nodes), w.at)
 	}
 	return out, nil
 }
 
-func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node, path []step, rep int16, nodes *int32) ([]leafPath, error) {
-	node := *nodes
-	*nodes++
+// leafWalk walks the Parquet nodes of a schema in pre-order, alongside its Arrow types.
+type leafWalk struct {
+	nodes []pqNode
+	at    int   // the next node
+	count int32 // arrays met: step.node
+}
+
+// next returns the next node, and fails past the last.
+func (w *leafWalk) next() (*pqNode, error) {
+	if w.at >= len(w.nodes) {
+		return nil, fmt.Errorf("parquet schema has fewer nodes than the arrow schema")
+	}
+	w.at++
+	return &w.nodes[w.at-1], nil
+}
+
+func (w *leafWalk) appendLeaves(out []leafPath, column int, t arrow.DataType, path []step, rep int16) ([]leafPath, error) {
+	n, err := w.next()
+	if err != nil {
+		return nil, err
+	}
+	node := w.count
+	w.count++
 	var optional bool
-	switch n.RepetitionType() {
+	switch n.rep {
 	case parquet.Repetitions.Optional:
 		optional = true
 	case parquet.Repetitions.Required:
 	default:
-		return nil, fmt.Errorf("%s: unexpected repetition %s", n.Name(), n.RepetitionType())
+		return nil, fmt.Errorf("%s: unexpected repetition %s", n.name, n.rep)
 	}
 	switch t := t.(type) {
 	case *arrow.StructType:
-		g, ok := n.(*pqschema.GroupNode)
-		if !ok || g.NumFields() != t.NumFields() {
-			return nil, fmt.Errorf("%s: struct does not match its parquet group", n.Name())
+		if n.leaf() || int(n.fields) != t.NumFields() {
+			return nil, fmt.Errorf("%s: struct does not match its parquet group", n.name)
 		}
 		for i, f := range t.Fields() {
 			p := append(path[:len(path):len(path)], step{kind: stepStruct, optional: optional, field: int32(i), node: node})
 			var err error
-			if out, err = appendLeaves(out, column, f.Type, g.Field(i), p, rep, nodes); err != nil {
+			if out, err = w.appendLeaves(out, column, f.Type, p, rep); err != nil {
 				return nil, fmt.Errorf("%s: %w", f.Name, err)
 			}
 		}
 		return out, nil
 	case *arrow.ListType:
-		g, ok := n.(*pqschema.GroupNode)
-		if !ok || g.NumFields() != 1 {
-			return nil, fmt.Errorf("%s: list does not match its parquet group", n.Name())
+		if n.leaf() || n.fields != 1 {
+			return nil, fmt.Errorf("%s: list does not match its parquet group", n.name)
 		}
-		r, ok := g.Field(0).(*pqschema.GroupNode)
-		if !ok || r.RepetitionType() != parquet.Repetitions.Repeated || r.NumFields() != 1 {
-			return nil, fmt.Errorf("%s: list without a repeated group of one element", n.Name())
+		r, err := w.next()
+		if err != nil {
+			return nil, err
+		}
+		if r.leaf() || r.rep != parquet.Repetitions.Repeated || r.fields != 1 {
+			return nil, fmt.Errorf("%s: list without a repeated group of one element", n.name)
 		}
 		p := append(path[:len(path):len(path)], step{kind: stepList, optional: optional, rep: rep + 1, node: node})
-		return appendLeaves(out, column, t.Elem(), r.Field(0), p, rep+1, nodes)
+		return w.appendLeaves(out, column, t.Elem(), p, rep+1)
+	}
+	if !n.leaf() {
+		return nil, fmt.Errorf("%s: a parquet group for arrow type %s", n.name, t)
 	}
 	var ptype parquet.Type
 	switch t.ID() {
@@ -164,7 +186,10 @@ func appendLeaves(out []leafPath, column int, t arrow.DataType, n pqschema.Node,
 	case arrow.FLOAT64:
 		ptype = parquet.Types.Double
 	default:
-		return nil, fmt.Errorf("%s: no parquet writer for arrow type %s", n.Name(), t)
+		return nil, fmt.Errorf("%s: no parquet writer for arrow type %s", n.name, t)
+	}
+	if ptype != n.ptype {
+		return nil, fmt.Errorf("%s: physical type %s, the parquet schema's %s", n.name, ptype, n.ptype)
 	}
 	p := append(path[:len(path):len(path)], step{kind: stepLeaf, optional: optional, node: node})
 	var def int16

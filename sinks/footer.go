@@ -8,7 +8,6 @@ import (
 
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/metadata"
-	pqschema "github.com/apache/arrow/go/v17/parquet/schema"
 	"github.com/apache/thrift/lib/go/thrift"
 )
 
@@ -113,20 +112,23 @@ func writeFileMetaData(w io.Writer, l *tableLayout, pm *partMeta) error {
 	if len(pm.chunks) != leaves*len(pm.groups) {
 		return fmt.Errorf("footer: %d column chunks for %d row groups of %d columns", len(pm.chunks), len(pm.groups), leaves)
 	}
-	ps, err := l.parquetSchema()
+	nodes, err := parquetNodes(l.arrow, l.props)
 	if err != nil {
-		return err
+		return fmt.Errorf("footer: %w", err)
 	}
-	if ps.NumColumns() != leaves {
-		return fmt.Errorf("footer: the schema has %d columns, the layout %d", ps.NumColumns(), leaves)
+	at, names, ends := leafColumns(nodes)
+	if len(at) != leaves {
+		return fmt.Errorf("footer: the schema has %d columns, the layout %d", len(at), leaves)
 	}
 	props := l.props
 	cols := make([]footerColumn, leaves)
+	start := int32(0)
 	for i := range cols {
-		c := ps.Column(i)
-		path := c.Path()
-		cols[i] = footerColumn{ptype: int32(c.PhysicalType()), codec: int32(props.CompressionFor(path)),
-			encoding: int32(props.EncodingFor(path)), path: c.ColumnPath()}
+		path := names[start:ends[i]:ends[i]]
+		start = ends[i]
+		dotted := dotted(path)
+		cols[i] = footerColumn{ptype: int32(nodes[at[i]].ptype), codec: int32(props.CompressionFor(dotted)),
+			encoding: int32(props.EncodingFor(dotted)), path: path}
 	}
 	enc := footerEncodings{page: int32(props.DictionaryPageEncoding()), index: int32(props.DictionaryIndexEncoding())}
 	enc.listed = enc.page
@@ -141,12 +143,9 @@ func writeFileMetaData(w io.Writer, l *tableLayout, pm *partMeta) error {
 		version = 1
 	}
 	tw.i32(1, version)
-	elems := pqschema.ToThrift(ps.Root())
-	tw.list(2, thrift.STRUCT, len(elems))
-	for _, e := range elems {
-		if tw.err == nil {
-			tw.err = e.Write(tw.ctx, tw.p)
-		}
+	tw.list(2, thrift.STRUCT, len(nodes))
+	for i := range nodes {
+		tw.writeSchemaElement(&nodes[i])
 	}
 	var rows int64
 	for _, gm := range pm.groups {
@@ -366,6 +365,23 @@ func (tw *thriftWriter) value(s string) { tw.keep(tw.p.WriteString(tw.ctx, s)) }
 func (tw *thriftWriter) bin(id int16, b []byte) {
 	tw.field(id, thrift.STRING)
 	tw.keep(tw.p.WriteBinary(tw.ctx, b))
+}
+
+func (tw *thriftWriter) i8(id int16, v int8) {
+	tw.field(id, thrift.BYTE)
+	tw.keep(tw.p.WriteByte(tw.ctx, v))
+}
+
+func (tw *thriftWriter) boolean(id int16, v bool) {
+	tw.field(id, thrift.BOOL)
+	tw.keep(tw.p.WriteBool(tw.ctx, v))
+}
+
+// emptyStruct writes field id holding a struct without fields.
+func (tw *thriftWriter) emptyStruct(id int16) {
+	tw.field(id, thrift.STRUCT)
+	tw.structBegin()
+	tw.structEnd()
 }
 
 func (tw *thriftWriter) flush() error {

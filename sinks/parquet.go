@@ -18,7 +18,6 @@ import (
 	"github.com/apache/arrow/go/v17/parquet"
 	"github.com/apache/arrow/go/v17/parquet/compress"
 	"github.com/apache/arrow/go/v17/parquet/metadata"
-	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 	pqschema "github.com/apache/arrow/go/v17/parquet/schema"
 	"gocloud.dev/blob"
 )
@@ -663,24 +662,28 @@ func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLay
 
 // addLeaves finds the leaves of l's schema (leafPaths), with what the writer properties say of each.
 func (l *tableLayout) addLeaves() error {
-	ps, err := l.parquetSchema()
+	nodes, err := parquetNodes(l.arrow, l.props)
 	if err != nil {
 		return err
 	}
-	if l.leaves, err = leafPaths(l.arrow, ps); err != nil {
+	if l.leaves, err = leafPaths(l.arrow, nodes); err != nil {
 		return fmt.Errorf("parquet schema: %w", err)
 	}
 	props := l.props
+	at, names, ends := leafColumns(nodes)
+	start := int32(0)
 	for i := range l.leaves {
-		d := ps.Column(i)
-		n := d.SchemaNode().(*pqschema.PrimitiveNode)
-		l.leaves[i].node = leafNode{name: n.Name(), rep: n.RepetitionType(), logical: n.LogicalType(),
-			order: n.ColumnOrder, typeLen: int32(n.TypeLength()), fieldID: n.FieldID(), sort: d.SortOrder()}
-		if _, err := l.leaves[i].node.primitive(n.PhysicalType()); err != nil { // as leafPath.descr makes it
-			return fmt.Errorf("parquet schema: column %s: %w", d.Path(), err)
+		lp, n := &l.leaves[i], &nodes[at[i]]
+		path := dotted(names[start:ends[i]])
+		start = ends[i]
+		lp.node = leafNode{name: n.name, rep: n.rep, logical: n.logical, typeLen: -1, fieldID: n.fieldID}
+		p, err := lp.node.primitive(lp.ptype) // as leafPath.descr makes it
+		if err != nil {
+			return fmt.Errorf("parquet schema: column %s: %w", path, err)
 		}
-		l.leaves[i].dict = l.leaves[i].ptype != parquet.Types.Boolean && props.DictionaryEnabledFor(d.Path())
-		l.leaves[i].maxStats = int32(props.MaxStatsSizeFor(d.Path()))
+		lp.node.sort = pqschema.NewColumn(p, lp.maxDef, lp.maxRep).SortOrder()
+		lp.dict = lp.ptype != parquet.Types.Boolean && props.DictionaryEnabledFor(path)
+		lp.maxStats = int32(props.MaxStatsSizeFor(path))
 	}
 	l.columns = len(l.leaves)
 	l.mem = layoutMem(l.leaves)
@@ -715,22 +718,21 @@ func (l *tableLayout) keyValueMetadata() metadata.KeyValueMetadata {
 	return meta
 }
 
-// columnPath returns the path of leaf i, for an error message: it builds the Parquet schema to find it.
+// columnPath returns the path of leaf i, for an error message: it lists the Parquet schema's nodes to find it.
 func (l *tableLayout) columnPath(i int) string {
-	ps, err := l.parquetSchema()
-	if err != nil || i < 0 || i >= ps.NumColumns() {
+	nodes, err := parquetNodes(l.arrow, l.props)
+	if err != nil {
 		return fmt.Sprintf("#%d", i)
 	}
-	return ps.Column(i).Path()
-}
-
-// parquetSchema returns the Parquet schema pqarrow derives from the Table's Arrow schema.
-func (l *tableLayout) parquetSchema() (*pqschema.Schema, error) {
-	ps, err := pqarrow.ToParquet(l.arrow, l.props, pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
-	if err != nil {
-		return nil, fmt.Errorf("parquet schema: %w", err)
+	_, names, ends := leafColumns(nodes)
+	if i < 0 || i >= len(ends) {
+		return fmt.Sprintf("#%d", i)
 	}
-	return ps, nil
+	start := int32(0)
+	if i > 0 {
+		start = ends[i-1]
+	}
+	return dotted(names[start:ends[i]])
 }
 
 // writerProps returns the Table's Parquet writer properties (compression, allocator).
