@@ -176,7 +176,7 @@ func writeFileMetaData(w io.Writer, l *tableLayout, pm *partMeta) error {
 		tw.i16(7, int16(g))
 		tw.structEnd()
 	}
-	kv := l.keyValueMetadata()
+	kv := l.kv()
 	tw.list(5, thrift.STRUCT, kv.Len())
 	for i, k := range kv.Keys() {
 		tw.structBegin()
@@ -393,7 +393,12 @@ func (tw *thriftWriter) flush() error {
 // Arrow schema, about 90 bytes per leaf) and about 110 to 190 bytes per column chunk (135 for most of the tables
 // of synthea-100 and r4-examples).
 func (l *tableLayout) footerBytes(rowGroups int) int64 {
-	return l.metaBytes + int64(150*l.columns*rowGroups)
+	kv := l.kv()
+	n := int64(150 * l.columns * rowGroups)
+	for i, k := range kv.Keys() {
+		n += int64(len(k) + len(kv.Values()[i]))
+	}
+	return n
 }
 
 // writeFooter writes the file metadata of p, a part of layout l, its length and the closing magic.

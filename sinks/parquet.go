@@ -264,16 +264,17 @@ type Table struct {
 
 // tableLayout is the Parquet side of a Table's schema. Its leaves keep a descriptor of their own rather than the
 // Parquet schema, whose tree of nodes, paths and name indices took about 1 KB per leaf column for as long as
-// the Table was open (16.5 MB for the 16,693 leaf columns of synthea-100's 19 types): the footer of a part builds
-// the schema again.
+// the Table was open (16.5 MB for the 16,693 leaf columns of synthea-100's 19 types): the footer of a part lists
+// the schema's nodes again (parquetNodes).
 type tableLayout struct {
 	arrow *arrow.Schema
 	props *parquet.WriterProperties
-	// metaBytes is the size of the footer's key-value metadata (keyValueMetadata), which is built only while a
-	// footer is written: its serialized Arrow schema takes about 90 bytes per leaf, 9 MB over r4-examples' tables.
-	metaBytes int64
-	columns   int        // leaf columns
-	leaves    []leafPath // nil in a layout kept for the footers only (footerOnly)
+	// kv returns the footer's key-value metadata (keyValueMetadata), built once the first footer of the Table is
+	// sized or written, and kept for the next: its serialized Arrow schema takes about 90 bytes per leaf, 9 MB over
+	// r4-examples' tables, and serializing it took 4% of a two-core run over them.
+	kv      func() metadata.KeyValueMetadata
+	columns int        // leaf columns
+	leaves  []leafPath // nil in a layout kept for the footers only (footerOnly)
 	// mem is about what the layout and a part's chunk writer hold for as long as the Table keeps them, whether
 	// or not they hold rows (layoutMem): the budget counts it, so that the Tables of a run of many types do not
 	// keep theirs all, beyond it.
@@ -650,12 +651,9 @@ func (t *Table) writeRowGroup(ctx context.Context, p *part, closePart bool) (*Fi
 
 func newTableLayout(s *arrow.Schema, props *parquet.WriterProperties) (*tableLayout, error) {
 	l := &tableLayout{arrow: s, props: props}
+	l.kv = sync.OnceValue(l.keyValueMetadata)
 	if err := l.addLeaves(); err != nil {
 		return nil, err
-	}
-	meta := l.keyValueMetadata()
-	for i, k := range meta.Keys() {
-		l.metaBytes += int64(len(k) + len(meta.Values()[i]))
 	}
 	return l, nil
 }
@@ -692,7 +690,7 @@ func (l *tableLayout) addLeaves() error {
 
 // footerOnly returns a layout with what the footer of a part of l needs, and without l's leaves.
 func (l *tableLayout) footerOnly() *tableLayout {
-	return &tableLayout{arrow: l.arrow, props: l.props, metaBytes: l.metaBytes, columns: l.columns}
+	return &tableLayout{arrow: l.arrow, props: l.props, kv: l.kv, columns: l.columns}
 }
 
 // layoutMem is about the memory of a layout of leaves and of a chunk writer's slots for them: r4-examples' 146
