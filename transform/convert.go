@@ -453,10 +453,13 @@ type converter struct {
 	refText, typeText []byte
 	slots             []slot
 	order             []int32 // a stack: per object being converted, the kids it converts, in schema order
-	path              []byte  // JSON path of the value being converted: name[0].given
-	pe                []byte  // the _primitiveExtensions object being built
-	compact           []byte
-	b64               []byte
+	// path is where the value being converted is, one frame per element name: name[0].given is {name 0} {given
+	// -1}. It is written out (pathText) only for a "_name" companion, which most lines have none of.
+	path     []pathFrame
+	pathText []byte
+	pe       []byte // the _primitiveExtensions object being built
+	compact  []byte
+	b64      []byte
 }
 
 // shed lets go of the scratch buffers that hold more than limit bytes, and of the tree of the line before.
@@ -467,8 +470,8 @@ func (c *converter) shed(limit int) {
 		shedSlice(t.stack, limit), shedSlice(t.open, limit), shedSlice(t.str, limit)
 	c.refText, c.typeText, c.compact, c.b64 = shedSlice(c.refText, limit), shedSlice(c.typeText, limit),
 		shedSlice(c.compact, limit), shedSlice(c.b64, limit)
-	c.slots, c.order, c.path, c.pe = shedSlice(c.slots, limit), shedSlice(c.order, limit),
-		shedSlice(c.path, limit), shedSlice(c.pe, limit)
+	c.slots, c.order, c.path, c.pathText, c.pe = shedSlice(c.slots, limit), shedSlice(c.order, limit),
+		shedSlice(c.path, limit), shedSlice(c.pathText, limit), shedSlice(c.pe, limit)
 }
 
 // shedSlice returns nil when the array of s holds more than limit bytes, and s otherwise. Every scratch buffer
@@ -583,11 +586,30 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 	return nil
 }
 
-func (c *converter) pushKey(key string) {
-	if len(c.path) > 0 {
-		c.path = append(c.path, '.')
+// pathFrame is one element name of converter.path, with the index of the array item within it (-1: none).
+type pathFrame struct {
+	key   string
+	index int
+}
+
+func (c *converter) pushKey(key string) { c.path = append(c.path, pathFrame{key: key, index: -1}) }
+
+// pathString writes the path out: element names joined by dots, each with its array index in brackets.
+func (c *converter) pathString() []byte {
+	b := c.pathText[:0]
+	for i, f := range c.path {
+		if i > 0 {
+			b = append(b, '.')
+		}
+		b = append(b, f.key...)
+		if f.index >= 0 {
+			b = append(b, '[')
+			b = strconv.AppendInt(b, int64(f.index), 10)
+			b = append(b, ']')
+		}
 	}
-	c.path = append(c.path, key...)
+	c.pathText = b
+	return b
 }
 
 func (c *converter) choice(p *plan, which int, v int32, at int) error {
@@ -615,21 +637,19 @@ func (c *converter) column(p *plan, v int32, at int) error {
 		return fmt.Errorf("%s: expected a JSON array", p.node.Path())
 	}
 	start := p.col.beginList(at)
-	mark := len(c.path)
+	f := &c.path[len(c.path)-1] // the list's own name, which its caller pushed
 	items := c.tree.children(v)
 	for i, e := range items {
 		if c.tree.nodes[e].kind == jNull {
 			continue // a null element: its entry stays unmaterialised, a null
 		}
-		c.path = append(c.path[:mark], '[')
-		c.path = strconv.AppendInt(c.path, int64(i), 10)
-		c.path = append(c.path, ']')
+		f.index = i
 		if err := c.item(p, e, start+i); err != nil {
-			c.path = c.path[:mark]
 			return err
 		}
+		f = &c.path[len(c.path)-1] // item may have grown the path, moving it
 	}
-	c.path = c.path[:mark]
+	f.index = -1
 	p.col.endList(at, start+len(items))
 	return nil
 }
@@ -726,14 +746,11 @@ func (c *converter) primitiveExtension(name []byte, v int32) {
 	mark := len(c.path)
 	c.pushKey(string(name))
 	if c.tree.nodes[v].kind == jArray {
-		m2 := len(c.path)
 		for i, e := range c.tree.children(v) {
 			if c.tree.nodes[e].kind == jNull {
 				continue
 			}
-			c.path = append(c.path[:m2], '[')
-			c.path = strconv.AppendInt(c.path, int64(i), 10)
-			c.path = append(c.path, ']')
+			c.path[mark].index = i
 			c.addPrimitiveExtension(e)
 		}
 	} else if c.tree.nodes[v].kind != jNull {
@@ -748,7 +765,7 @@ func (c *converter) addPrimitiveExtension(v int32) {
 	} else {
 		c.pe = append(c.pe, ',')
 	}
-	c.pe = strconv.AppendQuote(c.pe, string(c.path)) // element names, dots and indices: ASCII, JSON-safe
+	c.pe = strconv.AppendQuote(c.pe, string(c.pathString())) // element names, dots and indices: ASCII, JSON-safe
 	c.pe = append(c.pe, ':')
 	c.pe = compactJSON(c.pe, c.tree.raw(v))
 }
