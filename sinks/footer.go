@@ -116,32 +116,28 @@ func writeFileMetaData(w io.Writer, l *tableLayout, pm *partMeta) error {
 	if err != nil {
 		return fmt.Errorf("footer: %w", err)
 	}
-	at, names, ends := leafColumns(nodes)
-	if len(at) != leaves {
-		return fmt.Errorf("footer: the schema has %d columns, the layout %d", len(at), leaves)
+	lc := leafColumns(nodes)
+	if lc.len() != leaves {
+		return fmt.Errorf("footer: the schema has %d columns, the layout %d", lc.len(), leaves)
 	}
 	props := l.props
 	cols := make([]footerColumn, leaves)
-	start := int32(0)
 	for i := range cols {
-		path := names[start:ends[i]:ends[i]]
-		start = ends[i]
+		path := lc.path(i)
 		dotted := dotted(path)
-		cols[i] = footerColumn{ptype: int32(nodes[at[i]].ptype), codec: int32(props.CompressionFor(dotted)),
+		cols[i] = footerColumn{ptype: int32(nodes[lc.at[i]].ptype), codec: int32(props.CompressionFor(dotted)),
 			encoding: int32(props.EncodingFor(dotted)), path: path}
 	}
 	enc := footerEncodings{page: int32(props.DictionaryPageEncoding()), index: int32(props.DictionaryIndexEncoding())}
 	enc.listed = enc.page
+	version := int32(2)
 	if props.Version() == parquet.V1_0 {
+		version = 1
 		enc.listed = int32(parquet.Encodings.Plain) // the library lists PLAIN for the dictionary page of V1 files
 	}
 
 	tw := newThriftWriter(w)
 	tw.structBegin()
-	version := int32(2)
-	if props.Version() == parquet.V1_0 {
-		version = 1
-	}
 	tw.i32(1, version)
 	tw.list(2, thrift.STRUCT, len(nodes))
 	for i := range nodes {

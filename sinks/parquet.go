@@ -668,12 +668,10 @@ func (l *tableLayout) addLeaves() error {
 		return fmt.Errorf("parquet schema: %w", err)
 	}
 	props := l.props
-	at, names, ends := leafColumns(nodes)
-	start := int32(0)
+	lc := leafColumns(nodes)
 	for i := range l.leaves {
-		lp, n := &l.leaves[i], &nodes[at[i]]
-		path := dotted(names[start:ends[i]])
-		start = ends[i]
+		lp, n := &l.leaves[i], &nodes[lc.at[i]]
+		path := dotted(lc.path(i))
 		lp.node = leafNode{name: n.name, rep: n.rep, logical: n.logical, typeLen: -1, fieldID: n.fieldID}
 		p, err := lp.node.primitive(lp.ptype) // as leafPath.descr makes it
 		if err != nil {
@@ -722,15 +720,11 @@ func (l *tableLayout) columnPath(i int) string {
 	if err != nil {
 		return fmt.Sprintf("#%d", i)
 	}
-	_, names, ends := leafColumns(nodes)
-	if i < 0 || i >= len(ends) {
+	lc := leafColumns(nodes)
+	if i < 0 || i >= lc.len() {
 		return fmt.Sprintf("#%d", i)
 	}
-	start := int32(0)
-	if i > 0 {
-		start = ends[i-1]
-	}
-	return dotted(names[start:ends[i]])
+	return dotted(lc.path(i))
 }
 
 // writerProps returns the Table's Parquet writer properties (compression, allocator).

@@ -129,19 +129,39 @@ func fieldIDOf(m arrow.Metadata) int32 {
 	return int32(id)
 }
 
-// leafColumns returns the index in nodes of every leaf, in column order, and the path of each (the names from the
-// root's child down, pqschema.ColumnPath) as one slice of names with the end of each leaf's.
-func leafColumns(nodes []pqNode) (leaves []int32, names []string, ends []int32) {
+// leafColumnSet is where the leaves of a schema's nodes are, in column order, and the path of each (the names from
+// the root's child down, pqschema.ColumnPath).
+type leafColumnSet struct {
+	at    []int32  // the index in the nodes of each leaf
+	names []string // every leaf's path, one after the other
+	ends  []int32  // where each leaf's path ends in names
+}
+
+// len returns the number of leaves.
+func (c *leafColumnSet) len() int { return len(c.at) }
+
+// path returns the path of leaf i.
+func (c *leafColumnSet) path(i int) []string {
+	start := int32(0)
+	if i > 0 {
+		start = c.ends[i-1]
+	}
+	return c.names[start:c.ends[i]:c.ends[i]]
+}
+
+// leafColumns returns the leaves of nodes.
+func leafColumns(nodes []pqNode) leafColumnSet {
 	type open struct{ left int32 } // children still to come
+	var c leafColumnSet
 	var stack []open
 	var path []string
 	for i := 1; i < len(nodes); i++ {
 		n := &nodes[i]
 		path = append(path, n.name)
 		if n.leaf() {
-			leaves = append(leaves, int32(i))
-			names = append(names, path...)
-			ends = append(ends, int32(len(names)))
+			c.at = append(c.at, int32(i))
+			c.names = append(c.names, path...)
+			c.ends = append(c.ends, int32(len(c.names)))
 			path = path[:len(path)-1]
 			for len(stack) > 0 {
 				top := &stack[len(stack)-1]
@@ -155,7 +175,7 @@ func leafColumns(nodes []pqNode) (leaves []int32, names []string, ends []int32) 
 		}
 		stack = append(stack, open{left: n.fields})
 	}
-	return leaves, names, ends
+	return c
 }
 
 // dotted joins a path as pqschema.ColumnPath.String does, for the writer properties' per-column settings.

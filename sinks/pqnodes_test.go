@@ -83,15 +83,13 @@ func TestParquetNodesMatchPqarrow(t *testing.T) {
 				t.Fatalf("schema of %s..., version %v: %d nodes make %d bytes of SchemaElements, the library's %d",
 					name, props.Version(), len(nodes), got.Len(), want.Len())
 			}
-			leaves, names, ends := leafColumns(nodes)
-			if len(leaves) != ps.NumColumns() {
-				t.Fatalf("schema of %s...: %d leaves, the library %d", name, len(leaves), ps.NumColumns())
+			lc := leafColumns(nodes)
+			if lc.len() != ps.NumColumns() {
+				t.Fatalf("schema of %s...: %d leaves, the library %d", name, lc.len(), ps.NumColumns())
 			}
-			start := int32(0)
-			for i, at := range leaves {
+			for i, at := range lc.at {
 				c, n := ps.Column(i), &nodes[at]
-				path := names[start:ends[i]]
-				start = ends[i]
+				path := lc.path(i)
 				if !slices.Equal(path, c.ColumnPath()) || n.ptype != c.PhysicalType() || !n.logical.Equals(c.LogicalType()) ||
 					n.converted != c.ConvertedType() || n.rep != c.SchemaNode().RepetitionType() || n.fieldID != c.SchemaNode().FieldID() {
 					t.Fatalf("schema of %s...: leaf %d is %v %s %s, the library's %s %s %s", name, i, path, n.ptype, n.logical,
