@@ -89,6 +89,9 @@ type fmsg struct {
 	contained bool
 	// valueRequired is set on a primitive whose value is a required field (Xhtml): an empty value is missing.
 	valueRequired bool
+	// pathName is a resource type's segment in the reference's element paths below a nested resource
+	// ("Bundle.entry[0].resource.observation"): the JSON name of its ContainedResource field.
+	pathName string
 }
 
 // fkey says where a JSON key of a message goes.
@@ -108,7 +111,10 @@ type ffield struct {
 
 // fopt is the type of one element: a message, or a primitive with its parse and validation rules.
 type fopt struct {
-	msg  *fmsg // the message plan; for a primitive, the plan of its "_name" object (id, extension)
+	msg *fmsg // the message plan; for a primitive, the plan of its "_name" object (id, extension)
+	// name is a choice option's segment in the reference's element paths ("Observation.value.quantity"): the
+	// JSON name of its field in the choice message. Empty for any other element.
+	name string
 	pk   pkind
 	vk   vkind
 	enum *fenum
@@ -152,6 +158,7 @@ func newFastPlan() (*fastPlan, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compile decoding plan: %w", err)
 		}
+		m.pathName = fields.Get(i).JSONName()
 		fp.resources[string(md.Name())] = m
 	}
 	refFields := map[string]bool{}
@@ -228,6 +235,7 @@ func (b *planBuilder) message(md protoreflect.MessageDescriptor) (*fmsg, error) 
 				if err != nil {
 					return nil, err
 				}
+				o.name = od.JSONName()
 				f.choice = append(f.choice, o)
 				key := fd.JSONName() + upperFirstASCII(od.JSONName())
 				m.keys.Put(key, fkey{field: idx, opt: j})

@@ -17,6 +17,8 @@ type parityCounts struct {
 	// wrong counts lines the fast validator accepted and the reference rejects: the one disagreement the design
 	// allows none of (everything else the fast path hands to the reference path).
 	wrong int
+	// explained counts the lines the fast validator rejected itself (explain), with the reference's issues.
+	explained int
 }
 
 // parityCheck compares the fast validator with the reference on one line and records the outcome.
@@ -29,6 +31,13 @@ func parityCheck(t testing.TB, fv *fastValidator, ref *Validator, name string, l
 	}
 	got, ok := fv.validate(line)
 	if !ok {
+		if got, ok = fv.explain(line); ok {
+			c.explained++
+			if got.ResourceType != want.ResourceType || got.Known != want.Known || got.ID != want.ID ||
+				got.Version != want.Version || !slices.Equal(got.Issues, want.Issues) {
+				t.Errorf("%s: fast path explains the line as %+v, reference %+v", name, got, want)
+			}
+		}
 		return
 	}
 	c.fastValid++
@@ -102,7 +111,7 @@ func TestFastParity(t *testing.T) {
 					parityCheck(t, fv, ref, filepath.Base(f)+":"+itoa(n), line, &c)
 				})
 			}
-			t.Logf("%s: %d lines, %d valid, fast path vouches for %d, %d wrong", s.name, c.lines, c.refValid, c.fastValid, c.wrong)
+			t.Logf("%s: %d lines, %d valid, fast path vouches for %d, %d wrong, explains %d", s.name, c.lines, c.refValid, c.fastValid, c.wrong, c.explained)
 			if share := float64(c.fastValid) / float64(max(c.refValid, 1)); share < s.minShare {
 				t.Errorf("fast path vouches for %.3f of the valid lines, want at least %.2f", share, s.minShare)
 			}
@@ -119,7 +128,7 @@ func TestFastParity(t *testing.T) {
 			}
 			parityCheck(t, fv, ref, filepath.Base(f), valOneLine(data), &c)
 		}
-		t.Logf("fhir-test-cases: %d lines, %d valid, fast path vouches for %d, %d wrong", c.lines, c.refValid, c.fastValid, c.wrong)
+		t.Logf("fhir-test-cases: %d lines, %d valid, fast path vouches for %d, %d wrong, explains %d", c.lines, c.refValid, c.fastValid, c.wrong, c.explained)
 	})
 	t.Run("google-fhir-primitives", func(t *testing.T) {
 		dir := valNeedData(t, filepath.Join("invalid", "google-fhir-primitives"))
@@ -131,7 +140,7 @@ func TestFastParity(t *testing.T) {
 				parityCheck(t, fv, ref, filepath.Base(f)+":"+itoa(n), wrapPrimitive(typ, value), &c)
 			})
 		}
-		t.Logf("google-fhir-primitives: %d lines, %d valid, fast path vouches for %d, %d wrong", c.lines, c.refValid, c.fastValid, c.wrong)
+		t.Logf("google-fhir-primitives: %d lines, %d valid, fast path vouches for %d, %d wrong, explains %d", c.lines, c.refValid, c.fastValid, c.wrong, c.explained)
 	})
 }
 
@@ -467,5 +476,66 @@ func TestFastURICacheKeepsShortURIs(t *testing.T) {
 	}
 	if _, ok := v.uris[string(short)]; !ok || len(v.uris) != 1 {
 		t.Errorf("the cache holds %d URIs, short one cached: %v; want only the short one", len(v.uris), ok)
+	}
+}
+
+// TestFastExplain checks explain against the reference: the lines whose one fault is absent required elements
+// get the reference's verdict and issues from the fast path, wherever the elements are (nested in arrays, in a
+// choice, in a primitive's companion, in a nested resource); every other line is left to the reference.
+func TestFastExplain(t *testing.T) {
+	const obs = `"resourceType":"Observation","status":"final","code":{"text":"a"}`
+	cases := []struct {
+		name, line string
+		explained  bool
+	}{
+		{"top level", `{"resourceType":"Observation","id":"o1","meta":{"versionId":"3"},"code":{"text":"a"}}`, true},
+		{"two at top level", `{"resourceType":"Observation"}`, true},
+		{"array items", `{` + obs + `,"component":[{"valueString":"x"},{"code":{"text":"b"}},{"valueString":"y"}]}`, true},
+		{"extension url", `{"resourceType":"Patient","extension":[{"valueString":"x"}]}`, true},
+		{"nested extension", `{` + obs + `,"extension":[{"url":"http://a","extension":[{"valueString":"x"}]}]}`, true},
+		{"in a choice", `{` + obs + `,"valueQuantity":{"extension":[{"valueString":"x"}]}}`, true},
+		{"deep in a choice", `{` + obs + `,"valueCodeableConcept":{"coding":[{"extension":[{}]}]}}`, true},
+		{"in a companion", `{` + obs + `,"_effectiveDateTime":{"extension":[{"valueString":"x"}]}}`, true},
+		{"in a companion array", `{"resourceType":"Patient","name":[{"given":["a","b"],"_given":[{"id":"g"},{"extension":[{"valueString":"x"}]}]}]}`, true},
+		{"backbone element", `{"resourceType":"Patient","link":[{"type":"seealso"}]}`, true},
+		{"narrative status", `{` + obs + `,"text":{"div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">a</div>"}}`, true},
+		{"nested resource", `{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Observation","code":{"text":"a"}}},{"resource":{"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/1"}}}]}`, true},
+		{"required choice", `{"resourceType":"MedicationRequest","status":"active","intent":"order","subject":{"reference":"Patient/1"}}`, true},
+		{"only a companion", `{"resourceType":"Observation","_status":{"id":"x"},"code":{"text":"a"}}`, false},
+		{"null", `{"resourceType":"Observation","code":{"text":"a"},"status":null}`, false},
+		{"and a wrong id", `{"resourceType":"Observation","code":{"text":"a"},"extension":[{"url":"http://a","valueId":"a b"}]}`, false},
+		{"and a contained resource lacking them too", `{"resourceType":"Patient","link":[{"type":"seealso"}],"contained":[{"resourceType":"Observation","code":{"text":"a"}}]}`, true},
+		{"empty array", `{"resourceType":"Patient","link":[{"type":"seealso","other":[]}]}`, false},
+	}
+	fv, ref := newFast(t), valNew(t)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			line := []byte(tc.line)
+			want := ref.Validate(line)
+			if _, ok := fv.validate(line); ok {
+				t.Fatalf("fast path vouches for the line; reference %v", want.Issues)
+			}
+			got, ok := fv.explain(line)
+			if ok != tc.explained {
+				t.Fatalf("explain ok = %v, want %v; reference %v", ok, tc.explained, want.Issues)
+			}
+			if !ok {
+				return
+			}
+			if len(want.Issues) == 0 || !slices.Equal(got.Issues, want.Issues) || got.ID != want.ID || got.Version != want.Version ||
+				got.ResourceType != want.ResourceType || !got.Known {
+				t.Errorf("explain gives %+v\nreference        %+v", got, want)
+			}
+			for _, is := range got.Issues {
+				if is.Code != codeRequired {
+					t.Errorf("issue %+v is not a missing required element", is)
+				}
+			}
+		})
+	}
+	// The validator is the same after explain: the next valid line builds its tree.
+	valid := []byte(`{` + obs + `}`)
+	if _, ok := fv.validate(valid); !ok || !fv.tree.holds(valid) {
+		t.Errorf("after explain, a valid line is not vouched for with its tree (ok %v)", ok)
 	}
 }

@@ -65,7 +65,8 @@ type Worker struct {
 	alloc *countingAllocator
 	val   *Validator
 	fast  *fastValidator // nil on the reference path
-	// fastHits and fallbacks count the lines the fast validator vouched for and those it handed on.
+	// fastHits and fallbacks count the lines the fast validator gave the verdict of (valid, or lacking required
+	// elements) and those it handed on.
 	fastHits, fallbacks int64
 	conv                converter
 	// grown is set after a line of more than shedAfterBytes: the scratch buffers it grew past keepScratchBytes
@@ -149,6 +150,10 @@ func (w *Worker) Validate(line []byte) Result {
 			w.fastHits++
 			return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version, Valid: true}
 		}
+		if vd, ok := w.fast.explain(line); ok {
+			w.fastHits++
+			return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version, Issues: vd.Issues}
+		}
 		w.fallbacks++
 	}
 	vd := w.val.Validate(line)
@@ -221,8 +226,9 @@ func (t *table) record(mem memory.Allocator) arrow.Record {
 	return rec
 }
 
-// ValidatorStats returns how many lines the fast validator found valid on its own and how many it handed to the
-// reference path; both are 0 on the reference path.
+// ValidatorStats returns how many lines the fast validator gave the verdict of on its own (valid lines, and
+// lines whose one fault is absent required elements) and how many it handed to the reference path; both are 0 on
+// the reference path.
 func (w *Worker) ValidatorStats() (fast, reference int64) { return w.fastHits, w.fallbacks }
 
 // Full reports whether some type has at least Options.BatchRows pending rows, or the pending batches hold at
