@@ -20,7 +20,9 @@ import (
 // lines, and valid ones in shapes it does not model: null values, escaped keys, duplicate keys, a required
 // primitive with only its "_name" companion ...) goes to the reference path, which gives the verdict and the
 // issues. So the issues of a rejected line are the reference's own, and parity rests on one property that the
-// parity tests and fuzz targets check: whatever the fast validator accepts, the reference accepts too.
+// parity tests and fuzz targets check: whatever the fast validator accepts, the reference accepts too. The one
+// exception is explain, which answers for a line whose only fault is absent required elements with the issues
+// the reference gives it; the same tests hold those issues to the reference's.
 
 // fastMaxDepth bounds the nesting the fast validator follows; deeper lines go to the reference path.
 const fastMaxDepth = 200

@@ -32,8 +32,9 @@ type Options struct {
 	Allocator memory.Allocator
 	// Validator chooses the validation path: ValidatorReference ("" too) validates every line with google/fhir/go
 	// jsonformat; ValidatorFast checks each line in one pass over its bytes against a plan compiled from the same
-	// descriptors and hands the lines it cannot vouch for (every invalid line among them) to the reference path,
-	// so verdicts and issues are the reference's.
+	// descriptors and hands the lines it cannot vouch for (nearly every invalid line among them) to the reference
+	// path, so verdicts and issues are the reference's. The one kind of invalid line it answers for itself, with
+	// the reference's issues, is one whose only fault is absent required elements (fastValidator.explain).
 	Validator string
 }
 

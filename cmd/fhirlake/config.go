@@ -165,7 +165,7 @@ func (c logConfig) validate() error {
 // addValidatorFlag defines --validator (FHIRLAKE_VALIDATOR), shared by convert and the message-driven commands.
 func addValidatorFlag(fs *flag.FlagSet, v *string) {
 	fs.StringVar(v, "validator", "fast", "validation path: fast (one pass over the bytes against the R4 definitions; "+
-		"every line it cannot vouch for, every invalid one among them, goes to the reference) or reference "+
+		"every line it cannot vouch for goes to the reference, nearly every invalid one among them) or reference "+
 		"(google/fhir/go jsonformat for every line); both give the same verdicts and issues")
 }
 
