@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -985,8 +986,10 @@ func (e *rleEncoder) endRun() {
 		e.appendRun(e.rv, n-fill)
 		return
 	}
-	for range n {
-		e.lit = append(e.lit, e.rv)
+	l := len(e.lit)
+	e.lit = slices.Grow(e.lit, n)[:l+n]
+	for i := range e.lit[l:] {
+		e.lit[l+i] = e.rv
 	}
 	if len(e.lit) >= 1024 {
 		e.flushLiterals()
@@ -1008,15 +1011,27 @@ func (e *rleEncoder) flushLiterals() {
 		return
 	}
 	e.out = binary.AppendUvarint(e.out, uint64(m/8)<<1|1)
-	var acc uint64
-	nb := 0
-	for _, v := range e.lit[:m] {
-		acc |= uint64(v) << nb
-		nb += e.width
-		for nb >= 8 {
-			e.out = append(e.out, byte(acc))
-			acc >>= 8
-			nb -= 8
+	if w := uint(e.width); w <= 8 {
+		// A group of 8 values of up to 8 bits fits in a word: levels, and the indices of small dictionaries.
+		var word [8]byte
+		for g := 0; g < m; g += 8 {
+			l := e.lit[g : g+8 : g+8]
+			acc := uint64(l[0]) | uint64(l[1])<<w | uint64(l[2])<<(2*w) | uint64(l[3])<<(3*w) |
+				uint64(l[4])<<(4*w) | uint64(l[5])<<(5*w) | uint64(l[6])<<(6*w) | uint64(l[7])<<(7*w)
+			binary.LittleEndian.PutUint64(word[:], acc)
+			e.out = append(e.out, word[:w]...)
+		}
+	} else {
+		var acc uint64
+		nb := 0
+		for _, v := range e.lit[:m] {
+			acc |= uint64(v) << nb
+			nb += e.width
+			for nb >= 8 {
+				e.out = append(e.out, byte(acc))
+				acc >>= 8
+				nb -= 8
+			}
 		}
 	}
 	e.lit = e.lit[:copy(e.lit, e.lit[m:])]
