@@ -182,6 +182,108 @@ func FuzzFastParity(f *testing.F) {
 // reference rejects.
 func FuzzFastParityMutate(f *testing.F) { fuzzMutate(f, fuzzSeeds(f)) }
 
+// FuzzFastParityDrop drops members of a real resource: one member, chosen by its place among all the objects'
+// members, or with every member of the same name at once (every "url" of the extensions, say). The lines stay
+// well-formed, and dropping a required element is the one fault explain answers for, so this is where its issues
+// meet the reference's most; anything else the fast path must still leave to the reference.
+func FuzzFastParityDrop(f *testing.F) {
+	seeds := fuzzSeeds(f)
+	for i := range seeds {
+		f.Add(uint16(i), uint32(i*5), false)
+		f.Add(uint16(i), uint32(i*3+1), true)
+	}
+	fv, ref := newFast(f), valNew(f)
+	f.Fuzz(func(t *testing.T, seed uint16, at uint32, sameName bool) {
+		line := seeds[int(seed)%len(seeds)]
+		members := memberSpans(line)
+		if len(members) == 0 {
+			return
+		}
+		pick := members[int(at)%len(members)]
+		var drop [][2]int
+		for _, m := range members {
+			if m == pick || sameName && m.key == pick.key {
+				drop = append(drop, m.span)
+			}
+		}
+		var c parityCounts
+		parityCheck(t, fv, ref, "dropped "+pick.key, cutSpans(line, drop), &c)
+	})
+}
+
+// TestFastParityDropEach drops each member of each fuzz seed in turn, the 2,230 lines that gives, and checks
+// both paths on them (parityCheck: explained lines must carry the reference's issues). Most of the lines the
+// reference rejects lack a required element, and explain must answer for most of those itself.
+func TestFastParityDropEach(t *testing.T) {
+	fv, ref := newFast(t), valNew(t)
+	var c parityCounts
+	for _, line := range fuzzSeeds(t) {
+		for _, m := range memberSpans(line) {
+			parityCheck(t, fv, ref, "dropped "+m.key, cutSpans(line, [][2]int{m.span}), &c)
+		}
+	}
+	invalid := c.lines - c.refValid
+	t.Logf("%d lines, %d invalid, %d explained by the fast path", c.lines, invalid, c.explained)
+	if invalid == 0 || c.explained*4 < invalid*3 {
+		t.Errorf("the fast path explains %d of %d invalid lines, want at least three quarters", c.explained, invalid)
+	}
+}
+
+// member is one member of a JSON object in a line: its key, and the span to cut to drop it with its comma.
+type member struct {
+	key  string
+	span [2]int
+}
+
+// memberSpans lists every member of every object in line (well-formed JSON), outermost first. Cutting a
+// member's span, or the spans of several members, leaves well-formed JSON.
+func memberSpans(line []byte) []member {
+	var t jtree
+	root, err := t.parse(line)
+	if err != nil {
+		return nil
+	}
+	var out []member
+	var walk func(i int32)
+	walk = func(i int32) {
+		kids := t.children(i)
+		if t.nodes[i].kind == jObject {
+			for j := 0; j < len(kids); j += 2 {
+				k, v := t.nodes[kids[j]], t.nodes[kids[j+1]]
+				start, end := int(k.start), int(v.end)
+				if j+2 < len(kids) {
+					end = int(t.nodes[kids[j+2]].start) // with the comma after it
+				} else if j > 0 {
+					start = int(t.nodes[kids[j-1]].end) // the last: with the comma before it
+				}
+				key, _ := t.text(kids[j])
+				out = append(out, member{key: string(key), span: [2]int{start, end}})
+			}
+		}
+		for _, k := range kids {
+			walk(k)
+		}
+	}
+	walk(root)
+	return out
+}
+
+// cutSpans returns line without the spans, which may nest (a member inside a dropped one) but not overlap
+// otherwise.
+func cutSpans(line []byte, spans [][2]int) []byte {
+	slices.SortFunc(spans, func(a, b [2]int) int { return a[0] - b[0] })
+	out := make([]byte, 0, len(line))
+	at := 0
+	for _, sp := range spans {
+		if sp[0] < at {
+			continue // inside a span already cut
+		}
+		out = append(out, line[at:sp[0]]...)
+		at = sp[1]
+	}
+	return append(out, line[at:]...)
+}
+
 // FuzzFastParityMutateSorted is FuzzFastParityMutate over the seeds written with their keys sorted, where the fast
 // validator looks for each resource's resourceType among its members (top-level and contained resources alike).
 func FuzzFastParityMutateSorted(f *testing.F) { fuzzMutate(f, sortedSeeds(f)) }
