@@ -132,13 +132,15 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 func (v *fastValidator) explain(line []byte) (vd Verdict, ok bool) {
 	tree := v.tree
 	v.tree, v.collect, v.missing = nil, true, v.missing[:0]
-	defer func() { v.tree, v.collect, v.path = tree, false, v.path[:0] }()
+	defer func() {
+		clear(v.missing) // the issues' paths are not kept for the next line
+		v.tree, v.collect, v.path, v.missing = tree, false, v.path[:0], v.missing[:0]
+	}()
 	vd, ok = v.validate(line)
 	if !ok || len(v.missing) == 0 {
 		return Verdict{}, false
 	}
 	vd.Issues = finish(slices.Clone(v.missing), vd.ResourceType)
-	clear(v.missing)
 	return vd, true
 }
 
