@@ -586,18 +586,16 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 	return nil
 }
 
-// pathFrame is one element name of converter.path, with the index of the array item within it (-1: none).
+// pathFrame is one element name of a path (converter.path, fastValidator.path), with the index of the array
+// item within it (-1: none).
 type pathFrame struct {
 	key   string
 	index int
 }
 
-func (c *converter) pushKey(key string) { c.path = append(c.path, pathFrame{key: key, index: -1}) }
-
-// pathString writes the path out: element names joined by dots, each with its array index in brackets.
-func (c *converter) pathString() []byte {
-	b := c.pathText[:0]
-	for i, f := range c.path {
+// appendPath writes frames out after b: element names joined by dots, each with its array index in brackets.
+func appendPath(b []byte, frames []pathFrame) []byte {
+	for i, f := range frames {
 		if i > 0 {
 			b = append(b, '.')
 		}
@@ -608,8 +606,15 @@ func (c *converter) pathString() []byte {
 			b = append(b, ']')
 		}
 	}
-	c.pathText = b
 	return b
+}
+
+func (c *converter) pushKey(key string) { c.path = append(c.path, pathFrame{key: key, index: -1}) }
+
+// pathString writes the path out (appendPath).
+func (c *converter) pathString() []byte {
+	c.pathText = appendPath(c.pathText[:0], c.path)
+	return c.pathText
 }
 
 func (c *converter) choice(p *plan, which int, v int32, at int) error {

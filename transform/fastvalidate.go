@@ -7,7 +7,6 @@ import (
 	"math"
 	"net/url"
 	"slices"
-	"strconv"
 	"unicode/utf8"
 )
 
@@ -60,9 +59,11 @@ type fastValidator struct {
 	// tokens as they are read, for the converter.
 	tree *jtree
 	// collect is set during explain: an absent required element becomes an issue in missing, at its element
-	// path as the reference writes it, instead of ending the check. path is where the check is, kept only then.
+	// path as the reference writes it, instead of ending the check. path is where the check is, one frame per
+	// segment of the reference's paths (the type, an element, a choice option, a nested resource's type), kept
+	// only then.
 	collect bool
-	path    []byte
+	path    []pathFrame
 	missing []Issue
 }
 
@@ -98,7 +99,7 @@ func (v *fastValidator) validate(line []byte) (vd Verdict, ok bool) {
 		return vd, false
 	}
 	if v.collect {
-		v.path = append(v.path[:0], rt...) // the root of the reference's paths
+		v.path = append(v.path[:0], pathFrame{key: rt, index: -1}) // the root of the reference's paths
 	}
 	if !v.members(m, true, at, nil) {
 		return vd, false
@@ -339,9 +340,9 @@ func (v *fastValidator) members(m *fmsg, validate bool, at opening, ref *fopt) b
 			mark := 0
 			if v.collect {
 				mark = len(v.path)
-				v.path = append(append(v.path, '.'), f.name...)
+				v.path = append(v.path, pathFrame{key: f.name, index: -1})
 				if k.opt >= 0 {
-					v.path = append(append(v.path, '.'), o.name...)
+					v.path = append(v.path, pathFrame{key: o.name, index: -1})
 				}
 			}
 			var n int32
@@ -415,8 +416,7 @@ func (v *fastValidator) members(m *fmsg, validate bool, at opening, ref *fopt) b
 				if !v.collect || sl.x || sl.u {
 					return false
 				}
-				path := make([]byte, 0, len(v.path)+1+len(m.fields[r].name))
-				path = append(append(append(path, v.path...), '.'), m.fields[r].name...)
+				path := append(append(appendPath(nil, v.path), '.'), m.fields[r].name...)
 				v.missing = append(v.missing, Issue{Path: string(path), Code: codeRequired, Detail: "missing required element"})
 			}
 		}
@@ -436,11 +436,11 @@ func (v *fastValidator) array(o *fopt, under, validate bool) (int32, bool) {
 		return 0, true
 	}
 	var n int32
-	mark := len(v.path)
+	top := len(v.path) - 1 // the array's own element, which members pushed
 	for {
 		v.ws()
 		if v.collect {
-			v.path = append(strconv.AppendInt(append(v.path[:mark], '['), int64(n), 10), ']')
+			v.path[top].index = int(n)
 		}
 		switch {
 		case under && v.peek() == 'n':
@@ -462,10 +462,7 @@ func (v *fastValidator) array(o *fopt, under, validate bool) (int32, bool) {
 			continue
 		}
 		if v.close(']') {
-			if v.collect {
-				v.path = v.path[:mark]
-			}
-			return n, true
+			return n, true // members pops the array's frame
 		}
 		return 0, false
 	}
@@ -485,7 +482,7 @@ func (v *fastValidator) item(o *fopt, validate bool) bool {
 			}
 			mark := len(v.path)
 			if v.collect {
-				v.path = append(append(v.path, '.'), m.pathName...)
+				v.path = append(v.path, pathFrame{key: m.pathName, index: -1})
 			}
 			ok = v.members(m, validate && !o.msg.contained, at, nil)
 			v.path = v.path[:mark]

@@ -147,13 +147,14 @@ func (w *Worker) Validate(line []byte) Result {
 	}
 	w.grown = len(line) > shedAfterBytes
 	if w.fast != nil {
-		if vd, ok := w.fast.validate(line); ok {
-			w.fastHits++
-			return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version, Valid: true}
+		vd, ok := w.fast.validate(line)
+		if !ok {
+			vd, ok = w.fast.explain(line)
 		}
-		if vd, ok := w.fast.explain(line); ok {
+		if ok {
 			w.fastHits++
-			return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version, Issues: vd.Issues}
+			return Result{ResourceType: vd.ResourceType, Known: vd.Known, ID: vd.ID, Version: vd.Version,
+				Valid: len(vd.Issues) == 0, Issues: vd.Issues}
 		}
 		w.fallbacks++
 	}
