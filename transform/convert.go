@@ -440,9 +440,12 @@ func (p *plan) materialised(rows int) bool {
 	return false
 }
 
-// slot holds the JSON value found for one child of the struct being converted.
-type slot struct {
-	v      int32 // node index, -1 when absent
+// found is a child of a struct being converted that its object has a member for, or a derived child. A struct's
+// are listed in the order of its members, then sorted into schema order: only the kids an object has cost
+// anything, where a slot per kid had to be cleared for every object (Coding has 7 kids, a resource dozens).
+type found struct {
+	child  int32 // index in the plan's kids
+	v      int32 // node index of the member's value; -1 for a derived child
 	choice int32 // for a Choice child: which type
 }
 
@@ -451,8 +454,7 @@ type converter struct {
 	tree              jtree
 	isType            func([]byte) bool // whether a name is an R4 resource type
 	refText, typeText []byte
-	slots             []slot
-	order             []int32 // a stack: per object being converted, the kids it converts, in schema order
+	found             []found // a stack: per object being converted, the kids it converts, in schema order
 	// path is where the value being converted is, one frame per element name: name[0].given is {name 0} {given
 	// -1}. It is written out (pathText) only for a "_name" companion, which most lines have none of.
 	path     []pathFrame
@@ -470,8 +472,8 @@ func (c *converter) shed(limit int) {
 		shedSlice(t.stack, limit), shedSlice(t.open, limit), shedSlice(t.str, limit)
 	c.refText, c.typeText, c.compact, c.b64 = shedSlice(c.refText, limit), shedSlice(c.typeText, limit),
 		shedSlice(c.compact, limit), shedSlice(c.b64, limit)
-	c.slots, c.order, c.path, c.pathText, c.pe = shedSlice(c.slots, limit), shedSlice(c.order, limit),
-		shedSlice(c.path, limit), shedSlice(c.pathText, limit), shedSlice(c.pe, limit)
+	c.found, c.path, c.pathText, c.pe = shedSlice(c.found, limit), shedSlice(c.path, limit),
+		shedSlice(c.pathText, limit), shedSlice(c.pe, limit)
 }
 
 // shedSlice returns nil when the array of s holds more than limit bytes, and s otherwise. Every scratch buffer
@@ -500,7 +502,7 @@ func (c *converter) convert(t *table, line []byte) error {
 	if c.tree.nodes[root].kind != jObject {
 		return fmt.Errorf("parse %s: not a JSON object", p.node.Path())
 	}
-	c.slots, c.order, c.path, c.pe = c.slots[:0], c.order[:0], c.path[:0], c.pe[:0]
+	c.found, c.path, c.pe = c.found[:0], c.path[:0], c.pe[:0]
 	if err := c.object(p, root, t.rows); err != nil {
 		for _, kp := range p.kids {
 			if kp != nil {
@@ -516,19 +518,16 @@ func (c *converter) convert(t *table, line []byte) error {
 // object converts the members of a JSON object into the children of struct plan p at entry index at (the caller
 // marks the struct entry itself). Absent and null members append nothing: their cols pad them as nulls.
 func (c *converter) object(p *plan, obj int32, at int) error {
-	base := len(c.slots)
-	for range p.kids {
-		c.slots = append(c.slots, slot{v: -1})
-	}
-	err := c.members(p, obj, base, at)
-	c.slots = c.slots[:base]
+	mark := len(c.found)
+	err := c.members(p, obj, mark, at)
+	c.found = c.found[:mark]
 	return err
 }
 
 // members converts the members of object obj into the kids of p. Only the kids the object has a member for, and
-// the derived ones, are visited, in schema order: the others pad themselves as nulls.
-func (c *converter) members(p *plan, obj int32, base, at int) error {
-	mark := len(c.order) // a failure leaves the stack as it is: convert empties it for the next line
+// the derived ones, are visited, in schema order: the others pad themselves as nulls. They are listed in
+// c.found from mark.
+func (c *converter) members(p *plan, obj int32, mark, at int) error {
 	members := c.tree.children(obj)
 	for i := 0; i < len(members); i += 2 {
 		key, err := c.tree.text(members[i])
@@ -547,42 +546,42 @@ func (c *converter) members(p *plan, obj int32, base, at int) error {
 			c.primitiveExtension(key[1:], v)
 			continue
 		}
-		if c.slots[base+m.Child].v < 0 {
-			c.order = append(c.order, int32(m.Child))
-		}
-		c.slots[base+m.Child] = slot{v: v, choice: int32(m.Choice)}
+		c.found = append(c.found, found{child: int32(m.Child), v: v, choice: int32(m.Choice)})
 	}
-	c.order = append(c.order, p.derived...)
-	order := c.order[mark:]
-	for i := 1; i < len(order); i++ { // insertion sort: members mostly come in schema order
-		for j := i; j > 0 && order[j] < order[j-1]; j-- {
-			order[j], order[j-1] = order[j-1], order[j]
+	for _, d := range p.derived {
+		c.found = append(c.found, found{child: d, v: -1})
+	}
+	list := c.found[mark:]
+	for i := 1; i < len(list); i++ { // insertion sort, stable: members mostly come in schema order
+		for j := i; j > 0 && list[j].child < list[j-1].child; j-- {
+			list[j], list[j-1] = list[j-1], list[j]
 		}
 	}
 	var ref refParts
-	for _, i := range order {
-		kp, err := p.kid(int(i))
+	for i, f := range list {
+		if i+1 < len(list) && list[i+1].child == f.child {
+			continue // a key given twice: the last one counts
+		}
+		kp, err := p.kid(int(f.child))
 		if err != nil {
 			return err
 		}
-		s := c.slots[base+int(i)]
 		switch {
 		case kp.derive != schema.NotDerived:
-			c.derived(p, kp, base, at, &ref)
-		case c.tree.nodes[s.v].kind == jNull:
+			c.derived(p, kp, list, at, &ref)
+		case c.tree.nodes[f.v].kind == jNull:
 		case kp.kind == schema.Choice:
-			err = c.choice(kp, int(s.choice), s.v, at)
+			err = c.choice(kp, int(f.choice), f.v, at)
 		default:
 			mark := len(c.path)
 			c.pushKey(kp.key)
-			err = c.column(kp, s.v, at)
+			err = c.column(kp, f.v, at)
 			c.path = c.path[:mark]
 		}
 		if err != nil {
 			return err
 		}
 	}
-	c.order = c.order[:mark]
 	return nil
 }
 
@@ -804,7 +803,7 @@ type refParts struct {
 
 // derived appends a computed column of struct p, whose member slots start at base, at entry index at. A null
 // appends nothing.
-func (c *converter) derived(p, kp *plan, base, at int, ref *refParts) {
+func (c *converter) derived(p, kp *plan, list []found, at int, ref *refParts) {
 	switch kp.derive {
 	case schema.PrimitiveExtensions:
 		if len(c.pe) == 0 {
@@ -818,10 +817,10 @@ func (c *converter) derived(p, kp *plan, base, at int, ref *refParts) {
 		if !ref.parsed {
 			var text, typ []byte
 			if p.ref >= 0 {
-				text = c.slotText(base+p.ref, &c.refText)
+				text = c.foundText(list, p.ref, &c.refText)
 			}
 			if p.refType >= 0 {
-				typ = c.slotText(base+p.refType, &c.typeText)
+				typ = c.foundText(list, p.refType, &c.typeText)
 			}
 			ref.typ, ref.id = parseReference(text, typ, c.isType)
 			ref.parsed = true
@@ -836,10 +835,15 @@ func (c *converter) derived(p, kp *plan, base, at int, ref *refParts) {
 	}
 }
 
-// slotText returns the text of the string held in slot i, or nil; an escaped string is unescaped into *scratch,
-// so that two slots can be held at once.
-func (c *converter) slotText(i int, scratch *[]byte) []byte {
-	v := c.slots[i].v
+// foundText returns the text of the string given for kid child in list (the last one, as members converts), or
+// nil; an escaped string is unescaped into *scratch, so that two can be held at once.
+func (c *converter) foundText(list []found, child int, scratch *[]byte) []byte {
+	v := int32(-1)
+	for _, f := range list {
+		if int(f.child) == child {
+			v = f.v
+		}
+	}
 	if v < 0 || c.tree.nodes[v].kind != jString {
 		return nil
 	}

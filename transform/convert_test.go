@@ -387,6 +387,41 @@ func TestConvertValues(t *testing.T) {
 	}
 }
 
+// TestConvertRepeatedKey: the Validator rejects an object that gives a key twice, but the converter on its own
+// keeps the last value given for an element, whichever of a choice's keys it came under, and derives a
+// Reference's columns from the last "reference".
+func TestConvertRepeatedKey(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	t.Cleanup(func() { mem.AssertSize(t, 0) })
+	c, tab := newTestTable(t, mem, "Observation")
+	line := `{"resourceType":"Observation","subject":{"reference":"Patient/p1","type":"Group","reference":"Patient/p2"},` +
+		`"status":"preliminary","code":{"text":"a"},"valueString":"x","status":"final","valueInteger":3}`
+	if err := c.convert(tab, []byte(line)); err != nil {
+		t.Fatalf("convert: %v", err)
+	}
+	rec := tab.record(mem)
+	defer rec.Release()
+	got, err := rowJSON(tab.res, rec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want map[string]any
+	last := `{"resourceType":"Observation","subject":{"type":"Group","reference":"Patient/p2"},"status":"final",` +
+		`"code":{"text":"a"},"valueInteger":3}`
+	if err := decodeJSON([]byte(last), &want); err != nil {
+		t.Fatal(err)
+	}
+	if d := jsonDiff("Observation", want, got); d != "" {
+		t.Errorf("round trip: %s", d)
+	}
+	subject := rec.Column(rec.Schema().FieldIndices("subject")[0]).(*array.Struct)
+	typ := subject.DataType().(*arrow.StructType)
+	idx, _ := typ.FieldIdx("referenceId")
+	if g := subject.Field(idx).(*array.String).Value(0); g != "p2" {
+		t.Errorf("subject.referenceId = %q, want p2", g)
+	}
+}
+
 func TestConvertPrimitiveArrays(t *testing.T) {
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	t.Cleanup(func() { mem.AssertSize(t, 0) }) // after the plan's release, which newTestTable registers
