@@ -67,7 +67,7 @@ type Sink struct {
 // Options tune a run. The zero value works.
 type Options struct {
 	Workers        int   // decoding goroutines; zero: GOMAXPROCS
-	Readers        int   // objects read at once; zero: min(Workers, 4)
+	Readers        int   // objects read at once, at most Workers; zero: min(Workers, 4)
 	MaxLineBytes   int   // zero: the reader's default (64 MiB)
 	RecursionDepth int   // zero: the schema's default (2)
 	BatchRows      int   // rows per Arrow record batch; zero: 8192
@@ -257,7 +257,8 @@ const (
 	// was as fast on synthea-100 × 10 and × 60, on one core and two.
 	defaultBatchBytes = 4 << 20
 	// A batch of lines handed from a reader to a decoding worker. Small batches keep the hand-off cheap,
-	// bounded ones keep memory bounded: at most cap(work)+Workers batches are alive at once.
+	// bounded ones keep memory bounded: at most about 2 × Workers waiting in the readers' channels, and one per
+	// reader and per decoder, are alive at once.
 	batchLines = 256
 	batchBytes = 1 << 20
 )
@@ -443,22 +444,31 @@ type line struct {
 
 func (r *run) convert(ctx context.Context, objects []reader.Object, started time.Time) error {
 	g, gctx := errgroup.WithContext(ctx)
-	work := make(chan batch, r.opts.Workers*2)
 
-	// Readers: a bounded number of objects at once, each cut into batches of lines.
-	g.Go(func() error {
-		defer close(work)
-		rg, rctx := errgroup.WithContext(gctx)
-		rg.SetLimit(r.opts.Readers)
-		for i, o := range objects {
-			rg.Go(func() error { return r.readObject(rctx, i, o, work) })
-		}
-		return rg.Wait()
-	})
+	// Readers: a bounded number of objects at once, in order, each cut into batches of lines that its reader
+	// hands over its own channel (see feed). Each reader has a decoder of its own, hence at most Workers.
+	readers := max(min(r.opts.Readers, r.opts.Workers, len(objects)), 1)
+	chans := make([]chan batch, readers)
+	var next atomic.Int64
+	for k := range chans {
+		chans[k] = make(chan batch, max(2*r.opts.Workers/readers, 1))
+		g.Go(func() error {
+			defer close(chans[k])
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(objects) {
+					return nil
+				}
+				if err := r.readObject(gctx, i, objects[i], chans[k]); err != nil {
+					return err
+				}
+			}
+		})
+	}
 
-	// Decoders: one transform.Worker each, fed from all objects.
-	for range r.opts.Workers {
-		g.Go(func() error { return r.decode(gctx, work) })
+	// Decoders: one transform.Worker each, fed from all objects, their own reader's first.
+	for d := range r.opts.Workers {
+		g.Go(func() error { return r.decode(gctx, newFeed(chans, d)) })
 	}
 
 	stopProgress := r.reportProgress(gctx, len(objects), started)
@@ -613,7 +623,7 @@ func damageOf(ctx context.Context, err error) (reason string, ok bool) {
 	return "", false
 }
 
-func (r *run) decode(ctx context.Context, work <-chan batch) error {
+func (r *run) decode(ctx context.Context, work *feed) error {
 	w, err := transform.NewWorker(r.reg, transform.Options{
 		BatchRows: r.opts.BatchRows, BatchBytes: r.opts.BatchBytes, Allocator: r.opts.Allocator, // nil: the Worker's own
 		Validator: r.opts.Validator,
@@ -629,12 +639,9 @@ func (r *run) decode(ctx context.Context, work <-chan batch) error {
 	lt := lineTimes{t: r.opts.Timings}
 
 	for {
-		var b batch
-		var ok bool
-		select {
-		case b, ok = <-work:
-		case <-ctx.Done():
-			return ctx.Err()
+		b, ok, err := work.next(ctx)
+		if err != nil {
+			return err
 		}
 		if !ok {
 			if err := r.flushLinks(ctx, lk); err != nil {
