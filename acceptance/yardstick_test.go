@@ -26,7 +26,9 @@ import (
 //	go -C acceptance test -run '^$' -bench Yardstick -benchtime 1x -timeout 30m
 //
 // and compare the MB/s of the sub-benchmarks on the same cores (cores=1, and cores=N for N CPUs). The reference
-// validator takes about a minute a pass on one core.
+// validator takes about a minute a pass on one core. A test binary is built without profile-guided optimisation;
+// add -pgo=$PWD/cmd/fhirlake/default.pgo (from the repository's root) to build fhirlake's packages as the command
+// is built.
 
 // yardstickRepeat is how many times over the yardstick converts synthea-100.
 const yardstickRepeat = 10
