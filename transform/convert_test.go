@@ -229,6 +229,22 @@ func newTestTable(t *testing.T, mem memory.Allocator, typ string) (*converter, *
 	return c, &table{res: res, plan: p}
 }
 
+// convertRow converts line as the table's first row and returns its record (released when the test ends, before
+// the allocator's check) and the row read back as JSON.
+func convertRow(t *testing.T, c *converter, tab *table, mem memory.Allocator, line string) (arrow.Record, map[string]any) {
+	t.Helper()
+	if err := c.convert(tab, []byte(line)); err != nil {
+		t.Fatalf("convert: %v", err)
+	}
+	rec := tab.record(mem)
+	t.Cleanup(rec.Release)
+	got, err := rowJSON(tab.res, rec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec, got
+}
+
 // TestConvertAtomic feeds shapes the Validator would reject straight to the converter: each must fail naming the
 // element path, without the value, and leave no partial row.
 func TestConvertAtomic(t *testing.T) {
@@ -307,15 +323,7 @@ func TestConvertValues(t *testing.T) {
 		`"component":[{"code":{"text":"a"},"valueString":"x","_valueString":{"id":"v"}},{"code":{"text":"b"},"valueInteger":3}],` +
 		`"extension":[{"url":"http://x/y","valueDecimal":1.000}],` +
 		`"contained":[{"resourceType":"Patient","id":"c1","birthDate":"2000"}]}`
-	if err := c.convert(tab, []byte(line)); err != nil {
-		t.Fatalf("convert: %v", err)
-	}
-	rec := tab.record(mem)
-	defer rec.Release()
-	got, err := rowJSON(tab.res, rec, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec, got := convertRow(t, c, tab, mem, line)
 	var src map[string]any
 	if err := decodeJSON([]byte(line), &src); err != nil {
 		t.Fatal(err)
@@ -396,15 +404,7 @@ func TestConvertRepeatedKey(t *testing.T) {
 	c, tab := newTestTable(t, mem, "Observation")
 	line := `{"resourceType":"Observation","subject":{"reference":"Patient/p1","type":"Group","reference":"Patient/p2"},` +
 		`"status":"preliminary","code":{"text":"a"},"valueString":"x","status":"final","valueInteger":3}`
-	if err := c.convert(tab, []byte(line)); err != nil {
-		t.Fatalf("convert: %v", err)
-	}
-	rec := tab.record(mem)
-	defer rec.Release()
-	got, err := rowJSON(tab.res, rec, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rec, got := convertRow(t, c, tab, mem, line)
 	var want map[string]any
 	last := `{"resourceType":"Observation","subject":{"type":"Group","reference":"Patient/p2"},"status":"final",` +
 		`"code":{"text":"a"},"valueInteger":3}`
@@ -428,19 +428,11 @@ func TestConvertPrimitiveArrays(t *testing.T) {
 	c, tab := newTestTable(t, mem, "Patient")
 	line := `{"resourceType":"Patient","birthDate":"1974","_birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},` +
 		`"name":[{"family":"A"},{"given":[null,"Jim"],"_given":[{"extension":[{"url":"v","valueCode":"x"}]},null]}]}`
-	if err := c.convert(tab, []byte(line)); err != nil {
-		t.Fatalf("convert: %v", err)
-	}
-	rec := tab.record(mem)
-	defer rec.Release()
+	rec, got := convertRow(t, c, tab, mem, line)
 	pe := rec.Column(len(rec.Columns()) - 1).(*array.String).Value(0)
 	want := `{"birthDate":{"extension":[{"url":"u","valueDateTime":"1974-12-25T14:35:45-05:00"}]},"name[1].given[0]":{"extension":[{"url":"v","valueCode":"x"}]}}`
 	if pe != want {
 		t.Errorf("_primitiveExtensions = %s\nwant %s", pe, want)
-	}
-	got, err := rowJSON(tab.res, rec, 0)
-	if err != nil {
-		t.Fatal(err)
 	}
 	var src map[string]any
 	if err := decodeJSON([]byte(line), &src); err != nil {
