@@ -22,17 +22,19 @@ import (
 type feed struct {
 	chans []chan batch // the channels still open, the decoder's own first while own
 	own   bool         // the decoder's own reader goes on
-	wait  *time.Timer
-	cases []reflect.SelectCase
+	// patience is how long the decoder waits for its own reader (ownWait), wait the timer it waits with.
+	patience time.Duration
+	wait     *time.Timer
+	cases    []reflect.SelectCase
 }
 
 // ownWait is how long a decoder waits for its own reader before taking another's batch: several times what a
-// reader takes to read a batch (up to 1 MiB) from the page cache. A variable for the tests.
-var ownWait = 2 * time.Millisecond
+// reader takes to read a batch (up to 1 MiB) from the page cache.
+const ownWait = 2 * time.Millisecond
 
 // newFeed returns decoder d's feed from the readers' channels: d's own is chans[d % len(chans)].
 func newFeed(chans []chan batch, d int) *feed {
-	f := &feed{chans: make([]chan batch, len(chans)), own: true}
+	f := &feed{chans: make([]chan batch, len(chans)), own: true, patience: ownWait}
 	for k := range chans {
 		f.chans[k] = chans[(d+k)%len(chans)]
 	}
@@ -87,7 +89,7 @@ func (f *feed) next(ctx context.Context) (b batch, ok bool, err error) {
 	return batch{}, false, nil
 }
 
-// fromOwn takes a batch from the decoder's own reader, waiting up to ownWait for one. open is false when the
+// fromOwn takes a batch from the decoder's own reader, waiting up to f.patience for one. open is false when the
 // reader is done or nothing came (waited), or the run stopped.
 func (f *feed) fromOwn(ctx context.Context) (b batch, open, waited bool) {
 	select {
@@ -96,9 +98,9 @@ func (f *feed) fromOwn(ctx context.Context) (b batch, open, waited bool) {
 	default:
 	}
 	if f.wait == nil {
-		f.wait = time.NewTimer(ownWait)
+		f.wait = time.NewTimer(f.patience)
 	} else {
-		f.wait.Reset(ownWait)
+		f.wait.Reset(f.patience)
 	}
 	defer f.wait.Stop()
 	select {

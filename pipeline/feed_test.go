@@ -8,10 +8,9 @@ import (
 	"time"
 )
 
-// TestFeedOwnReaderFirst: a decoder takes its own reader's batches first, and waits for its reader (up to
-// ownWait) before it takes another reader's; once its reader is done, the others'; then it reports the end.
+// TestFeedOwnReaderFirst: a decoder takes its own reader's batches first, and waits for its reader (up to its
+// patience) before it takes another reader's; once its reader is done, the others'; then it reports the end.
 func TestFeedOwnReaderFirst(t *testing.T) {
-	defer func(w time.Duration) { ownWait = w }(ownWait)
 	chans := []chan batch{make(chan batch, 4), make(chan batch, 4)}
 	for _, key := range []string{"a1", "a2"} {
 		chans[0] <- batch{key: key}
@@ -38,15 +37,15 @@ func TestFeedOwnReaderFirst(t *testing.T) {
 	take()
 	take()
 	// The own reader has nothing ready but goes on: the decoder waits for it rather than take b's batches.
-	ownWait = 10 * time.Second
+	f.patience = 10 * time.Second
 	go func() {
 		time.Sleep(20 * time.Millisecond)
 		chans[0] <- batch{key: "a3"}
 	}()
 	take()
-	// A reader that keeps its decoder waiting longer than ownWait: the decoder takes b's batch, then its own
+	// A reader that keeps its decoder waiting longer than its patience: the decoder takes b's batch, then its own
 	// again when it has one.
-	ownWait = time.Millisecond
+	f.patience = time.Millisecond
 	take()
 	chans[0] <- batch{key: "a4"}
 	take()
