@@ -440,9 +440,9 @@ func (p *plan) materialised(rows int) bool {
 	return false
 }
 
-// found is a child of a struct being converted that its object has a member for, or a derived child. A struct's
-// are listed in the order of its members, then sorted into schema order: only the kids an object has cost
-// anything, where a slot per kid had to be cleared for every object (Coding has 7 kids, a resource dozens).
+// found is a child of a struct being converted that its object has a member for, or a derived child. The kids of
+// a struct are listed as its object's members come, then sorted into schema order, so that only the kids an
+// object has cost anything; a slot per kid of the type, cleared for every object, cost 2% of a run.
 type found struct {
 	child  int32 // index in the plan's kids
 	v      int32 // node index of the member's value; -1 for a derived child
