@@ -51,7 +51,7 @@ func (f *feed) next(ctx context.Context) (b batch, ok bool, err error) {
 				if open {
 					return b, true, nil
 				}
-				f.chans, f.own = nil, false
+				f.drop(0)
 			case <-ctx.Done():
 				return batch{}, false, ctx.Err()
 			}
@@ -65,7 +65,7 @@ func (f *feed) next(ctx context.Context) (b batch, ok bool, err error) {
 			case open:
 				return b, true, nil
 			case !waited: // the own reader is done
-				f.chans, f.own = f.chans[1:], false
+				f.drop(0)
 				continue
 			}
 		}
@@ -80,13 +80,19 @@ func (f *feed) next(ctx context.Context) (b batch, ok bool, err error) {
 			return batch{}, false, ctx.Err()
 		case open:
 			return v.Interface().(batch), true, nil
-		case i == 1 && f.own:
-			f.chans, f.own = f.chans[1:], false
 		default:
-			f.chans = append(f.chans[:i-1], f.chans[i:]...)
+			f.drop(i - 1)
 		}
 	}
 	return batch{}, false, nil
+}
+
+// drop lets go of channel i, which its reader has closed: the decoder's own when i is 0 and own.
+func (f *feed) drop(i int) {
+	if i == 0 {
+		f.own = false
+	}
+	f.chans = append(f.chans[:i], f.chans[i+1:]...)
 }
 
 // fromOwn takes a batch from the decoder's own reader, waiting up to f.patience for one. open is false when the

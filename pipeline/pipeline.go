@@ -348,6 +348,7 @@ func (o Options) withDefaults() Options {
 	if o.Readers <= 0 {
 		o.Readers = min(o.Workers, 4)
 	}
+	o.Readers = min(o.Readers, o.Workers) // each reader has a decoder of its own (feed)
 	if o.BatchRows <= 0 {
 		o.BatchRows = defaultBatchRows
 	}
@@ -446,8 +447,8 @@ func (r *run) convert(ctx context.Context, objects []reader.Object, started time
 	g, gctx := errgroup.WithContext(ctx)
 
 	// Readers: a bounded number of objects at once, in order, each cut into batches of lines that its reader
-	// hands over its own channel (see feed). Each reader has a decoder of its own, hence at most Workers.
-	readers := max(min(r.opts.Readers, r.opts.Workers, len(objects)), 1)
+	// hands over its own channel (see feed).
+	readers := max(min(r.opts.Readers, len(objects)), 1)
 	chans := make([]chan batch, readers)
 	var next atomic.Int64
 	for k := range chans {
