@@ -12,7 +12,7 @@ func TestHeapTarget(t *testing.T) {
 	for _, tc := range []struct {
 		limit, option, want int64
 	}{
-		{400 << 20, 0, 300 << 20}, // three quarters of Go's soft limit
+		{300 << 20, 0, 200 << 20}, // two thirds of Go's soft limit
 		{math.MaxInt64, 0, 0},     // no limit: no target
 		{400 << 20, 100 << 20, 100 << 20},
 		{400 << 20, -1, 0},

@@ -78,7 +78,7 @@ type Options struct {
 	Parquet sinks.ParquetOptions
 	// HeapTarget is the live heap, in bytes, over which the open row groups of the run's own budget
 	// (sinks.MemoryBudget.GiveWay) and the decoders' pending batches give way to the rest of the process. Zero:
-	// three quarters of Go's soft memory limit as the run starts (none without a limit); negative: never. A budget
+	// two thirds of Go's soft memory limit as the run starts (none without a limit); negative: never. A budget
 	// of the caller's own gives way as the caller set it to.
 	HeapTarget int64
 	// Allocator backs the Arrow batches and the Parquet writer. Zero: memory.DefaultAllocator, except for the
@@ -322,14 +322,14 @@ func (o Options) allocator() memory.Allocator {
 	return o.Allocator
 }
 
-// HeapTargetFor returns the heap target (Options.HeapTarget) of runs under a soft memory limit: three quarters of
+// HeapTargetFor returns the heap target (Options.HeapTarget) of runs under a soft memory limit: two thirds of
 // it, which leaves the collector room to work between collections (fhirlake's command raises its limit only when
 // more than 80% of it stays live); 0, none, without a limit (0 or less, or math.MaxInt64).
 func HeapTargetFor(limit int64) int64 {
 	if limit <= 0 || limit == math.MaxInt64 {
 		return 0
 	}
-	return limit / 4 * 3
+	return limit / 3 * 2
 }
 
 // heapTarget returns the live heap over which the row groups give way: HeapTarget, or when it is zero the target

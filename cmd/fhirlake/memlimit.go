@@ -16,9 +16,11 @@ import (
 var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
 
 // defaultMemoryLimit is the Go runtime's soft memory limit while a run keeps little live: with the pages of the
-// binary it maps (about 50 MB) it keeps a run's peak RSS under 256 MB. Left alone, the garbage collector lets the
-// heap grow to about twice what is live before it collects: 0.33 GB of peak RSS on synthea-100 × 10 on two cores.
-const defaultMemoryLimit = 192 << 20
+// binary it maps (about 50 MB, up to 60 from a binary the linker has just written) it keeps a run's peak RSS under
+// 256 MB. Left alone, the garbage collector lets the heap grow to about twice what is live before it collects:
+// 0.33 GB of peak RSS on synthea-100 × 10 on two cores. 192 MiB left r4-examples on two cores at 251 to 263 MB
+// from a freshly built binary; this, with runs giving way from two thirds of it, at 243 to 253, as fast.
+const defaultMemoryLimit = 184 << 20
 
 // memoryLimit is the soft memory limit fhirlake keeps when GOMEMLIMIT does not set one: base, raised after a
 // collection that finds much of it live (limitFor), and never above ceiling (0: none).
@@ -49,9 +51,9 @@ func memoryLimitFor(getenv func(string) string, readFile func(string) ([]byte, e
 }
 
 // heapTarget is the live heap over which a run's row groups and decoder batches give way (pipeline.Options.
-// HeapTarget): three quarters of the base limit apply gave the runtime, so that a run lets go of them before the
+// HeapTarget): two thirds of the base limit apply gave the runtime, so that a run lets go of them before the
 // limit is raised. It is taken from the base, not from the limit as a run starts, which a run before it may have
-// left raised. 0 (the pipeline's own default: three quarters of GOMEMLIMIT) when apply set no limit.
+// left raised. 0 (the pipeline's own default: two thirds of GOMEMLIMIT) when apply set no limit.
 var heapTarget int64
 
 // apply gives the Go runtime the base limit, and after every collection the limit for what the collection found
@@ -74,8 +76,8 @@ func (m memoryLimit) target() int64 { return pipeline.HeapTargetFor(m.base) }
 
 // limitFor returns the soft limit after a collection that found live bytes live: the base limit while live is
 // under 80% of it, then twice live less 60% of the base, so that the heap may grow by at least a fifth of the base
-// between collections; at most the ceiling. With 192 MiB, a run that keeps 160 MiB live gets 205 MiB, one that
-// keeps 250 MiB live 385 MiB (the runtime's default, without a limit, would let the heap grow to 500 MiB).
+// between collections; at most the ceiling. With 184 MiB, a run that keeps 160 MiB live gets 210 MiB, one that
+// keeps 250 MiB live 390 MiB (the runtime's default, without a limit, would let the heap grow to 500 MiB).
 func (m memoryLimit) limitFor(live int64) int64 {
 	l := max(m.base, 2*live-m.base/5*3)
 	if m.ceiling > 0 {

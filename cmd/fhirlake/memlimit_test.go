@@ -58,11 +58,11 @@ func TestMemoryLimitFor(t *testing.T) {
 	}{
 		{"GOMEMLIMIT set", "1GiB", "536870912", "", memoryLimit{}},
 		{"GOMEMLIMIT off", "off", "", "", memoryLimit{}},
-		{"no container", "", "", "", memoryLimit{base: 192 * mib}},
-		{"container without limit", "", "max\n", "", memoryLimit{base: 192 * mib}},
-		{"container of 512 MiB", "", "536870912\n", "", memoryLimit{base: 192 * mib, ceiling: 483183819}},
+		{"no container", "", "", "", memoryLimit{base: 184 * mib}},
+		{"container without limit", "", "max\n", "", memoryLimit{base: 184 * mib}},
+		{"container of 512 MiB", "", "536870912\n", "", memoryLimit{base: 184 * mib, ceiling: 483183819}},
 		{"container of 128 MiB", "", "134217728", "", memoryLimit{base: 120795948, ceiling: 120795948}},
-		{"cgroup v1", "", "", "268435456", memoryLimit{base: 192 * mib, ceiling: 241591905}},
+		{"cgroup v1", "", "", "268435456", memoryLimit{base: 184 * mib, ceiling: 241591905}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,11 +95,11 @@ func TestDescribeMemoryLimit(t *testing.T) {
 // much, up to the ceiling.
 func TestLimitFor(t *testing.T) {
 	const mib = 1 << 20
-	m := memoryLimit{base: 192 * mib}
+	m := memoryLimit{base: 184 * mib}
 	for _, tc := range []struct{ live, want int64 }{
-		{0, 192 * mib},
-		{100 * mib, 192 * mib},
-		{m.base / 5 * 4, 192 * mib},
+		{0, m.base},
+		{100 * mib, m.base},
+		{m.base / 5 * 4, m.base},
 		{160 * mib, 320*mib - m.base/5*3},
 		{250 * mib, 500*mib - m.base/5*3},
 	} {
@@ -113,7 +113,7 @@ func TestLimitFor(t *testing.T) {
 	}
 }
 
-// TestMemoryLimitTarget: runs give way from three quarters of the base limit, below where limitFor raises it, and
+// TestMemoryLimitTarget: runs give way from two thirds of the base limit, below where limitFor raises it, and
 // leave it to the pipeline's default (GOMEMLIMIT's) when fhirlake sets no limit.
 func TestMemoryLimitTarget(t *testing.T) {
 	const mib = 1 << 20
@@ -121,8 +121,8 @@ func TestMemoryLimitTarget(t *testing.T) {
 		m    memoryLimit
 		want int64
 	}{
-		{memoryLimit{base: 192 * mib}, 144 * mib},
-		{memoryLimit{base: 100 * mib, ceiling: 100 * mib}, 75 * mib},
+		{memoryLimit{base: 192 * mib}, 128 * mib},
+		{memoryLimit{base: 100 * mib, ceiling: 100 * mib}, 100 * mib / 3 * 2},
 		{memoryLimit{}, 0},
 	} {
 		got := tc.m.target()
