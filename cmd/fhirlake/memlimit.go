@@ -18,8 +18,9 @@ var cgroupMemoryFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/me
 // defaultMemoryLimit is the Go runtime's soft memory limit while a run keeps little live: with the pages of the
 // binary it maps (about 50 MB, up to 60 from a binary the linker has just written) it keeps a run's peak RSS under
 // 256 MB. Left alone, the garbage collector lets the heap grow to about twice what is live before it collects:
-// 0.33 GB of peak RSS on synthea-100 × 10 on two cores. 192 MiB left r4-examples on two cores at 251 to 263 MB
-// from a freshly built binary; this, with runs giving way from two thirds of it, at 243 to 253, as fast.
+// 0.33 GB of peak RSS on synthea-100 × 10 on two cores. 192 MiB left r4-examples on two cores at 245 to 257 MB
+// from a freshly built binary; this, with runs giving way from two thirds of it, at 239 to 248, with synthea-100
+// as fast (r4-examples, which keeps about 150 MiB live whatever gives way, is 5 to 10% slower).
 const defaultMemoryLimit = 184 << 20
 
 // memoryLimit is the soft memory limit fhirlake keeps when GOMEMLIMIT does not set one: base, raised after a
