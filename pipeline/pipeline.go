@@ -251,6 +251,7 @@ const DefaultTableBudget = 56 << 20
 const DefaultLayoutBudget = 16 << 20
 
 const (
+	defaultReaders   = 4 // objects read at once, unless Workers are fewer
 	defaultBatchRows = 8192
 	// defaultBatchBytes: with 8 MiB, the batches of two decoders and the records they were writing were 13 to 33
 	// MB at r4-examples' two-core peaks; 4 MiB peaked 16 MB lower there (same binary, six alternating runs) and
@@ -346,7 +347,7 @@ func (o Options) withDefaults() Options {
 		o.Workers = runtime.GOMAXPROCS(0)
 	}
 	if o.Readers <= 0 {
-		o.Readers = min(o.Workers, 4)
+		o.Readers = defaultReaders
 	}
 	o.Readers = min(o.Readers, o.Workers) // each reader has a decoder of its own (feed)
 	if o.BatchRows <= 0 {
