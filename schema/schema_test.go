@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -389,5 +390,38 @@ func TestNodePath(t *testing.T) {
 		if got := n.Path(); got != tt.want {
 			t.Errorf("%s %v: Path() = %q, want %q", tt.typ, tt.path, got, tt.want)
 		}
+	}
+}
+
+// TestBuildKeepsHeldSchemas: the Registry gives the same Resource while a caller holds it, lets go of it once none
+// does, and builds an equal one again.
+func TestBuildKeepsHeldSchemas(t *testing.T) {
+	r, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Build("Observation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	if again, _ := r.Build("Observation"); again != res {
+		t.Fatal("Build(Observation) while its Resource is held: a new Resource")
+	}
+	schema := res.Schema // holds the Arrow schema, not the Resource
+	res = nil
+	runtime.GC()
+	if r.resources["Observation"].Value() != nil {
+		t.Fatal("the Registry still holds Observation's Resource once no caller does")
+	}
+	again, err := r.Build("Observation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Schema == schema || !again.Schema.Equal(schema) {
+		t.Error("Observation built again: want an equal schema, newly built")
+	}
+	if m, ok := again.Root.Lookup([]byte("valueQuantity")); !ok || again.Fields[m.Child].Name != "value" {
+		t.Errorf("Observation built again: valueQuantity looks up %+v, %v", m, ok)
 	}
 }

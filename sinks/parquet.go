@@ -321,6 +321,10 @@ func (t *Table) Write(ctx context.Context, rec arrow.Record) error {
 		return fmt.Errorf("write table: %q is not a resource type or a table of ours", t.typ)
 	case rec.Schema() != t.schema && !rec.Schema().Equal(t.schema): // the same schema, usually: skip the deep compare
 		return fmt.Errorf("write %s table: record schema differs from the table schema", t.typ)
+	case rec.Schema() != t.schema:
+		// Equal, built again (schema.Registry keeps a schema only while it is held): the next record of its
+		// writer is likely to be of this one, and the one the Table held may be let go of.
+		t.schema = rec.Schema()
 	}
 	bu := t.opts.Budget
 	if bu != nil {

@@ -948,6 +948,32 @@ func TestTableRejectsWrongSchema(t *testing.T) {
 	}
 }
 
+// TestTableTakesEqualSchema: a record of a schema equal to the table's, built apart from it (as schema.Registry
+// builds a type again once nobody held it), is written, and the Table holds the newer schema from then on.
+func TestTableTakesEqualSchema(t *testing.T) {
+	ctx := context.Background()
+	mem := checkedAllocator(t)
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	first := testSchema()
+	tbl := NewTable(b, "out", "Patient", first, ParquetOptions{Allocator: mem})
+	rec := testRecord(t, mem, 0, 2) // of another testSchema()
+	defer rec.Release()
+	if rec.Schema() == first {
+		t.Fatal("testRecord's schema is the table's: the test needs an equal one built apart")
+	}
+	if err := tbl.Write(ctx, rec); err != nil {
+		t.Fatalf("Write with an equal schema: %v", err)
+	}
+	if tbl.schema != rec.Schema() {
+		t.Error("the Table still holds the schema it was made with")
+	}
+	files, err := tbl.Close(ctx)
+	if err != nil || len(files) != 1 || files[0].Rows != 2 {
+		t.Fatalf("Close = %+v, %v; want one part of 2 rows", files, err)
+	}
+}
+
 // TestTableNames: a Table writes resource types and the patient-link table, and refuses any other name.
 func TestTableNames(t *testing.T) {
 	for _, tt := range []struct {

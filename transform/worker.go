@@ -74,6 +74,8 @@ type Worker struct {
 	// are let go before the next line that is not as long (shed).
 	grown  bool
 	tables map[string]*table
+	// appends counts the rows appended: the clock of table.last.
+	appends int64
 }
 
 // table is the pending batch of one resource type.
@@ -82,6 +84,7 @@ type table struct {
 	plan   *plan
 	mem    *arena // the batch's memory, from the Worker's allocator
 	rows   int
+	last   int64 // Worker.appends at the type's last row
 	broken error // set when a failed row was not rolled back: the columns may be misaligned
 }
 
@@ -194,6 +197,8 @@ func (w *Worker) Append(line []byte, r Result) error {
 	if t.broken != nil {
 		return t.broken
 	}
+	w.appends++
+	t.last = w.appends
 	if err := w.conv.convert(t, line); err != nil {
 		err = fmt.Errorf("convert %s: %w", r.ResourceType, err)
 		if t.rowsMisaligned() {
@@ -350,6 +355,28 @@ func (w *Worker) FlushType(typ string) (arrow.Record, error) {
 		return nil, fmt.Errorf("flush %s: columns do not hold %d rows", typ, t.rows)
 	}
 	return t.record(w.alloc), nil
+}
+
+// RetireIdle lets go of what the Worker holds for the types that have no pending row and have had none in its last
+// idle rows: their plans and columns, and its hold on their schemas, which the Registry keeps only while someone
+// holds them. A later line of such a type builds them again. It returns the types retired, in type order.
+//
+// A Worker otherwise keeps them for every type it has met, and a run of many types, such as a bulk export read one
+// type after the other, does not meet most of them again: r4-examples' 146 types hold 18 MB of schemas, and each
+// decoder its plans and columns for them. A type with pending rows is kept: writing them out early would cut it
+// into small records, each of which the Parquet writer pays for per column, and the table of each would hold its
+// layout (sinks.MemoryBudget) where a few pending rows hold little.
+func (w *Worker) RetireIdle(idle int64) []string {
+	var retired []string
+	for typ, t := range w.tables {
+		if t.rows == 0 && w.appends-t.last >= idle {
+			t.plan.release()
+			delete(w.tables, typ)
+			retired = append(retired, typ)
+		}
+	}
+	slices.Sort(retired)
+	return retired
 }
 
 // Release frees the pending batches. The Worker must not be used afterwards.

@@ -689,3 +689,57 @@ func flushed(t testing.TB, w *Worker) []arrow.Record {
 	})
 	return recs
 }
+
+// TestWorkerRetireIdle: RetireIdle lets go of the types without pending rows that have had no row in the last
+// idle rows, keeps the others, and a retired type converts again into the same schema.
+func TestWorkerRetireIdle(t *testing.T) {
+	w, _ := newTestWorker(t, Options{})
+	process := func(lines ...string) {
+		t.Helper()
+		for _, line := range lines {
+			if res, err := w.Process([]byte(line)); err != nil || !res.Valid {
+				t.Fatalf("%s: Valid %v, issues %v, err %v", line, res.Valid, res.Issues, err)
+			}
+		}
+	}
+	flush := func(typ string, rows int64) *arrow.Schema {
+		t.Helper()
+		rec, err := w.FlushType(typ)
+		if err != nil {
+			t.Fatalf("FlushType(%s): %v", typ, err)
+		}
+		defer rec.Release()
+		if rec.NumRows() != rows {
+			t.Errorf("FlushType(%s): %d rows, want %d", typ, rec.NumRows(), rows)
+		}
+		return rec.Schema()
+	}
+	process(`{"resourceType":"Patient","id":"a"}`, `{"resourceType":"Organization","id":"o"}`)
+	patient := flush("Patient", 1)
+	process(`{"resourceType":"Device","id":"d1"}`, `{"resourceType":"Device","id":"d2"}`)
+	flush("Device", 2)
+
+	// Patient: flushed, 3 rows ago. Organization: a pending row. Device: flushed, its last row just now.
+	if got := w.RetireIdle(4); len(got) != 0 {
+		t.Errorf("RetireIdle(4) = %v: no type has been idle for 4 rows", got)
+	}
+	if got := w.RetireIdle(3); !slices.Equal(got, []string{"Patient"}) {
+		t.Errorf("RetireIdle(3) = %v, want [Patient]: Organization has a pending row, Device was just used", got)
+	}
+	if rec, err := w.FlushType("Patient"); err == nil {
+		rec.Release()
+		t.Error("FlushType(Patient) after it was retired: no error")
+	}
+	if w.Pending() != 1 {
+		t.Errorf("Pending() = %d, want Organization's row", w.Pending())
+	}
+	if got := w.RetireIdle(0); !slices.Equal(got, []string{"Device"}) {
+		t.Errorf("RetireIdle(0) = %v, want [Device]", got)
+	}
+
+	process(`{"resourceType":"Patient","id":"b","active":true}`)
+	if again := flush("Patient", 1); !again.Equal(patient) {
+		t.Error("a retired Patient converts again into another schema")
+	}
+	flush("Organization", 1)
+}
