@@ -557,7 +557,7 @@ func TestTableBudgetGivesWay(t *testing.T) {
 		rowGroups []int64
 	}{
 		{"under the target", target - 1, 0, []int64{160}},
-		{"over the target by six writes' worth", target + 6*one, 6 * one, []int64{100, 60}}, // limit 4 writes
+		{"over the target by two writes' worth", target + 2*one, 2 * one, []int64{100, 60}}, // limit 10 - 3×2 writes
 		{"far over the target", 2 * target, target, []int64{60, 60, 40}},                    // a quarter: 2.5
 	} {
 		t.Run(tc.name, func(t *testing.T) {
