@@ -264,8 +264,8 @@ const (
 	batchBytes = 1 << 20
 	// retireAfter is how many rows a decoder appends without one of a type before, while the live heap is over
 	// its target (sinks.MemoryBudget.GiveWay), it retires the type if none of its rows is pending: four batches of
-	// lines. On r4-examples × 3 on two cores, peaks of 241 to 264 MB (median 252) against 258 to 301 (median
-	// 266), eight alternating runs, as fast; synthea-100 × 10, whose live heap stays under the target, unchanged.
+	// lines. On r4-examples × 3 on two cores, peaks of 241 to 272 MB (median 252) against 256 to 301 (median
+	// 266), twelve alternating runs, as fast; synthea-100 × 10, whose live heap stays under the target, unchanged.
 	retireAfter = 4 * batchLines
 )
 
