@@ -106,10 +106,10 @@ func NewMemoryBudget(rowGroups, layouts int64) *MemoryBudget {
 
 // GiveWay makes the row groups give way to the rest of the process: while the last garbage collection found more
 // than target bytes live, the row groups' limit is lowered by giveWayFactor times the excess, to no less than a
-// quarter of it. The row
-// groups can be written out at any time, where much of the rest of a run's memory (schemas, layouts, lines being
-// read and validated) grows with the width of the types and the length of the lines it meets, and Go's soft
-// memory limit would otherwise be the only bound left: a collector that has to keep under it runs back to back.
+// quarter of it. The row groups can be written out at any time, where much of the rest of a run's memory (schemas,
+// layouts, lines being read and validated) grows with the width of the types and the length of the lines it meets,
+// and Go's soft memory limit would otherwise be the only bound left: a collector that has to keep under it runs
+// back to back.
 // Excess tells other holders of memory that can let go of it (pipeline's decoders) by how much. target 0 or less:
 // never. Call it before the budget is shared.
 func (b *MemoryBudget) GiveWay(target int64) {
