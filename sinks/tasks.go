@@ -1,7 +1,7 @@
 package sinks
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -167,25 +167,70 @@ func WriteKeys(ctx context.Context, b *blob.Bucket, out, runID string, task int,
 	return File{Key: rel, Rows: int64(len(keys)), Bytes: int64(len(data))}, nil
 }
 
-// ReadKeys reads a key file WriteKeys wrote.
+// ReadKeys reads a key file WriteKeys wrote, whole. A merge streams them instead (OpenKeys).
 func ReadKeys(ctx context.Context, b *blob.Bucket, out string, f File) ([]Key, error) {
-	data, err := b.ReadAll(ctx, objectKey(out, f.Key))
+	r, err := OpenKeys(ctx, b, out, f)
 	if err != nil {
-		return nil, fmt.Errorf("read keys %s: %w", f.Key, err)
+		return nil, err
 	}
-	if len(data)%16 != 0 {
-		return nil, fmt.Errorf("read keys %s: %d bytes is not a whole number of keys", f.Key, len(data))
-	}
-	keys := make([]Key, 0, len(data)/16)
-	for r := bytes.NewReader(data); r.Len() > 0; {
-		var k Key
-		if err := binary.Read(r, binary.BigEndian, &k); err != nil {
-			return nil, fmt.Errorf("read keys %s: %w", f.Key, err)
+	defer r.Close()
+	keys := make([]Key, 0, f.Rows)
+	for {
+		k, ok, err := r.Next()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return keys, nil
 		}
 		keys = append(keys, k)
 	}
-	return keys, nil
 }
+
+// KeyReader streams the keys of a key file WriteKeys wrote, in their (sorted) order, holding one buffer of them.
+type KeyReader struct {
+	name string
+	r    *blob.Reader
+	br   *bufio.Reader
+	last Key
+	n    int64 // keys read
+	rec  [16]byte
+}
+
+// keyReadBuffer is a KeyReader's buffer: a merge holds one per task that wrote keys of the type it merges.
+const keyReadBuffer = 64 << 10
+
+// OpenKeys opens the key file f for reading.
+func OpenKeys(ctx context.Context, b *blob.Bucket, out string, f File) (*KeyReader, error) {
+	r, err := b.NewReader(ctx, objectKey(out, f.Key), nil)
+	if err != nil {
+		return nil, fmt.Errorf("read keys %s: %w", f.Key, err)
+	}
+	return &KeyReader{name: f.Key, r: r, br: bufio.NewReaderSize(r, keyReadBuffer)}, nil
+}
+
+// Next returns the next key; ok is false after the last. A file that is not a whole number of keys, or whose keys
+// are out of order, is an error: a merge relies on the order.
+func (k *KeyReader) Next() (key Key, ok bool, err error) {
+	switch n, err := io.ReadFull(k.br, k.rec[:]); {
+	case err == io.EOF:
+		return Key{}, false, nil
+	case err == io.ErrUnexpectedEOF:
+		return Key{}, false, fmt.Errorf("read keys %s: %d bytes after key %d is not a whole key", k.name, n, k.n)
+	case err != nil:
+		return Key{}, false, fmt.Errorf("read keys %s: %w", k.name, err)
+	}
+	key = Key{binary.BigEndian.Uint64(k.rec[:8]), binary.BigEndian.Uint64(k.rec[8:])}
+	if k.n > 0 && key.Compare(k.last) < 0 {
+		return Key{}, false, fmt.Errorf("read keys %s: key %d is out of order", k.name, k.n)
+	}
+	k.last = key
+	k.n++
+	return key, true, nil
+}
+
+// Close closes the file.
+func (k *KeyReader) Close() error { return k.r.Close() }
 
 // RecordsComplete reports whether recs hold one record of each of tasks tasks, all of plan.
 func RecordsComplete(recs []*TaskRecord, tasks int, plan string) bool {

@@ -2,9 +2,11 @@ package sinks
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"gocloud.dev/blob/memblob"
@@ -65,6 +67,36 @@ func TestTaskRecordsAndKeys(t *testing.T) {
 	}
 	if want := []Key{{1, 2}, {1, 9}, {3, 1}}; !slices.Equal(got, want) {
 		t.Errorf("keys = %v, want %v (sorted)", got, want)
+	}
+}
+
+// TestKeyReaderRefusesDamage: a key file cut short of a whole key, or whose keys are out of order, is an error
+// naming the file, not keys a merge would take as sorted.
+func TestKeyReaderRefusesDamage(t *testing.T) {
+	ctx := context.Background()
+	b := memblob.OpenBucket(nil)
+	defer b.Close()
+	key := func(a, b uint64) []byte {
+		return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, a), b)
+	}
+	for _, tc := range []struct {
+		name, want string
+		data       []byte
+	}{
+		{"cut", "is not a whole key", append(key(1, 1), 0, 0, 0)},
+		{"unsorted", "key 2 is out of order", slices.Concat(key(1, 1), key(2, 0), key(1, 9))},
+	} {
+		f := File{Key: "_runs/r/tasks/0.keys/" + tc.name}
+		if err := b.WriteAll(ctx, "out/"+f.Key, tc.data, nil); err != nil {
+			t.Fatal(err)
+		}
+		keys, err := ReadKeys(ctx, b, "out", f)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), f.Key) {
+			t.Errorf("%s: %v, %v; want an error naming %s: %q", tc.name, keys, err, f.Key, tc.want)
+		}
+	}
+	if _, err := ReadKeys(ctx, b, "out", File{Key: "_runs/r/tasks/0.keys/Gone"}); err == nil {
+		t.Error("a missing key file was read")
 	}
 }
 
