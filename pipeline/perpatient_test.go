@@ -343,6 +343,25 @@ func TestMalformedBlocks(t *testing.T) {
 	}
 }
 
+// TestDedupeVersionAsStored: a per-Patient resource is a duplicate when its meta.lastUpdated is the same instant
+// spelled otherwise (the table stores the instant), and not when it is another instant.
+func TestDedupeVersionAsStored(t *testing.T) {
+	at := func(id, instant string) string {
+		return fmt.Sprintf(`{"resourceType":"Organization","id":%q,"meta":{"lastUpdated":%q}}`, id, instant)
+	}
+	dir := writeFixture(t, map[string]string{
+		"a.ndjson": strings.Join([]string{patient("p1"), at("org1", "2020-01-02T03:04:05Z"),
+			patient("p2"), at("org1", "2020-01-02T04:04:05.000+01:00"),
+			patient("p3"), at("org1", "2020-01-02T03:04:06Z")}, "\n") + "\n",
+	})
+	for _, workers := range []int{1, 2} {
+		m := runDir(t, dir, memBucket(t), pipeline.Options{Workers: workers, Layout: reader.LayoutPatient})
+		if o := m.Resources["Organization"]; o.Valid != 3 || o.Rows != 2 || o.Duplicates != 1 || o.Links != 3 {
+			t.Errorf("%d workers: Organization = %+v, want 3 valid, 2 rows, 1 duplicate, 3 links", workers, o)
+		}
+	}
+}
+
 // TestLinksReplaced: a replacing run that writes no links removes the link files of the run it replaces.
 func TestLinksReplaced(t *testing.T) {
 	dir := malformedBlocks(t)

@@ -721,8 +721,10 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 			st.validByReference++
 		}
 		// A resource of a per-Patient object is written once, whichever block (of whichever object) holds it
-		// first; a resource without an id cannot be told apart and is always written.
-		if b.perPatient && res.ID != "" && !r.seen.add(res.ResourceType, res.ID, res.Version) {
+		// first; a resource without an id cannot be told apart and is always written. Its version is taken as the
+		// table stores it (normalVersion): two spellings of one meta.lastUpdated instant are one version, as
+		// they are to a spread run's merge.
+		if b.perPatient && res.ID != "" && !r.seen.add(res.ResourceType, res.ID, normalVersion(res.Version)) {
 			st.duplicates++
 		} else {
 			err := w.Append(l.bytes, res)

@@ -388,10 +388,10 @@ type keySource interface {
 }
 
 // duplicateKeys merges the sorted keys of srcs, those of tasks[i] (ascending) in srcs[i], and returns, for each of
-// n tasks, the keys that a lower task also wrote (nil where none), and how many of the task's rows hold them. A
-// task can hold a key twice: two spellings of one meta.lastUpdated instant (normalVersion) are two resources to
-// Run, and one key. It holds one key per source and the duplicates, not every key: a map of every task's keys of
-// the type took 35 to 56 bytes a key (Go 1.26's map, 0.3 to 3 million keys).
+// n tasks, the keys that a lower task also wrote (nil where none), and how many of the task's rows hold them (a
+// task writes each key once, but a key its file holds twice is two rows). It holds one key per source and the
+// duplicates, not every key: a map of every task's keys of the type took 35 to 56 bytes a key (Go 1.26's map,
+// 0.3 to 3 million keys).
 func duplicateKeys(srcs []keySource, tasks []int, n int) ([]map[sinks.Key]bool, []int64, error) {
 	h := make(keyHeap, 0, len(srcs))
 	for i, src := range srcs {
