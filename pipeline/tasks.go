@@ -363,11 +363,6 @@ func mergeDuplicates(ctx context.Context, dst Sink, plan *Plan, byTask []*sinks.
 func readDuplicates(ctx context.Context, dst Sink, byTask []*sinks.TaskRecord, typ string) ([]map[sinks.Key]bool, []int64, error) {
 	var srcs []keySource
 	var tasks []int
-	defer func() {
-		for _, s := range srcs {
-			s.(*sinks.KeyReader).Close()
-		}
-	}()
 	for t, r := range byTask {
 		f, ok := r.Keys[typ]
 		if !ok {
@@ -377,6 +372,7 @@ func readDuplicates(ctx context.Context, dst Sink, byTask []*sinks.TaskRecord, t
 		if err != nil {
 			return nil, nil, err
 		}
+		defer kr.Close()
 		srcs, tasks = append(srcs, kr), append(tasks, t)
 	}
 	return duplicateKeys(srcs, tasks, len(byTask))

@@ -167,26 +167,6 @@ func WriteKeys(ctx context.Context, b *blob.Bucket, out, runID string, task int,
 	return File{Key: rel, Rows: int64(len(keys)), Bytes: int64(len(data))}, nil
 }
 
-// ReadKeys reads a key file WriteKeys wrote, whole. A merge streams them instead (OpenKeys).
-func ReadKeys(ctx context.Context, b *blob.Bucket, out string, f File) ([]Key, error) {
-	r, err := OpenKeys(ctx, b, out, f)
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	keys := make([]Key, 0, f.Rows)
-	for {
-		k, ok, err := r.Next()
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			return keys, nil
-		}
-		keys = append(keys, k)
-	}
-}
-
 // KeyReader streams the keys of a key file WriteKeys wrote, in their (sorted) order, holding one buffer of them.
 type KeyReader struct {
 	name string
@@ -216,13 +196,13 @@ func (k *KeyReader) Next() (key Key, ok bool, err error) {
 	case err == io.EOF:
 		return Key{}, false, nil
 	case err == io.ErrUnexpectedEOF:
-		return Key{}, false, fmt.Errorf("read keys %s: %d bytes after key %d is not a whole key", k.name, n, k.n)
+		return Key{}, false, fmt.Errorf("read keys %s: the %d bytes at byte %d are not a whole key", k.name, n, 16*k.n)
 	case err != nil:
 		return Key{}, false, fmt.Errorf("read keys %s: %w", k.name, err)
 	}
 	key = Key{binary.BigEndian.Uint64(k.rec[:8]), binary.BigEndian.Uint64(k.rec[8:])}
 	if k.n > 0 && key.Compare(k.last) < 0 {
-		return Key{}, false, fmt.Errorf("read keys %s: key %d is out of order", k.name, k.n)
+		return Key{}, false, fmt.Errorf("read keys %s: the key at byte %d is out of order", k.name, 16*k.n)
 	}
 	k.last = key
 	k.n++

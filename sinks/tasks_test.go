@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"gocloud.dev/blob"
 	"gocloud.dev/blob/memblob"
 )
 
@@ -61,12 +62,29 @@ func TestTaskRecordsAndKeys(t *testing.T) {
 	if recs, _ = ReadTaskRecords(ctx, b, "out", "r"); !RecordsComplete(recs, 3, "p") {
 		t.Errorf("three records of plan p are not complete: %d", len(recs))
 	}
-	got, err := ReadKeys(ctx, b, "out", recs[2].Keys["Organization"])
+	got, err := readKeys(ctx, b, "out", recs[2].Keys["Organization"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := []Key{{1, 2}, {1, 9}, {3, 1}}; !slices.Equal(got, want) {
 		t.Errorf("keys = %v, want %v (sorted)", got, want)
+	}
+}
+
+// readKeys reads a key file whole through a KeyReader.
+func readKeys(ctx context.Context, b *blob.Bucket, out string, f File) ([]Key, error) {
+	r, err := OpenKeys(ctx, b, out, f)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	var keys []Key
+	for {
+		k, ok, err := r.Next()
+		if err != nil || !ok {
+			return keys, err
+		}
+		keys = append(keys, k)
 	}
 }
 
@@ -83,19 +101,19 @@ func TestKeyReaderRefusesDamage(t *testing.T) {
 		name, want string
 		data       []byte
 	}{
-		{"cut", "is not a whole key", append(key(1, 1), 0, 0, 0)},
-		{"unsorted", "key 2 is out of order", slices.Concat(key(1, 1), key(2, 0), key(1, 9))},
+		{"cut", "the 3 bytes at byte 16 are not a whole key", append(key(1, 1), 0, 0, 0)},
+		{"unsorted", "the key at byte 32 is out of order", slices.Concat(key(1, 1), key(2, 0), key(1, 9))},
 	} {
 		f := File{Key: "_runs/r/tasks/0.keys/" + tc.name}
 		if err := b.WriteAll(ctx, "out/"+f.Key, tc.data, nil); err != nil {
 			t.Fatal(err)
 		}
-		keys, err := ReadKeys(ctx, b, "out", f)
+		keys, err := readKeys(ctx, b, "out", f)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), f.Key) {
 			t.Errorf("%s: %v, %v; want an error naming %s: %q", tc.name, keys, err, f.Key, tc.want)
 		}
 	}
-	if _, err := ReadKeys(ctx, b, "out", File{Key: "_runs/r/tasks/0.keys/Gone"}); err == nil {
+	if _, err := readKeys(ctx, b, "out", File{Key: "_runs/r/tasks/0.keys/Gone"}); err == nil {
 		t.Error("a missing key file was read")
 	}
 }
