@@ -3,6 +3,8 @@ package pipeline
 import (
 	"hash/maphash"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 )
 
 // keySet is the set of resource versions a run has written from per-Patient objects, where the resources that
@@ -19,6 +21,8 @@ import (
 type keySet struct {
 	seeds  [2]maphash.Seed
 	shards [keyShards]keyShard
+	// keys and mem are the keys held and the bytes of the shards' tables, for Progress.
+	keys, mem atomic.Int64
 }
 
 const keyShards = 64
@@ -43,7 +47,15 @@ func (s *keySet) add(typ, id, version string) bool {
 	sh := &s.shards[k[0]%keyShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	return sh.add(k)
+	slots := len(sh.slots)
+	added := sh.add(k)
+	if added {
+		s.keys.Add(1)
+	}
+	if grown := len(sh.slots) - slots; grown != 0 {
+		s.mem.Add(int64(grown) * int64(unsafe.Sizeof(sh.slots[0])))
+	}
+	return added
 }
 
 func (sh *keyShard) add(k [2]uint64) bool {

@@ -355,10 +355,23 @@ func TestDedupeVersionAsStored(t *testing.T) {
 			patient("p3"), at("org1", "2020-01-02T03:04:06Z")}, "\n") + "\n",
 	})
 	for _, workers := range []int{1, 2} {
-		m := runDir(t, dir, memBucket(t), pipeline.Options{Workers: workers, Layout: reader.LayoutPatient})
+		var last pipeline.Progress
+		m := runDir(t, dir, memBucket(t), pipeline.Options{Workers: workers, Layout: reader.LayoutPatient,
+			Progress: func(p pipeline.Progress) { last = p }})
 		if o := m.Resources["Organization"]; o.Valid != 3 || o.Rows != 2 || o.Duplicates != 1 || o.Links != 3 {
 			t.Errorf("%d workers: Organization = %+v, want 3 valid, 2 rows, 1 duplicate, 3 links", workers, o)
 		}
+		// The run's last progress counts the keys it holds: three Patients and two versions of org1.
+		if last.DedupeKeys != 5 || last.DedupeBytes < 5*16 {
+			t.Errorf("%d workers: progress holds %d keys in %d bytes, want 5 keys of 16 bytes or more", workers,
+				last.DedupeKeys, last.DedupeBytes)
+		}
+	}
+	var last pipeline.Progress
+	runDir(t, writeFixture(t, map[string]string{"Patient.ndjson": patient("p1") + "\n" + patient("p2") + "\n"}),
+		memBucket(t), pipeline.Options{Layout: reader.LayoutType, Progress: func(p pipeline.Progress) { last = p }})
+	if last.Lines != 2 || last.DedupeKeys != 0 || last.DedupeBytes != 0 {
+		t.Errorf("per-type run: progress %+v, want 2 lines and no keys", last)
 	}
 }
 

@@ -228,6 +228,9 @@ type Progress struct {
 	Lines, Rejected           int64
 	BytesRead, BytesTotal     int64 // compressed bytes of finished objects, of all objects
 	Elapsed                   time.Duration
+	// DedupeKeys is the number of resource versions of per-Patient objects the run holds a key of, and
+	// DedupeBytes the memory of those keys: the one part of a run's memory that grows with its input.
+	DedupeKeys, DedupeBytes int64
 }
 
 // validator is the name of the validation path the run takes, as the manifest records it.
@@ -1091,7 +1094,8 @@ func (r *run) reportProgress(ctx context.Context, total int, started time.Time) 
 			ObjectsDone: int(r.objectsDone.Load()), ObjectsTotal: total,
 			Lines: r.lines.Load(), Rejected: r.rejected.Load(),
 			BytesRead: r.bytesRead.Load(), BytesTotal: r.bytesTotal,
-			Elapsed: r.opts.Now().Sub(started),
+			Elapsed:    r.opts.Now().Sub(started),
+			DedupeKeys: r.seen.keys.Load(), DedupeBytes: r.seen.mem.Load(),
 		}
 	}
 	done := make(chan struct{})

@@ -102,13 +102,22 @@ func conversionOptions(c convertConfig, log *slog.Logger) pipeline.Options {
 		Validator:      c.Validator,
 		HeapTarget:     heapTarget,
 		Progress: func(p pipeline.Progress) {
-			log.Info("progress",
-				"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
+			args := []any{"objects_done", p.ObjectsDone, "objects_total", p.ObjectsTotal,
 				"lines", p.Lines, "rejected", p.Rejected,
 				"mb_read", mb(p.BytesRead), "mb_total", mb(p.BytesTotal),
-				"elapsed", p.Elapsed.Round(time.Millisecond).String())
+				"elapsed", p.Elapsed.Round(time.Millisecond).String()}
+			log.Info("progress", append(args, dedupeArgs(p)...)...)
 		},
 	}
+}
+
+// dedupeArgs are the log attributes of the keys a run holds for per-Patient objects (none without them): the one
+// part of its memory that grows with the input, for whoever sizes the job.
+func dedupeArgs(p pipeline.Progress) []any {
+	if p.DedupeKeys == 0 {
+		return nil
+	}
+	return []any{"dedupe_keys", p.DedupeKeys, "dedupe_mb", mb(p.DedupeBytes)}
 }
 
 // openSource opens the input location; "" is the embedded sample.

@@ -169,6 +169,39 @@ func TestConvertEmbeddedSample(t *testing.T) {
 	}
 }
 
+// TestConvertLogsDedupeKeys: the progress log of a run over per-Patient objects says how many keys the run holds
+// and their memory, the part of it that grows with the input; a run over per-type objects says nothing of them.
+func TestConvertLogsDedupeKeys(t *testing.T) {
+	in := t.TempDir()
+	lines := `{"resourceType":"Patient","id":"p1"}` + "\n" +
+		`{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"}}` + "\n" +
+		`{"resourceType":"Patient","id":"p2"}` + "\n"
+	if err := os.WriteFile(filepath.Join(in, "Patient.ndjson"), []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		layout, want string
+	}{{"per-patient", `"dedupe_keys":3,"dedupe_mb":`}, {"per-type", ""}} {
+		var stdout, stderr bytes.Buffer
+		args := []string{"convert", "--in", in, "--out", t.TempDir(), "--layout", tc.layout}
+		if code := run(context.Background(), args, env(nil), &stdout, &stderr); code != 0 {
+			t.Fatalf("%s: exit %d; stderr:\n%s", tc.layout, code, stderr.String())
+		}
+		var progress string
+		for _, l := range strings.Split(stderr.String(), "\n") {
+			if strings.Contains(l, `"message":"progress"`) {
+				progress = l
+			}
+		}
+		if progress == "" {
+			t.Fatalf("%s: no progress line:\n%s", tc.layout, stderr.String())
+		}
+		if got := strings.Contains(progress, "dedupe_keys"); got != (tc.want != "") || !strings.Contains(progress, tc.want) {
+			t.Errorf("%s: last progress line %s; want %q", tc.layout, progress, tc.want)
+		}
+	}
+}
+
 // TestConvertSaysWhatTheReferenceValidated checks that convert's summary and its log name the valid lines the fast
 // validator left to the reference (a shape it does not model, here an escaped key), which convert at the
 // reference's speed, and that the embedded sample, which has none, gets no such line.

@@ -603,7 +603,7 @@ func (r *runner) convertExport(ctx context.Context, log *slog.Logger, h *hold, h
 			eta := time.Duration(float64(p.Elapsed) * float64(p.BytesTotal-p.BytesRead) / float64(p.BytesRead))
 			args = append(args, "eta", eta.Round(time.Second).String())
 		}
-		log.Info("convert progress", args...)
+		log.Info("convert progress", append(args, dedupeArgs(p)...)...)
 	}
 	log.Info("convert starting", "phase", "convert", "files", len(objs))
 	mf, err := pipeline.Run(ctx,
