@@ -266,6 +266,19 @@ func TestRemoveStale(t *testing.T) {
 				"_patient_links/part-t0002-00000.parquet"},
 		},
 		{
+			name: "parts rewritten by one process",
+			out:  "run",
+			objects: []string{
+				"run/Organization/part-00000.parquet",
+				"run/Organization/part-d-00000.parquet",
+				"run/Organization/part-d-00001.parquet",
+				"run/Organization/part-dd-00000.parquet",
+				"run/_dedupe/1/Organization/00000",
+			},
+			keep:        []string{"Organization/part-d-00000.parquet"},
+			wantRemoved: []string{"Organization/part-00000.parquet", "Organization/part-d-00001.parquet"},
+		},
+		{
 			name: "bucket root",
 			out:  "",
 			objects: []string{

@@ -61,7 +61,7 @@ type ParquetOptions struct {
 	Allocator memory.Allocator
 	// PartPrefix starts the name of every part file (zero: "part-"): a task of a run spread over several processes
 	// writes "part-t0003-00000.parquet" so that it overwrites only its own parts. It must be one PartPrefixFor
-	// returns, so that RemoveStale knows the parts as ours.
+	// returns, or RewrittenPartPrefix, so that RemoveStale knows the parts as ours.
 	PartPrefix string
 }
 
@@ -207,6 +207,10 @@ func PartPrefixFor(task int, dedup bool) string {
 	}
 	return fmt.Sprintf("part-t%04d-", task)
 }
+
+// RewrittenPartPrefix is the PartPrefix of the parts a run of one process writes again without the duplicates it
+// could not tell in memory (pipeline's Options.DedupeKeys).
+const RewrittenPartPrefix = "part-d-"
 
 func (o ParquetOptions) withDefaults() ParquetOptions {
 	if o.Compression == compress.Codecs.Uncompressed {

@@ -154,17 +154,92 @@ func WriteKeys(ctx context.Context, b *blob.Bucket, out, runID string, task int,
 	if !isTypeName(typ) {
 		return File{}, fmt.Errorf("write keys: %q is not a resource type", typ)
 	}
-	slices.SortFunc(keys, Key.Compare)
-	data := make([]byte, 0, 16*len(keys))
-	for _, k := range keys {
-		data = binary.BigEndian.AppendUint64(data, k[0])
-		data = binary.BigEndian.AppendUint64(data, k[1])
-	}
 	rel := runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".keys/" + typ
-	if err := writeObject(ctx, b, objectKey(out, rel), "application/octet-stream", data); err != nil {
+	f, err := WriteKeyFile(ctx, b, out, rel, keys)
+	if err != nil {
 		return File{}, fmt.Errorf("write %s keys of task %d: %w", typ, task, err)
 	}
-	return File{Key: rel, Rows: int64(len(keys)), Bytes: int64(len(data))}, nil
+	return f, nil
+}
+
+// WriteKeyFile writes keys, sorted, 16 bytes each, to out/rel, where rel starts with "_" (neither a table part
+// nor a reject file, so that RemoveStale leaves it alone), and returns the File.
+func WriteKeyFile(ctx context.Context, b *blob.Bucket, out, rel string, keys []Key) (File, error) {
+	slices.SortFunc(keys, Key.Compare)
+	w, err := CreateKeys(ctx, b, out, rel, int64(16*len(keys)))
+	if err != nil {
+		return File{}, err
+	}
+	for _, k := range keys {
+		if err := w.Write(k); err != nil {
+			w.Abort()
+			return File{}, err
+		}
+	}
+	return w.Close(ctx)
+}
+
+// KeyWriter writes a key file as a stream of keys in order, 16 bytes each, committed by Close.
+type KeyWriter struct {
+	rel  string
+	o    *object
+	stop func() error
+	bw   *bufio.Writer
+	n    int64 // keys written
+	last Key
+	rec  [16]byte
+}
+
+// keyWriteBuffer is a KeyWriter's buffer, and the most its object's upload buffer takes.
+const keyWriteBuffer = 64 << 10
+
+// CreateKeys starts the key file out/rel, where rel starts with "_", for about size bytes of keys.
+func CreateKeys(ctx context.Context, b *blob.Bucket, out, rel string, size int64) (*KeyWriter, error) {
+	if !strings.HasPrefix(rel, "_") {
+		return nil, fmt.Errorf("write keys: %q does not start with _", rel)
+	}
+	o, err := openObject(ctx, b, objectKey(out, rel), "application/octet-stream", uploadBufferFor(min(size, 1<<20)))
+	if err != nil {
+		return nil, err
+	}
+	return &KeyWriter{rel: rel, o: o, stop: o.watch(ctx), bw: bufio.NewWriterSize(o.w, keyWriteBuffer)}, nil
+}
+
+// Write appends k, which must not be less than the key before it.
+func (w *KeyWriter) Write(k Key) error {
+	if w.n > 0 && k.Compare(w.last) < 0 {
+		return fmt.Errorf("write keys %s: the key at byte %d is out of order", w.rel, 16*w.n)
+	}
+	binary.BigEndian.PutUint64(w.rec[:8], k[0])
+	binary.BigEndian.PutUint64(w.rec[8:], k[1])
+	if _, err := w.bw.Write(w.rec[:]); err != nil {
+		return fmt.Errorf("write keys %s: %w", w.rel, err)
+	}
+	w.last = k
+	w.n++
+	return nil
+}
+
+// Close commits the file and returns it.
+func (w *KeyWriter) Close(ctx context.Context) (File, error) {
+	err := w.bw.Flush()
+	if serr := w.stop(); err == nil {
+		err = serr
+	}
+	if err != nil {
+		w.o.abort()
+		return File{}, fmt.Errorf("write keys %s: %w", w.rel, err)
+	}
+	if err := w.o.commit(ctx); err != nil {
+		return File{}, err
+	}
+	return File{Key: w.rel, Rows: w.n, Bytes: 16 * w.n}, nil
+}
+
+// Abort discards the file.
+func (w *KeyWriter) Abort() {
+	w.stop()
+	w.o.abort()
 }
 
 // KeyReader streams the keys of a key file WriteKeys wrote, in their (sorted) order, holding one buffer of them.
