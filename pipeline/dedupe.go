@@ -23,6 +23,9 @@ type keySet struct {
 	shards [keyShards]keyShard
 	// keys and mem are the keys held and the bytes of the shards' tables, for Progress.
 	keys, mem atomic.Int64
+	// limit, when above zero, is the most keys the set takes (Options.DedupeKeys): past it, add reports a key
+	// it does not hold as new but not held.
+	limit int64
 }
 
 const keyShards = 64
@@ -38,8 +41,9 @@ func newKeySet() *keySet {
 	return &keySet{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
 }
 
-// add records the resource version (typ, id, version) and reports whether it is new.
-func (s *keySet) add(typ, id, version string) bool {
+// add records the resource version (typ, id, version) and reports whether it is new, and whether the set holds
+// it now (false only for a new key past the limit).
+func (s *keySet) add(typ, id, version string) (isNew, held bool) {
 	k := [2]uint64{s.hash(0, typ, id, version), s.hash(1, typ, id, version)}
 	if k == ([2]uint64{}) {
 		k[1] = 1 // the zero key marks free slots
@@ -47,6 +51,9 @@ func (s *keySet) add(typ, id, version string) bool {
 	sh := &s.shards[k[0]%keyShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	if s.limit > 0 && s.keys.Load() >= s.limit {
+		return !sh.has(k), false
+	}
 	slots := len(sh.slots)
 	added := sh.add(k)
 	if added {
@@ -55,7 +62,23 @@ func (s *keySet) add(typ, id, version string) bool {
 	if grown := len(sh.slots) - slots; grown != 0 {
 		s.mem.Add(int64(grown) * int64(unsafe.Sizeof(sh.slots[0])))
 	}
-	return added
+	return added, true
+}
+
+// has reports whether the shard holds k.
+func (sh *keyShard) has(k [2]uint64) bool {
+	if len(sh.slots) == 0 {
+		return false
+	}
+	mask := uint64(len(sh.slots) - 1)
+	for i := k[1] & mask; ; i = (i + 1) & mask {
+		switch sh.slots[i] {
+		case k:
+			return true
+		case [2]uint64{}:
+			return false
+		}
+	}
 }
 
 func (sh *keyShard) add(k [2]uint64) bool {

@@ -24,10 +24,28 @@ func TestKeySet(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := s.add(tt.typ, tt.id, tt.version); got != tt.want {
-				t.Errorf("add = %v, want %v", got, tt.want)
+			if got, held := s.add(tt.typ, tt.id, tt.version); got != tt.want || !held {
+				t.Errorf("add = %v, held %v; want %v, held", got, held, tt.want)
 			}
 		})
+	}
+}
+
+// TestKeySetLimit: past its limit the set takes no more keys; a key it holds is still not new, and one it does not
+// hold is new but not held, every time.
+func TestKeySetLimit(t *testing.T) {
+	s := newKeySet()
+	s.limit = 2
+	for _, tc := range []struct {
+		id              string
+		isNew, wantHeld bool
+	}{{"a", true, true}, {"b", true, true}, {"a", false, false}, {"c", true, false}, {"c", true, false}, {"b", false, false}} {
+		if isNew, held := s.add("Organization", tc.id, "1"); isNew != tc.isNew || held != tc.wantHeld {
+			t.Errorf("add %s: new %v, held %v; want %v, %v", tc.id, isNew, held, tc.isNew, tc.wantHeld)
+		}
+	}
+	if s.len() != 2 || s.keys.Load() != 2 {
+		t.Errorf("the set holds %d keys (counted %d), want 2", s.len(), s.keys.Load())
 	}
 }
 
@@ -43,7 +61,7 @@ func TestKeySetConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := range keys {
 				k := (i + g*keys/goroutines) % keys // every goroutine walks all keys from a different start
-				if s.add("Organization", fmt.Sprint(k), "1") {
+				if isNew, _ := s.add("Organization", fmt.Sprint(k), "1"); isNew {
 					fresh.Add(1)
 				}
 			}

@@ -90,6 +90,12 @@ type Options struct {
 	Layout reader.Layout
 	// Validator is transform.Options.Validator: "" or "reference" (google/fhir/go), or "fast".
 	Validator string
+	// DedupeKeys bounds the keys of per-Patient resources a run of one process holds to write each resource once
+	// (about 34 bytes a key). Zero: DefaultDedupeKeys; negative: no bound. Past it, a resource whose key is not held
+	// is written and its key spilled to the output's bucket, and the run drops the copies the spilled keys show
+	// at its end, rewriting the parts of the types that have any (spill.go). A task of a spread run holds every
+	// key.
+	DedupeKeys int
 
 	// Annotate, when set, is called with the finished manifest just before it is written, so that a caller adds
 	// what it knows (the export handle, the message, phase timings) in the one write that publishes the run.
@@ -229,7 +235,7 @@ type Progress struct {
 	BytesRead, BytesTotal     int64 // compressed bytes of finished objects, of all objects
 	Elapsed                   time.Duration
 	// DedupeKeys is the number of resource versions of per-Patient objects the run holds a key of, and
-	// DedupeBytes the memory of those keys: the one part of a run's memory that grows with its input.
+	// DedupeBytes the memory of those keys: they grow with the input up to Options.DedupeKeys.
 	DedupeKeys, DedupeBytes int64
 }
 
@@ -316,6 +322,12 @@ func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manife
 		seen:    newKeySet(),
 		links:   sinks.NewTable(dst.Bucket, dst.Prefix, schema.LinksTable, schema.Links(), opts.Parquet),
 	}
+	if opts.DedupeKeys > 0 {
+		r.seen.limit = int64(opts.DedupeKeys)
+		if r.spill, err = newKeySpill(ctx, dst, started); err != nil {
+			return nil, err
+		}
+	}
 	for _, o := range objects {
 		r.bytesTotal += o.Size
 	}
@@ -385,6 +397,9 @@ func (o Options) withDefaults() Options {
 	if o.ProgressEvery <= 0 {
 		o.ProgressEvery = 5 * time.Second
 	}
+	if o.DedupeKeys == 0 {
+		o.DedupeKeys = DefaultDedupeKeys
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -421,6 +436,7 @@ type run struct {
 	inputs  []sinks.Input
 	links   *sinks.Table // the patient-link table
 	seen    *keySet      // resource versions written from per-Patient objects
+	spill   *keySpill    // the keys of those written past Options.DedupeKeys; nil for a task
 	bufs    sync.Pool    // *[]byte of batchBytes capacity: the line buffers of batches, reused
 	lineSet sync.Pool    // *[]line of batchLines capacity: the lines of batches, reused
 
@@ -726,16 +742,28 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 		// A resource of a per-Patient object is written once, whichever block (of whichever object) holds it
 		// first; a resource without an id cannot be told apart and is always written. Its version is taken as the
 		// table stores it (normalVersion): two spellings of one meta.lastUpdated instant are one version, as
-		// they are to a spread run's merge.
-		if b.perPatient && res.ID != "" && !r.seen.add(res.ResourceType, res.ID, normalVersion(res.Version)) {
-			st.duplicates++
-		} else {
+		// they are to a spread run's merge. Past Options.DedupeKeys the set takes no more keys: a resource whose
+		// key it does not hold is written and its key spilled, and the run drops the copies at its end (spill.go).
+		write, held := true, true
+		var version string
+		if b.perPatient && res.ID != "" {
+			version = normalVersion(res.Version)
+			if write, held = r.seen.add(res.ResourceType, res.ID, version); !write {
+				st.duplicates++
+			}
+		}
+		if write {
 			err := w.Append(l.bytes, res)
 			if timed {
 				lt.lap(&lt.build, t)
 			}
 			if err != nil {
 				return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
+			}
+			if !held {
+				if err := r.spill.add(ctx, res.ResourceType, dedupeKey(res.ResourceType, res.ID, version)); err != nil {
+					return err
+				}
 			}
 			if b.perPatient && res.ID != "" && r.keys != nil {
 				r.keys.add(res.ResourceType, res.ID, res.Version)
@@ -930,11 +958,17 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	if err != nil {
 		return nil, err
 	}
+	if err := r.reconcile(ctx, m); err != nil {
+		return nil, err
+	}
 	if err := checkTotals(m); err != nil {
 		return nil, err
 	}
 	if _, err := sinks.RemoveStale(ctx, r.dst.Bucket, r.dst.Prefix, keepOf(m)); err != nil {
 		return nil, fmt.Errorf("remove stale output: %w", err)
+	}
+	if err := r.spill.remove(ctx); err != nil {
+		return nil, err
 	}
 	m.Finished = r.opts.Now().UTC()
 	if r.opts.Annotate != nil {

@@ -389,37 +389,57 @@ type keySource interface {
 // duplicates, not every key: a map of every task's keys of the type took 35 to 56 bytes a key (Go 1.26's map,
 // 0.3 to 3 million keys).
 func duplicateKeys(srcs []keySource, tasks []int, n int) ([]map[sinks.Key]bool, []int64, error) {
+	drop, rows := make([]map[sinks.Key]bool, n), make([]int64, n)
+	err := mergeKeys(srcs, tasks, func(k sinks.Key, held []keyCount) {
+		for _, h := range held[1:] { // held[0] is the lowest task that holds k: it keeps its rows
+			if drop[h.task] == nil {
+				drop[h.task] = map[sinks.Key]bool{}
+			}
+			drop[h.task][k] = true
+			rows[h.task] += h.rows
+		}
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return drop, rows, nil
+}
+
+// keyCount is how many times a source holds a key, and the task it is of.
+type keyCount struct {
+	task int
+	rows int64
+}
+
+// mergeKeys reads the sorted keys of srcs (srcs[i] those of tasks[i], ascending) together in key order, and calls
+// each once per distinct key with the sources that hold it, lowest task first. It holds one key per source.
+func mergeKeys(srcs []keySource, tasks []int, each func(sinks.Key, []keyCount)) error {
 	h := make(keyHeap, 0, len(srcs))
 	for i, src := range srcs {
 		k, ok, err := src.Next()
 		if err != nil {
-			return nil, nil, err
+			return err
 		}
 		if ok {
 			h = append(h, keyHead{key: k, task: tasks[i], src: src})
 		}
 	}
 	heap.Init(&h)
-	drop, rows := make([]map[sinks.Key]bool, n), make([]int64, n)
+	var held []keyCount
 	for len(h) > 0 {
-		k, owner := h[0].key, h[0].task // the heap orders equal keys by task: the lowest holder comes first
-		for len(h) > 0 && h[0].key == k {
+		k := h[0].key
+		held = held[:0]
+		for len(h) > 0 && h[0].key == k { // the heap orders equal keys by task
 			e := &h[0]
-			held := int64(0)
+			c := keyCount{task: e.task}
 			next, ok, err := k, true, error(nil)
 			for ok && next == k {
-				held++
+				c.rows++
 				if next, ok, err = e.src.Next(); err != nil {
-					return nil, nil, err
+					return err
 				}
 			}
-			if e.task != owner {
-				if drop[e.task] == nil {
-					drop[e.task] = map[sinks.Key]bool{}
-				}
-				drop[e.task][k] = true
-				rows[e.task] += held
-			}
+			held = append(held, c)
 			if ok {
 				e.key = next
 				heap.Fix(&h, 0)
@@ -427,8 +447,9 @@ func duplicateKeys(srcs []keySource, tasks []int, n int) ([]map[sinks.Key]bool, 
 				heap.Pop(&h)
 			}
 		}
+		each(k, held)
 	}
-	return drop, rows, nil
+	return nil
 }
 
 // keyHead is the next key of one source; keyHeap orders them by key, then task.
@@ -477,6 +498,16 @@ func rewrite(ctx context.Context, dst Sink, runID, typ string, task int, files [
 func rewriteWithout(ctx context.Context, dst Sink, typ string, task int, files []sinks.File, drop map[sinks.Key]bool, opts Options) ([]sinks.File, int64, error) {
 	popts := opts.Parquet
 	popts.PartPrefix = sinks.PartPrefixFor(task, true)
+	out, dropped, err := rewriteParts(ctx, dst, typ, files, func(k sinks.Key) bool { return drop[k] }, popts, opts)
+	if err != nil {
+		return nil, 0, fmt.Errorf("rewrite %s of task %d: %w", typ, task, err)
+	}
+	return out, dropped, nil
+}
+
+// rewriteParts copies the parts files of a typ table, in order, into new parts of popts without the rows for
+// whose dedupe key gone says so, and returns the new parts and the rows dropped.
+func rewriteParts(ctx context.Context, dst Sink, typ string, files []sinks.File, gone func(sinks.Key) bool, popts sinks.ParquetOptions, opts Options) ([]sinks.File, int64, error) {
 	var tbl *sinks.Table
 	var dropped int64
 	for _, f := range files {
@@ -484,7 +515,7 @@ func rewriteWithout(ctx context.Context, dst Sink, typ string, task int, files [
 			if tbl == nil {
 				tbl = sinks.NewTable(dst.Bucket, dst.Prefix, typ, rec.Schema(), popts)
 			}
-			keep, err := rowsToKeep(typ, rec, drop)
+			keep, err := rowsToKeep(typ, rec, gone)
 			if err != nil {
 				return fmt.Errorf("dedupe %s: %w", f.Key, err)
 			}
@@ -515,13 +546,13 @@ func rewriteWithout(ctx context.Context, dst Sink, typ string, task int, files [
 	}
 	out, err := tbl.Close(ctx)
 	if err != nil {
-		return nil, 0, fmt.Errorf("rewrite %s of task %d: %w", typ, task, err)
+		return nil, 0, err
 	}
 	return out, dropped, nil
 }
 
-// rowsToKeep returns the runs [from, to) of rows of rec whose dedupe key is not in drop.
-func rowsToKeep(typ string, rec arrow.Record, drop map[sinks.Key]bool) ([][2]int64, error) {
+// rowsToKeep returns the runs [from, to) of rows of rec for whose dedupe key gone says false, asking in row order.
+func rowsToKeep(typ string, rec arrow.Record, gone func(sinks.Key) bool) ([][2]int64, error) {
 	s := rec.Schema()
 	idIdx := s.FieldIndices("id")
 	metaIdx := s.FieldIndices("meta")
@@ -553,12 +584,12 @@ func rowsToKeep(typ string, rec arrow.Record, drop map[sinks.Key]bool) ([][2]int
 		case updated != nil && updated.IsValid(i):
 			version = "@" + strconv.FormatInt(int64(updated.Value(i)), 10)
 		}
-		gone := ids.IsValid(i) && drop[dedupeKey(typ, ids.Value(i), version)]
+		drop := ids.IsValid(i) && gone(dedupeKey(typ, ids.Value(i), version))
 		switch {
-		case gone && start >= 0:
+		case drop && start >= 0:
 			runs = append(runs, [2]int64{start, int64(i)})
 			start = -1
-		case !gone && start < 0:
+		case !drop && start < 0:
 			start = int64(i)
 		}
 	}
@@ -570,10 +601,7 @@ func rowsToKeep(typ string, rec arrow.Record, drop map[sinks.Key]bool) ([][2]int
 
 // readParts reads the record batches of the Parquet object rel under dst, in order.
 func readParts(ctx context.Context, dst Sink, rel string, opts Options, each func(arrow.Record) error) error {
-	key := rel
-	if dst.Prefix != "" {
-		key = dst.Prefix + "/" + rel
-	}
+	key := objectKey(dst, rel)
 	attrs, err := dst.Bucket.Attributes(ctx, key)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", rel, err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/fhirlake/fhirlake/pipeline"
 	"github.com/fhirlake/fhirlake/reader"
 )
 
@@ -18,6 +19,7 @@ type convertConfig struct {
 	Workers        int
 	MaxLineBytes   int
 	RecursionDepth int
+	DedupeKeys     int
 	Layout         layoutFlag // "" is auto
 	Validator      string     // "fast" (the default) or "reference": transform.Options.Validator
 	Log            logConfig
@@ -58,6 +60,7 @@ var envDefaults = map[string]string{
 	"workers":         "FHIRLAKE_WORKERS",
 	"max-line-bytes":  "FHIRLAKE_MAX_LINE_BYTES",
 	"recursion-depth": "FHIRLAKE_RECURSION_DEPTH",
+	"dedupe-keys":     "FHIRLAKE_DEDUPE_KEYS",
 	"layout":          "FHIRLAKE_LAYOUT",
 	"validator":       "FHIRLAKE_VALIDATOR",
 	"log-format":      "FHIRLAKE_LOG_FORMAT",
@@ -77,6 +80,7 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines (0: one per CPU)")
 	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
 	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
+	addDedupeFlag(fs, &c.DedupeKeys)
 	addValidatorFlag(fs, &c.Validator)
 	fs.Var(&c.Layout, "layout", "how objects are arranged: per-type, per-patient (Patient blocks) or auto (decided per object from its first lines)")
 	addLogFlags(fs, &c.Log)
@@ -86,6 +90,12 @@ func parseConvertConfig(args []string, getenv func(string) string, stderr io.Wri
 		return c, err
 	}
 	return c, c.validate()
+}
+
+// addDedupeFlag adds --dedupe-keys (pipeline.Options.DedupeKeys).
+func addDedupeFlag(fs *flag.FlagSet, n *int) {
+	fs.IntVar(n, "dedupe-keys", pipeline.DefaultDedupeKeys, "per-Patient resource keys held in memory to write each resource once "+
+		"(about 34 bytes each); past them, keys go to the output bucket and the copies are dropped at the end; -1: no bound")
 }
 
 func addLogFlags(fs *flag.FlagSet, c *logConfig) {
@@ -138,12 +148,21 @@ func conversionErrors(workers, maxLineBytes, recursionDepth int) []error {
 	return errs
 }
 
+// dedupeError checks --dedupe-keys: a bound of at least one key, or -1 for none.
+func dedupeError(n int) []error {
+	if n < 1 && n != -1 {
+		return []error{fmt.Errorf("--dedupe-keys must be at least 1, or -1 for no bound, not %d", n)}
+	}
+	return nil
+}
+
 func (c convertConfig) validate() error {
 	var errs []error
 	if c.Out == "" {
 		errs = append(errs, errors.New("--out is required"))
 	}
 	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
+	errs = append(errs, dedupeError(c.DedupeKeys)...)
 	errs = append(errs, validatorError(c.Validator)...)
 	errs = append(errs, c.Task.errors()...)
 	return errors.Join(append(errs, c.Log.validate())...)

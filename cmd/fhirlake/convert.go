@@ -98,6 +98,7 @@ func conversionOptions(c convertConfig, log *slog.Logger) pipeline.Options {
 		Workers:        c.Workers,
 		MaxLineBytes:   c.MaxLineBytes,
 		RecursionDepth: c.RecursionDepth,
+		DedupeKeys:     c.DedupeKeys,
 		Layout:         reader.Layout(c.Layout),
 		Validator:      c.Validator,
 		HeapTarget:     heapTarget,
@@ -111,8 +112,8 @@ func conversionOptions(c convertConfig, log *slog.Logger) pipeline.Options {
 	}
 }
 
-// dedupeArgs are the log attributes of the keys a run holds for per-Patient objects (none without them): the one
-// part of its memory that grows with the input, for whoever sizes the job.
+// dedupeArgs are the log attributes of the keys a run holds for per-Patient objects (none without them): memory
+// that grows with the input up to --dedupe-keys, for whoever sizes the job.
 func dedupeArgs(p pipeline.Progress) []any {
 	if p.DedupeKeys == 0 {
 		return nil

@@ -47,39 +47,39 @@ func TestParseConvertConfig(t *testing.T) {
 	}{
 		{
 			name: "defaults",
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, DedupeKeys: 1 << 20, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}},
 		},
 		{
 			name: "environment",
 			env:  map[string]string{"FHIRLAKE_IN": "gs://b/x", "FHIRLAKE_WORKERS": "3", "FHIRLAKE_LOG_FORMAT": "json"},
 			want: convertConfig{In: "gs://b/x", Out: "./fhirlake-out", Workers: 3, MaxLineBytes: 64 << 20,
-				RecursionDepth: 2, Validator: "fast", Log: logConfig{Format: "json", Level: "info"}},
+				RecursionDepth: 2, DedupeKeys: 1 << 20, Validator: "fast", Log: logConfig{Format: "json", Level: "info"}},
 		},
 		{
 			name: "flags override the environment",
-			args: []string{"--workers", "5", "--out", "o", "--recursion-depth", "3"},
-			env:  map[string]string{"FHIRLAKE_WORKERS": "3", "FHIRLAKE_OUT": "elsewhere"},
-			want: convertConfig{Out: "o", Workers: 5, MaxLineBytes: 64 << 20, RecursionDepth: 3, Validator: "fast",
+			args: []string{"--workers", "5", "--out", "o", "--recursion-depth", "3", "--dedupe-keys", "-1"},
+			env:  map[string]string{"FHIRLAKE_WORKERS": "3", "FHIRLAKE_OUT": "elsewhere", "FHIRLAKE_DEDUPE_KEYS": "5000"},
+			want: convertConfig{Out: "o", Workers: 5, MaxLineBytes: 64 << 20, RecursionDepth: 3, DedupeKeys: -1, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}},
 		},
 		{
 			name: "reference validator from the environment",
 			env:  map[string]string{"FHIRLAKE_VALIDATOR": "reference"},
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "reference",
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, DedupeKeys: 1 << 20, Validator: "reference",
 				Log: logConfig{Format: "auto", Level: "info"}},
 		},
 		{
 			name: "tasks from Cloud Run",
 			env:  map[string]string{"CLOUD_RUN_TASK_COUNT": "8", "CLOUD_RUN_TASK_INDEX": "3", "CLOUD_RUN_EXECUTION": "job-x7"},
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, DedupeKeys: 1 << 20, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}, Task: taskConfig{Tasks: 8, TaskIndex: 3, RunID: "job-x7"}},
 		},
 		{
 			name: "task flags override Cloud Run",
 			args: []string{"--tasks", "3", "--task-index", "2", "--split-bytes", "1000"},
 			env:  map[string]string{"CLOUD_RUN_TASK_COUNT": "8", "CLOUD_RUN_TASK_INDEX": "7"},
-			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, Validator: "fast",
+			want: convertConfig{Out: "./fhirlake-out", MaxLineBytes: 64 << 20, RecursionDepth: 2, DedupeKeys: 1 << 20, Validator: "fast",
 				Log: logConfig{Format: "auto", Level: "info"}, Task: taskConfig{Tasks: 3, TaskIndex: 2, SplitBytes: 1000}},
 		},
 		{name: "task index out of range", args: []string{"--tasks", "3", "--task-index", "3"}, wantErr: "--task-index"},
@@ -89,6 +89,7 @@ func TestParseConvertConfig(t *testing.T) {
 		{name: "negative workers", args: []string{"--workers", "-1"}, wantErr: "--workers"},
 		{name: "tiny line limit", args: []string{"--max-line-bytes", "10"}, wantErr: "--max-line-bytes"},
 		{name: "zero depth", args: []string{"--recursion-depth", "0"}, wantErr: "--recursion-depth"},
+		{name: "no dedupe keys", args: []string{"--dedupe-keys", "0"}, wantErr: "--dedupe-keys"},
 		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
 		{name: "unknown validator", args: []string{"--validator", "quick"}, wantErr: "--validator"},
 		{name: "bad validator flag over a good environment", env: map[string]string{"FHIRLAKE_VALIDATOR": "reference"}, args: []string{"--validator", "none"}, wantErr: "--validator"},
@@ -170,7 +171,8 @@ func TestConvertEmbeddedSample(t *testing.T) {
 }
 
 // TestConvertLogsDedupeKeys: the progress log of a run over per-Patient objects says how many keys the run holds
-// and their memory, the part of it that grows with the input; a run over per-type objects says nothing of them.
+// and their memory, which grow with the input up to --dedupe-keys; a run over per-type objects says nothing of
+// them.
 func TestConvertLogsDedupeKeys(t *testing.T) {
 	in := t.TempDir()
 	lines := `{"resourceType":"Patient","id":"p1"}` + "\n" +

@@ -41,6 +41,7 @@ type runConfig struct {
 	Workers        int
 	MaxLineBytes   int
 	RecursionDepth int
+	DedupeKeys     int
 	Validator      string
 	Log            logConfig
 }
@@ -83,6 +84,7 @@ func addRunFlags(fs *flag.FlagSet, c *runConfig) {
 	fs.IntVar(&c.Workers, "workers", 0, "decoding goroutines per run (0: one per CPU)")
 	fs.IntVar(&c.MaxLineBytes, "max-line-bytes", 64<<20, "longest NDJSON line kept; longer lines are quarantined")
 	fs.IntVar(&c.RecursionDepth, "recursion-depth", 2, "how often a type may nest inside itself before the rest is kept as JSON")
+	addDedupeFlag(fs, &c.DedupeKeys)
 	addValidatorFlag(fs, &c.Validator)
 	addLogFlags(fs, &c.Log)
 }
@@ -102,6 +104,7 @@ func (c runConfig) validate() error {
 		errs = append(errs, errors.New("--export-deadline and --poll-floor must be positive, --poll-cap at least --poll-floor"))
 	}
 	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
+	errs = append(errs, dedupeError(c.DedupeKeys)...)
 	errs = append(errs, validatorError(c.Validator)...)
 	return errors.Join(append(errs, c.Log.validate())...)
 }
@@ -152,6 +155,7 @@ func (c runConfig) runner(svc *healthcare.Service, log *slog.Logger) *runner {
 		},
 		convert: pipeline.Options{
 			Workers: c.Workers, MaxLineBytes: c.MaxLineBytes, RecursionDepth: c.RecursionDepth, Validator: c.Validator,
+			DedupeKeys: c.DedupeKeys,
 			HeapTarget: heapTarget,
 		},
 		outputs:          &outputs{gcs: gcs},

@@ -1,0 +1,278 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+
+	"github.com/fhirlake/fhirlake/sinks"
+)
+
+// A run of one process holds the key of every per-Patient resource version it writes (keySet), up to
+// Options.DedupeKeys of them. Past that, a resource whose key the set does not hold may have been written already
+// since, or may be again: it is written, and its key (dedupeKey, which a row gives again) goes to a keySpill,
+// which writes the keys to the output's bucket in sorted files of spillKeys keys (Cloud Run's disk is memory). At
+// its end the run reads the spilled keys of each type together in key order, finds the keys written more than
+// once, and writes the parts of those types again keeping the first row of each (reconcile). So the memory stays
+// bounded whatever the export, and the rows and counts are those an unbounded set gives; what it costs is 16
+// bytes of the bucket per resource written past the bound, and rewriting the types whose resources were written
+// twice (in a per-Patient export the shared ones: Organization, Practitioner, Location ...).
+
+// DefaultDedupeKeys is Options.DedupeKeys when zero: about 34 MB of keys.
+const DefaultDedupeKeys = 1 << 20
+
+// spillKeys is how many spilled keys a run buffers before it writes them (16 bytes each).
+var spillKeys = 1 << 16
+
+// spillDir is where the spilled keys go under the output prefix. Its name starts with "_", so RemoveStale and
+// reader.List leave it alone; a run removes its own files when it publishes, and a run of the same output removes
+// what a run that died left there.
+const spillDir = "_dedupe/"
+
+// keySpill collects the keys of the resources a run wrote without holding their keys.
+type keySpill struct {
+	dst  Sink
+	dir  string // this run's directory under spillDir
+	mu   sync.Mutex
+	buf  map[string][]sinks.Key // by resource type, not yet written
+	n    int                    // keys in buf
+	runs map[string][]sinks.File
+	next int // number of the next file
+}
+
+// newKeySpill removes what earlier runs left under spillDir and returns an empty spill.
+func newKeySpill(ctx context.Context, dst Sink, started time.Time) (*keySpill, error) {
+	if err := removeUnder(ctx, dst, spillDir); err != nil {
+		return nil, err
+	}
+	return &keySpill{dst: dst, dir: spillDir + strconv.FormatInt(started.UnixNano(), 10) + "/",
+		buf: map[string][]sinks.Key{}, runs: map[string][]sinks.File{}}, nil
+}
+
+// add records the key of a resource of typ written without its key held.
+func (s *keySpill) add(ctx context.Context, typ string, k sinks.Key) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf[typ] = append(s.buf[typ], k)
+	if s.n++; s.n >= spillKeys {
+		return s.write(ctx)
+	}
+	return nil
+}
+
+// write writes out the buffered keys, one sorted file per type. Called with mu held.
+func (s *keySpill) write(ctx context.Context) error {
+	for _, typ := range slices.Sorted(maps.Keys(s.buf)) {
+		rel := fmt.Sprintf("%s%s/%05d", s.dir, typ, s.next)
+		f, err := sinks.WriteKeyFile(ctx, s.dst.Bucket, s.dst.Prefix, rel, s.buf[typ])
+		if err != nil {
+			return fmt.Errorf("spill %s keys: %w", typ, err)
+		}
+		s.runs[typ] = append(s.runs[typ], f)
+	}
+	s.next++
+	clear(s.buf)
+	s.n = 0
+	return nil
+}
+
+// reconcile drops, from the tables of m, the rows of resources written more than once past the run's bound, and
+// counts them as duplicates. A type without any keeps its parts.
+func (r *run) reconcile(ctx context.Context, m *sinks.Manifest) error {
+	s := r.spill
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.write(ctx); err != nil {
+		return err
+	}
+	for _, typ := range slices.Sorted(maps.Keys(s.runs)) {
+		if err := s.compact(ctx, typ); err != nil {
+			return err
+		}
+		extra, total, err := repeatedKeys(ctx, s.dst, s.runs[typ])
+		if err != nil {
+			return err
+		}
+		if total == 0 {
+			continue
+		}
+		rs := m.Resources[typ]
+		seen := make(map[sinks.Key]bool, len(extra))
+		gone := func(k sinks.Key) bool {
+			n, ok := extra[k]
+			switch {
+			case !ok:
+				return false
+			case !seen[k]:
+				seen[k] = true // the first row of the key stays
+				return false
+			case n > 0:
+				extra[k] = n - 1
+				return true
+			}
+			return false
+		}
+		popts := r.opts.Parquet
+		popts.PartPrefix = sinks.RewrittenPartPrefix
+		files, dropped, err := rewriteParts(ctx, r.dst, typ, rs.Files, gone, popts, r.opts)
+		if err != nil {
+			return fmt.Errorf("drop %s duplicates: %w", typ, err)
+		}
+		if dropped != total {
+			return fmt.Errorf("drop %s duplicates: %d rows found of %d", typ, dropped, total)
+		}
+		rs.Files = files
+		rs.Rows -= dropped
+		rs.Duplicates += dropped
+		m.Resources[typ] = rs
+		m.Totals.Rows -= dropped
+		m.Totals.Duplicates += dropped
+	}
+	return nil
+}
+
+// mergeFan is the most spilled files of a type that a run reads at once (a 64 KiB buffer each).
+var mergeFan = 64
+
+// compact merges the spilled files of typ, mergeFan at a time, into one each, until at most mergeFan are left.
+// The merged files keep every key, repeats included. Called with mu held.
+func (s *keySpill) compact(ctx context.Context, typ string) error {
+	files := s.runs[typ]
+	for len(files) > mergeFan {
+		group := files[:mergeFan]
+		rel := fmt.Sprintf("%s%s/%05d", s.dir, typ, s.next)
+		s.next++
+		f, err := mergeFiles(ctx, s.dst, group, rel)
+		if err != nil {
+			return fmt.Errorf("merge spilled %s keys: %w", typ, err)
+		}
+		for _, g := range group {
+			if err := s.dst.Bucket.Delete(ctx, objectKey(s.dst, g.Key)); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+				return fmt.Errorf("remove merged %s: %w", g.Key, err)
+			}
+		}
+		files = append(files[mergeFan:], f)
+	}
+	s.runs[typ] = files
+	return nil
+}
+
+// mergeFiles writes the keys of files, in key order and repeats included, to one file at rel.
+func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string) (sinks.File, error) {
+	srcs := make([]keySource, 0, len(files))
+	idx := make([]int, 0, len(files))
+	var size int64
+	for i, f := range files {
+		kr, err := sinks.OpenKeys(ctx, dst.Bucket, dst.Prefix, f)
+		if err != nil {
+			return sinks.File{}, err
+		}
+		defer kr.Close()
+		srcs, idx, size = append(srcs, kr), append(idx, i), size+f.Bytes
+	}
+	w, err := sinks.CreateKeys(ctx, dst.Bucket, dst.Prefix, rel, size)
+	if err != nil {
+		return sinks.File{}, err
+	}
+	var werr error
+	err = mergeKeys(srcs, idx, func(k sinks.Key, held []keyCount) {
+		for _, h := range held {
+			for range h.rows {
+				if werr == nil {
+					werr = w.Write(k)
+				}
+			}
+		}
+	})
+	if err = errors.Join(err, werr); err != nil {
+		w.Abort()
+		return sinks.File{}, err
+	}
+	return w.Close(ctx)
+}
+
+// objectKey is rel's key in the bucket of dst.
+func objectKey(dst Sink, rel string) string {
+	if dst.Prefix == "" {
+		return rel
+	}
+	return dst.Prefix + "/" + rel
+}
+
+// remove deletes the run's spilled keys.
+func (s *keySpill) remove(ctx context.Context) error {
+	if s == nil {
+		return nil
+	}
+	return removeUnder(ctx, s.dst, s.dir)
+}
+
+// repeatedKeys reads the key files together in key order and returns the keys that occur more than once, each
+// with how many times more, and the sum of those.
+func repeatedKeys(ctx context.Context, dst Sink, files []sinks.File) (map[sinks.Key]int64, int64, error) {
+	srcs := make([]keySource, 0, len(files))
+	for _, f := range files {
+		kr, err := sinks.OpenKeys(ctx, dst.Bucket, dst.Prefix, f)
+		if err != nil {
+			return nil, 0, err
+		}
+		defer kr.Close()
+		srcs = append(srcs, kr)
+	}
+	return countRepeats(srcs)
+}
+
+// countRepeats merges the sorted keys of srcs and returns the keys that occur more than once over all of them,
+// each with how many times more, and the sum of those. It holds one key per source and the repeated keys.
+func countRepeats(srcs []keySource) (map[sinks.Key]int64, int64, error) {
+	tasks := make([]int, len(srcs))
+	for i := range tasks {
+		tasks[i] = i
+	}
+	extra := map[sinks.Key]int64{}
+	var total int64
+	err := mergeKeys(srcs, tasks, func(k sinks.Key, held []keyCount) {
+		var n int64
+		for _, h := range held {
+			n += h.rows
+		}
+		if n > 1 {
+			extra[k] = n - 1
+			total += n - 1
+		}
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	return extra, total, nil
+}
+
+// removeUnder deletes every object under the output's dir.
+func removeUnder(ctx context.Context, dst Sink, dir string) error {
+	prefix := objectKey(dst, dir)
+	it := dst.Bucket.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if err := dst.Bucket.Delete(ctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+			return fmt.Errorf("remove %s: %w", obj.Key, err)
+		}
+	}
+}
