@@ -33,7 +33,8 @@ const DefaultDedupeKeys = 1 << 20
 // spillKeys is how many spilled keys a run buffers before it writes them (16 bytes each).
 var spillKeys = 1 << 16
 
-// spillDir is where the spilled keys go under the output prefix. Its name starts with "_", so RemoveStale and
+// spillDir is where the spilled keys go under the output prefix, as _dedupe/<run>-<Type>-NNNNN (no directory per
+// run or type: a local output keeps the directories its files leave). Its name starts with "_", so RemoveStale and
 // reader.List leave it alone; a run removes its own files when it publishes, and a run of the same output removes
 // what a run that died left there.
 const spillDir = "_dedupe/"
@@ -41,7 +42,7 @@ const spillDir = "_dedupe/"
 // keySpill collects the keys of the resources a run wrote without holding their keys.
 type keySpill struct {
 	dst  Sink
-	dir  string // this run's directory under spillDir
+	name string // the start of this run's file names: spillDir and the run's own part
 	mu   sync.Mutex
 	buf  map[string][]sinks.Key // by resource type, not yet written
 	n    int                    // keys in buf
@@ -54,7 +55,7 @@ func newKeySpill(ctx context.Context, dst Sink, started time.Time) (*keySpill, e
 	if err := removeUnder(ctx, dst, spillDir); err != nil {
 		return nil, err
 	}
-	return &keySpill{dst: dst, dir: spillDir + strconv.FormatInt(started.UnixNano(), 10) + "/",
+	return &keySpill{dst: dst, name: spillDir + strconv.FormatInt(started.UnixNano(), 10) + "-",
 		buf: map[string][]sinks.Key{}, runs: map[string][]sinks.File{}}, nil
 }
 
@@ -72,7 +73,7 @@ func (s *keySpill) add(ctx context.Context, typ string, k sinks.Key) error {
 // write writes out the buffered keys, one sorted file per type. Called with mu held.
 func (s *keySpill) write(ctx context.Context) error {
 	for _, typ := range slices.Sorted(maps.Keys(s.buf)) {
-		rel := fmt.Sprintf("%s%s/%05d", s.dir, typ, s.next)
+		rel := fmt.Sprintf("%s%s-%05d", s.name, typ, s.next)
 		f, err := sinks.WriteKeyFile(ctx, s.dst.Bucket, s.dst.Prefix, rel, s.buf[typ])
 		if err != nil {
 			return fmt.Errorf("spill %s keys: %w", typ, err)
@@ -152,7 +153,7 @@ func (s *keySpill) compact(ctx context.Context, typ string) error {
 	files := s.runs[typ]
 	for len(files) > mergeFan {
 		group := files[:mergeFan]
-		rel := fmt.Sprintf("%s%s/%05d", s.dir, typ, s.next)
+		rel := fmt.Sprintf("%s%s-%05d", s.name, typ, s.next)
 		s.next++
 		f, err := mergeFiles(ctx, s.dst, group, rel)
 		if err != nil {
@@ -216,7 +217,7 @@ func (s *keySpill) remove(ctx context.Context) error {
 	if s == nil {
 		return nil
 	}
-	return removeUnder(ctx, s.dst, s.dir)
+	return removeUnder(ctx, s.dst, s.name)
 }
 
 // repeatedKeys reads the key files together in key order and returns the keys that occur more than once, each
@@ -259,9 +260,9 @@ func countRepeats(srcs []keySource) (map[sinks.Key]int64, int64, error) {
 	return extra, total, nil
 }
 
-// removeUnder deletes every object under the output's dir.
-func removeUnder(ctx context.Context, dst Sink, dir string) error {
-	prefix := objectKey(dst, dir)
+// removeUnder deletes every object of the output whose key starts with start.
+func removeUnder(ctx context.Context, dst Sink, start string) error {
+	prefix := objectKey(dst, start)
 	it := dst.Bucket.List(&blob.ListOptions{Prefix: prefix})
 	for {
 		obj, err := it.Next(ctx)

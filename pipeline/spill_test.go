@@ -70,7 +70,7 @@ func TestRunBoundedDedupe(t *testing.T) {
 // totals with a bound of one key, and a run finds and removes what a run that died left under _dedupe/.
 func TestRunBoundedDedupeSmall(t *testing.T) {
 	b := memBucket(t)
-	if err := b.WriteAll(context.Background(), "out/_dedupe/1/Organization/00000", make([]byte, 16), nil); err != nil {
+	if err := b.WriteAll(context.Background(), "out/_dedupe/1-Organization-00000", make([]byte, 16), nil); err != nil {
 		t.Fatal(err)
 	}
 	dir := malformedBlocks(t)
