@@ -235,8 +235,9 @@ type Progress struct {
 	BytesRead, BytesTotal     int64 // compressed bytes of finished objects, of all objects
 	Elapsed                   time.Duration
 	// DedupeKeys is the number of resource versions of per-Patient objects the run holds a key of, and
-	// DedupeBytes the memory of those keys: they grow with the input up to Options.DedupeKeys.
-	DedupeKeys, DedupeBytes int64
+	// DedupeBytes the memory of those keys: they grow with the input up to Options.DedupeKeys. DedupeSpilled
+	// is the number of resources written past that bound, whose keys went to the bucket.
+	DedupeKeys, DedupeBytes, DedupeSpilled int64
 }
 
 // validator is the name of the validation path the run takes, as the manifest records it.
@@ -1129,7 +1130,7 @@ func (r *run) reportProgress(ctx context.Context, total int, started time.Time) 
 			Lines: r.lines.Load(), Rejected: r.rejected.Load(),
 			BytesRead: r.bytesRead.Load(), BytesTotal: r.bytesTotal,
 			Elapsed:    r.opts.Now().Sub(started),
-			DedupeKeys: r.seen.keys.Load(), DedupeBytes: r.seen.mem.Load(),
+			DedupeKeys: r.seen.keys.Load(), DedupeBytes: r.seen.mem.Load(), DedupeSpilled: r.spill.spilled(),
 		}
 	}
 	done := make(chan struct{})

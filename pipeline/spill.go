@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gocloud.dev/blob"
@@ -48,6 +49,8 @@ type keySpill struct {
 	n    int                    // keys in buf
 	runs map[string][]sinks.File
 	next int // number of the next file
+	// total counts the keys added, for Progress.
+	total atomic.Int64
 }
 
 // newKeySpill removes what earlier runs left under spillDir and returns an empty spill.
@@ -61,6 +64,7 @@ func newKeySpill(ctx context.Context, dst Sink, started time.Time) (*keySpill, e
 
 // add records the key of a resource of typ written without its key held.
 func (s *keySpill) add(ctx context.Context, typ string, k sinks.Key) error {
+	s.total.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.buf[typ] = append(s.buf[typ], k)
@@ -68,6 +72,14 @@ func (s *keySpill) add(ctx context.Context, typ string, k sinks.Key) error {
 		return s.write(ctx)
 	}
 	return nil
+}
+
+// spilled returns the number of keys added so far (none for a nil spill, a task's).
+func (s *keySpill) spilled() int64 {
+	if s == nil {
+		return 0
+	}
+	return s.total.Load()
 }
 
 // write writes out the buffered keys, one sorted file per type. Called with mu held.

@@ -34,6 +34,10 @@ func TestRunBoundedDedupe(t *testing.T) {
 		if last.DedupeKeys > int64(bound)+2 { // two decoders may each add one past the bound
 			t.Errorf("bound %d: the run held %d keys", bound, last.DedupeKeys)
 		}
+		// Every line of the excerpt has an id: those past the bound, duplicates aside, were spilled.
+		if spilled := got.Totals.Lines - last.DedupeKeys - got.Totals.Duplicates; last.DedupeSpilled < spilled {
+			t.Errorf("bound %d: %d keys spilled, want at least %d", bound, last.DedupeSpilled, spilled)
+		}
 		rewritten := 0
 		for _, rs := range got.Resources {
 			for _, f := range rs.Files {

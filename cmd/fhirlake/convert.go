@@ -118,7 +118,11 @@ func dedupeArgs(p pipeline.Progress) []any {
 	if p.DedupeKeys == 0 {
 		return nil
 	}
-	return []any{"dedupe_keys", p.DedupeKeys, "dedupe_mb", mb(p.DedupeBytes)}
+	args := []any{"dedupe_keys", p.DedupeKeys, "dedupe_mb", mb(p.DedupeBytes)}
+	if p.DedupeSpilled > 0 {
+		args = append(args, "dedupe_spilled", p.DedupeSpilled)
+	}
+	return args
 }
 
 // openSource opens the input location; "" is the embedded sample.

@@ -171,8 +171,8 @@ func TestConvertEmbeddedSample(t *testing.T) {
 }
 
 // TestConvertLogsDedupeKeys: the progress log of a run over per-Patient objects says how many keys the run holds
-// and their memory, which grow with the input up to --dedupe-keys; a run over per-type objects says nothing of
-// them.
+// and their memory, which grow with the input up to --dedupe-keys, and how many it spilled past that; a run over
+// per-type objects says nothing of them.
 func TestConvertLogsDedupeKeys(t *testing.T) {
 	in := t.TempDir()
 	lines := `{"resourceType":"Patient","id":"p1"}` + "\n" +
@@ -182,10 +182,15 @@ func TestConvertLogsDedupeKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		layout, want string
-	}{{"per-patient", `"dedupe_keys":3,"dedupe_mb":`}, {"per-type", ""}} {
+		layout, keys, want string
+	}{
+		{"per-patient", "100", `"dedupe_keys":3,"dedupe_mb":`},
+		{"per-patient", "1", `"dedupe_keys":1,"dedupe_mb":0.001024,"dedupe_spilled":2`},
+		{"per-type", "100", ""},
+	} {
 		var stdout, stderr bytes.Buffer
-		args := []string{"convert", "--in", in, "--out", t.TempDir(), "--layout", tc.layout}
+		args := []string{"convert", "--in", in, "--out", t.TempDir(), "--layout", tc.layout, "--dedupe-keys", tc.keys,
+			"--workers", "1"} // one decoder: exactly one key is held before the bound
 		if code := run(context.Background(), args, env(nil), &stdout, &stderr); code != 0 {
 			t.Fatalf("%s: exit %d; stderr:\n%s", tc.layout, code, stderr.String())
 		}
@@ -199,7 +204,7 @@ func TestConvertLogsDedupeKeys(t *testing.T) {
 			t.Fatalf("%s: no progress line:\n%s", tc.layout, stderr.String())
 		}
 		if got := strings.Contains(progress, "dedupe_keys"); got != (tc.want != "") || !strings.Contains(progress, tc.want) {
-			t.Errorf("%s: last progress line %s; want %q", tc.layout, progress, tc.want)
+			t.Errorf("%s, %s keys: last progress line %s; want %q", tc.layout, tc.keys, progress, tc.want)
 		}
 	}
 }
