@@ -90,11 +90,11 @@ type Options struct {
 	Layout reader.Layout
 	// Validator is transform.Options.Validator: "" or "reference" (google/fhir/go), or "fast".
 	Validator string
-	// DedupeKeys bounds the keys of per-Patient resources a run of one process holds to write each resource once
-	// (about 34 bytes a key). Zero: DefaultDedupeKeys; negative: no bound. Past it, a resource whose key is not held
-	// is written and its key spilled to the output's bucket, and the run drops the copies the spilled keys show
-	// at its end, rewriting the parts of the types that have any (spill.go). A task of a spread run holds every
-	// key.
+	// DedupeKeys bounds the keys of per-Patient resources a run holds to write each resource once (about 34 bytes
+	// a key). Zero: DefaultDedupeKeys; negative: no bound. Past it, a resource whose key is not held is written and
+	// its key spilled to the output's bucket, and the run drops the copies the spilled keys show at its end,
+	// rewriting the parts of the types that have any (spill.go). A task of a spread run does the same with the
+	// keys it spills for the merge anyway, before it records them.
 	DedupeKeys int
 
 	// Annotate, when set, is called with the finished manifest just before it is written, so that a caller adds
@@ -325,7 +325,7 @@ func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manife
 	}
 	if opts.DedupeKeys > 0 {
 		r.seen.limit = int64(opts.DedupeKeys)
-		if r.spill, err = newKeySpill(ctx, dst, started); err != nil {
+		if r.spill, err = newKeySpill(ctx, dst, spillDir, runSpillName(started)); err != nil {
 			return nil, err
 		}
 	}
@@ -444,9 +444,10 @@ type run struct {
 	blockIssues      []sinks.BlockIssue
 	blockIssuesTotal int64
 
-	// A task of a spread run (tasks.go): objects[i] is splits[i], and keys collects the dedupe keys it writes.
+	// A task of a spread run (tasks.go): objects[i] is splits[i], and keys collects the dedupe key of every row it
+	// writes from per-Patient objects, in the bucket.
 	splits []reader.Split
-	keys   *taskKeys
+	keys   *keySpill
 
 	bytesTotal  int64
 	bytesRead   atomic.Int64
@@ -761,13 +762,15 @@ func (r *run) decodeLine(ctx context.Context, w *transform.Worker, lk *linkBuild
 			if err != nil {
 				return fmt.Errorf("convert %s line %d: %w", key, l.number, err)
 			}
-			if !held {
+			if !held && r.spill != nil {
 				if err := r.spill.add(ctx, res.ResourceType, dedupeKey(res.ResourceType, res.ID, version)); err != nil {
 					return err
 				}
 			}
 			if b.perPatient && res.ID != "" && r.keys != nil {
-				r.keys.add(res.ResourceType, res.ID, res.Version)
+				if err := r.keys.add(ctx, res.ResourceType, dedupeKey(res.ResourceType, res.ID, version)); err != nil {
+					return err
+				}
 			}
 		}
 		if b.perPatient && l.block > 0 && res.ID != "" {
@@ -959,7 +962,7 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	if err != nil {
 		return nil, err
 	}
-	if err := r.reconcile(ctx, m); err != nil {
+	if err := r.reconcile(ctx, r.spill, m, sinks.RewrittenPartPrefix); err != nil {
 		return nil, err
 	}
 	if err := checkTotals(m); err != nil {

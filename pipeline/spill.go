@@ -27,6 +27,11 @@ import (
 // bounded whatever the export, and the rows and counts are those an unbounded set gives; what it costs is 16
 // bytes of the bucket per resource written past the bound, and rewriting the types whose resources were written
 // twice (in a per-Patient export the shared ones: Organization, Practitioner, Location ...).
+//
+// A task of a spread run spills the key of every per-Patient row it writes (the merge needs them all, and holding
+// them took 16 bytes a row), under sinks.TaskSpillPrefix. Its own copies past the bound are the keys those files
+// hold more than once: it drops them the same way (parts sinks.TaskRewrittenPrefix), then writes each key once to
+// its key file for the merge and removes the spilled files.
 
 // DefaultDedupeKeys is Options.DedupeKeys when zero: about 34 MB of keys.
 const DefaultDedupeKeys = 1 << 20
@@ -53,13 +58,18 @@ type keySpill struct {
 	total atomic.Int64
 }
 
-// newKeySpill removes what earlier runs left under spillDir and returns an empty spill.
-func newKeySpill(ctx context.Context, dst Sink, started time.Time) (*keySpill, error) {
-	if err := removeUnder(ctx, dst, spillDir); err != nil {
+// newKeySpill removes what earlier runs left under stale and returns an empty spill whose file names start with
+// name.
+func newKeySpill(ctx context.Context, dst Sink, stale, name string) (*keySpill, error) {
+	if err := removeUnder(ctx, dst, stale); err != nil {
 		return nil, err
 	}
-	return &keySpill{dst: dst, name: spillDir + strconv.FormatInt(started.UnixNano(), 10) + "-",
-		buf: map[string][]sinks.Key{}, runs: map[string][]sinks.File{}}, nil
+	return &keySpill{dst: dst, name: name, buf: map[string][]sinks.Key{}, runs: map[string][]sinks.File{}}, nil
+}
+
+// runSpillName starts the names of a run's spilled files: _dedupe/<run>-.
+func runSpillName(started time.Time) string {
+	return spillDir + strconv.FormatInt(started.UnixNano(), 10) + "-"
 }
 
 // add records the key of a resource of typ written without its key held.
@@ -98,10 +108,10 @@ func (s *keySpill) write(ctx context.Context) error {
 	return nil
 }
 
-// reconcile drops, from the tables of m, the rows of resources written more than once past the run's bound, and
-// counts them as duplicates. A type without any keeps its parts.
-func (r *run) reconcile(ctx context.Context, m *sinks.Manifest) error {
-	s := r.spill
+// reconcile drops, from the tables of m, the rows of the resources whose keys s holds more than once, keeping the
+// first, and counts them as duplicates; it writes the parts of those types again with prefix. A type without any
+// keeps its parts.
+func (r *run) reconcile(ctx context.Context, s *keySpill, m *sinks.Manifest, prefix string) error {
 	if s == nil {
 		return nil
 	}
@@ -138,7 +148,7 @@ func (r *run) reconcile(ctx context.Context, m *sinks.Manifest) error {
 			return false
 		}
 		popts := r.opts.Parquet
-		popts.PartPrefix = sinks.RewrittenPartPrefix
+		popts.PartPrefix = prefix
 		files, dropped, err := rewriteParts(ctx, r.dst, typ, rs.Files, gone, popts, r.opts)
 		if err != nil {
 			return fmt.Errorf("drop %s duplicates: %w", typ, err)
@@ -167,7 +177,7 @@ func (s *keySpill) compact(ctx context.Context, typ string) error {
 		group := files[:mergeFan]
 		rel := fmt.Sprintf("%s%s-%05d", s.name, typ, s.next)
 		s.next++
-		f, err := mergeFiles(ctx, s.dst, group, rel)
+		f, err := mergeFiles(ctx, s.dst, group, rel, false)
 		if err != nil {
 			return fmt.Errorf("merge spilled %s keys: %w", typ, err)
 		}
@@ -182,8 +192,26 @@ func (s *keySpill) compact(ctx context.Context, typ string) error {
 	return nil
 }
 
-// mergeFiles writes the keys of files, in key order and repeats included, to one file at rel.
-func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string) (sinks.File, error) {
+// writeUnique writes the keys of typ, each once, to one file at rel, in key order.
+func (s *keySpill) writeUnique(ctx context.Context, typ, rel string) (sinks.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.compact(ctx, typ); err != nil {
+		return sinks.File{}, err
+	}
+	return mergeFiles(ctx, s.dst, s.runs[typ], rel, true)
+}
+
+// types returns the types the spill has keys of, sorted.
+func (s *keySpill) types() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Sorted(maps.Keys(s.runs))
+}
+
+// mergeFiles writes the keys of files, in key order, to one file at rel: each once if unique, else with their
+// repeats.
+func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string, unique bool) (sinks.File, error) {
 	srcs := make([]keySource, 0, len(files))
 	idx := make([]int, 0, len(files))
 	var size int64
@@ -201,11 +229,16 @@ func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string) (
 	}
 	var werr error
 	err = mergeKeys(srcs, idx, func(k sinks.Key, held []keyCount) {
-		for _, h := range held {
-			for range h.rows {
-				if werr == nil {
-					werr = w.Write(k)
-				}
+		n := int64(1)
+		if !unique {
+			n = 0
+			for _, h := range held {
+				n += h.rows
+			}
+		}
+		for range n {
+			if werr == nil {
+				werr = w.Write(k)
 			}
 		}
 	})

@@ -13,7 +13,6 @@ import (
 	"maps"
 	"slices"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -128,7 +127,14 @@ func convertTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int
 		seen:    newKeySet(),
 		links:   sinks.NewTable(dst.Bucket, dst.Prefix, schema.LinksTable, schema.Links(), opts.Parquet),
 		splits:  splits,
-		keys:    &taskKeys{byType: map[string][]sinks.Key{}},
+	}
+	// The task's keys go to the bucket as it writes: the files an earlier attempt of this task left are stale.
+	spill := sinks.TaskSpillPrefix(plan.RunID, task)
+	if r.keys, err = newKeySpill(ctx, dst, spill, spill); err != nil {
+		return nil, err
+	}
+	if opts.DedupeKeys > 0 {
+		r.seen.limit = int64(opts.DedupeKeys)
 	}
 	for _, o := range objects {
 		r.bytesTotal += o.Size
@@ -141,37 +147,34 @@ func convertTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int
 	if err != nil {
 		return nil, err
 	}
+	// Past Options.DedupeKeys the task wrote some resources more than once: its keys show which.
+	if err := r.reconcile(ctx, r.keys, m, sinks.TaskRewrittenPrefix(task)); err != nil {
+		return nil, err
+	}
 	m.RunID = plan.RunID
 	m.Finished = opts.Now().UTC()
 	rec := &sinks.TaskRecord{RunID: plan.RunID, Task: task, Tasks: plan.Tasks, Plan: hash, Manifest: *m}
-	for _, typ := range slices.Sorted(maps.Keys(r.keys.byType)) {
-		f, err := sinks.WriteKeys(ctx, dst.Bucket, dst.Prefix, plan.RunID, task, typ, r.keys.byType[typ])
+	for _, typ := range r.keys.types() {
+		rel, err := sinks.TaskKeysFile(plan.RunID, task, typ)
 		if err != nil {
 			return nil, err
+		}
+		f, err := r.keys.writeUnique(ctx, typ, rel)
+		if err != nil {
+			return nil, fmt.Errorf("write %s keys of task %d: %w", typ, task, err)
 		}
 		if rec.Keys == nil {
 			rec.Keys = map[string]sinks.File{}
 		}
 		rec.Keys[typ] = f
 	}
+	if err := r.keys.remove(ctx); err != nil {
+		return nil, err
+	}
 	if err := sinks.WriteTaskRecord(ctx, dst.Bucket, dst.Prefix, rec); err != nil {
 		return nil, err
 	}
 	return rec, nil
-}
-
-// taskKeys collects the dedupe keys of the rows a task writes from per-Patient objects: a hash of (type, id,
-// version) that, unlike keySet's, is the same in every process, and that a merge can compute again from a row.
-type taskKeys struct {
-	mu     sync.Mutex
-	byType map[string][]sinks.Key
-}
-
-func (k *taskKeys) add(typ, id, version string) {
-	key := dedupeKey(typ, id, normalVersion(version))
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.byType[typ] = append(k.byType[typ], key)
 }
 
 // normalVersion is the version as a table stores it: meta.versionId verbatim, meta.lastUpdated (an instant, which

@@ -42,6 +42,12 @@ func subset(t *testing.T, dir string, names ...string) pipeline.Source {
 // published.
 func runTasks(t *testing.T, src pipeline.Source, dst *blob.Bucket, n int, splitBytes int64, order []int) (*pipeline.Plan, *sinks.Manifest) {
 	t.Helper()
+	return runTasksWith(t, src, dst, n, splitBytes, order, 0)
+}
+
+// runTasksWith is runTasks with Options.DedupeKeys set to dedupeKeys.
+func runTasksWith(t *testing.T, src pipeline.Source, dst *blob.Bucket, n int, splitBytes int64, order []int, dedupeKeys int) (*pipeline.Plan, *sinks.Manifest) {
+	t.Helper()
 	ctx := context.Background()
 	plan, err := pipeline.NewPlan(ctx, src, pipeline.PlanOptions{RunID: "r1", Tasks: n, SplitBytes: splitBytes})
 	if err != nil {
@@ -50,7 +56,7 @@ func runTasks(t *testing.T, src pipeline.Source, dst *blob.Bucket, n int, splitB
 	var m *sinks.Manifest
 	for i, task := range order {
 		res, err := pipeline.RunTask(ctx, src, pipeline.Sink{Bucket: dst, Prefix: "out"}, plan, task,
-			pipeline.Options{Workers: 2, Allocator: checked(t), Now: fixedClock(), Validator: "fast"})
+			pipeline.Options{Workers: 2, Allocator: checked(t), Now: fixedClock(), Validator: "fast", DedupeKeys: dedupeKeys})
 		if err != nil {
 			t.Fatalf("task %d: %v", task, err)
 		}
@@ -224,6 +230,47 @@ func TestRunTasksPerPatient(t *testing.T) {
 	wl, gl := strip(readLinks(t, one, want)), strip(readLinks(t, spread, got))
 	if !slices.EqualFunc(wl, gl, func(a, b link) bool { return cmpLink(a, b) == 0 }) {
 		t.Errorf("%d links, want %d; they differ", len(gl), len(wl))
+	}
+}
+
+// TestRunTasksBoundedDedupe: tasks that hold fewer per-Patient keys than their splits have publish what one
+// process holding every key does: each task drops the copies it wrote past its bound (part-tNNNN-u-) before the
+// merge drops those across tasks, and leaves no spilled keys behind.
+func TestRunTasksBoundedDedupe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3.3 MB of per-Patient data, three times")
+	}
+	src := subset(t, patientExcerpt(t, 5, 13), "Patient.ndjson")
+	one := memBucket(t)
+	want, err := pipeline.Run(context.Background(), src, pipeline.Sink{Bucket: one, Prefix: "out"},
+		pipeline.Options{Allocator: checked(t), Now: fixedClock(), Validator: "fast", DedupeKeys: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pipeline.SetSpillKeys(97)()
+	defer pipeline.SetMergeFan(3)()
+	for _, bound := range []int{1, 400} {
+		spread := memBucket(t)
+		_, got := runTasksWith(t, src, spread, 2, 1<<20, []int{1, 0}, bound)
+		sameOutput(t, one, want, spread, got)
+		if bound == 1 {
+			own := 0
+			for _, rs := range got.Resources {
+				for _, f := range rs.Files {
+					if strings.Contains(f.Key, "-u-") {
+						own++
+					}
+				}
+			}
+			if own == 0 {
+				t.Error("no part rewritten by its task: the test does not cover copies within a task")
+			}
+		}
+		for k := range snapshot(t, spread, "out/_runs/") {
+			if strings.Contains(k, ".spill-") {
+				t.Errorf("bound %d: spilled keys left: %s", bound, k)
+			}
+		}
 	}
 }
 

@@ -197,7 +197,7 @@ func Unpublish(ctx context.Context, b *blob.Bucket, out string) error {
 // ours matches, relative to out, the objects a run writes besides the manifest: part files (of resource types and
 // of the patient-link table) and quarantine. Other "_" directories are not ours.
 var ours = regexp.MustCompile(`^(?:(?:[A-Za-z][A-Za-z0-9]*|` + regexp.QuoteMeta(schema.LinksTable) +
-	`)/part-(?:t[0-9]{4,}-)?(?:d-)?[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
+	`)/part-(?:t[0-9]{4,}-)?(?:[du]-)?[0-9]{5,}\.parquet|_rejects/[^/]+\.ndjson)$`)
 
 // RemoveStale deletes the objects of ours under out (<Type>/part-NNNNN.parquet, _patient_links/part-NNNNN.parquet
 // and _rejects/*.ndjson) whose key,

@@ -254,6 +254,7 @@ func TestRemoveStale(t *testing.T) {
 				"run/Patient/part-t0003-00000.parquet",
 				"run/Patient/part-t0003-d-00000.parquet",
 				"run/Patient/part-t0001-00000.parquet",
+				"run/Patient/part-t0001-u-00000.parquet",
 				"run/_patient_links/part-t0002-00000.parquet",
 				"run/_rejects/errors-t0002.ndjson",
 				"run/Patient/part-t3-00000.parquet",
@@ -262,8 +263,8 @@ func TestRemoveStale(t *testing.T) {
 				"run/_runs/r/tasks/3.keys/Patient",
 			},
 			keep: []string{"Patient/part-t0003-d-00000.parquet", "_rejects/errors-t0002.ndjson"},
-			wantRemoved: []string{"Patient/part-t0001-00000.parquet", "Patient/part-t0003-00000.parquet",
-				"_patient_links/part-t0002-00000.parquet"},
+			wantRemoved: []string{"Patient/part-t0001-00000.parquet", "Patient/part-t0001-u-00000.parquet",
+				"Patient/part-t0003-00000.parquet", "_patient_links/part-t0002-00000.parquet"},
 		},
 		{
 			name: "parts rewritten by one process",

@@ -208,6 +208,10 @@ func PartPrefixFor(task int, dedup bool) string {
 	return fmt.Sprintf("part-t%04d-", task)
 }
 
+// TaskRewrittenPrefix is the PartPrefix of the parts a task writes again without the duplicates it could not tell
+// in memory (pipeline's Options.DedupeKeys), before any merge: a merge that rewrites them writes PartPrefixFor's.
+func TaskRewrittenPrefix(task int) string { return fmt.Sprintf("part-t%04d-u-", task) }
+
 // RewrittenPartPrefix is the PartPrefix of the parts a run of one process writes again without the duplicates it
 // could not tell in memory (pipeline's Options.DedupeKeys).
 const RewrittenPartPrefix = "part-d-"

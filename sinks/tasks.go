@@ -149,12 +149,26 @@ func cmpU64(a, b uint64) int {
 	return 0
 }
 
+// TaskKeysFile is where a task's keys of typ go (WriteKeys): _runs/<run_id>/tasks/<index>.keys/<Type>.
+func TaskKeysFile(runID string, task int, typ string) (string, error) {
+	if !isTypeName(typ) {
+		return "", fmt.Errorf("write keys: %q is not a resource type", typ)
+	}
+	return runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".keys/" + typ, nil
+}
+
+// TaskSpillPrefix starts the names of the files a task spills keys to while it converts (pipeline):
+// _runs/<run_id>/tasks/<index>.spill-.
+func TaskSpillPrefix(runID string, task int) string {
+	return runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".spill-"
+}
+
 // WriteKeys writes the keys of one resource type of a task, sorted, 16 bytes each, and returns the File.
 func WriteKeys(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string, keys []Key) (File, error) {
-	if !isTypeName(typ) {
-		return File{}, fmt.Errorf("write keys: %q is not a resource type", typ)
+	rel, err := TaskKeysFile(runID, task, typ)
+	if err != nil {
+		return File{}, err
 	}
-	rel := runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".keys/" + typ
 	f, err := WriteKeyFile(ctx, b, out, rel, keys)
 	if err != nil {
 		return File{}, fmt.Errorf("write %s keys of task %d: %w", typ, task, err)
