@@ -188,15 +188,7 @@ func TestRunTasksPerPatient(t *testing.T) {
 		t.Fatal("the excerpt has no duplicates to remove")
 	}
 	// Some duplicates were in different tasks: the merge rewrote parts without them.
-	rewritten := 0
-	for _, rs := range got.Resources {
-		for _, f := range rs.Files {
-			if strings.Contains(f.Key, "-d-") {
-				rewritten++
-			}
-		}
-	}
-	if rewritten == 0 {
+	if partsNamed(got, "-d-") == 0 {
 		t.Error("no part rewritten by the merge: the test does not cover duplicates across tasks")
 	}
 
@@ -253,18 +245,8 @@ func TestRunTasksBoundedDedupe(t *testing.T) {
 		spread := memBucket(t)
 		_, got := runTasksWith(t, src, spread, 2, 1<<20, []int{1, 0}, bound)
 		sameOutput(t, one, want, spread, got)
-		if bound == 1 {
-			own := 0
-			for _, rs := range got.Resources {
-				for _, f := range rs.Files {
-					if strings.Contains(f.Key, "-u-") {
-						own++
-					}
-				}
-			}
-			if own == 0 {
-				t.Error("no part rewritten by its task: the test does not cover copies within a task")
-			}
+		if bound == 1 && partsNamed(got, "-u-") == 0 {
+			t.Error("no part rewritten by its task: the test does not cover copies within a task")
 		}
 		for k := range snapshot(t, spread, "out/_runs/") {
 			if strings.Contains(k, ".spill-") {
@@ -272,6 +254,19 @@ func TestRunTasksBoundedDedupe(t *testing.T) {
 			}
 		}
 	}
+}
+
+// partsNamed counts the parts m publishes whose name holds s.
+func partsNamed(m *sinks.Manifest, s string) int {
+	n := 0
+	for _, rs := range m.Resources {
+		for _, f := range rs.Files {
+			if strings.Contains(f.Key, s) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 func cmpLink(a, b link) int {
