@@ -70,30 +70,33 @@ func (sh *keyShard) has(k [2]uint64) bool {
 	if len(sh.slots) == 0 {
 		return false
 	}
-	mask := uint64(len(sh.slots) - 1)
-	for i := k[1] & mask; ; i = (i + 1) & mask {
-		switch sh.slots[i] {
-		case k:
-			return true
-		case [2]uint64{}:
-			return false
-		}
-	}
+	_, found := sh.find(k)
+	return found
 }
 
 func (sh *keyShard) add(k [2]uint64) bool {
 	if (sh.n+1)*4 > len(sh.slots)*3 {
 		sh.grow()
 	}
+	i, found := sh.find(k)
+	if found {
+		return false
+	}
+	sh.slots[i] = k
+	sh.n++
+	return true
+}
+
+// find returns the slot that holds k, or else the free slot where k would go, and whether k is there. The table
+// has a free slot.
+func (sh *keyShard) find(k [2]uint64) (uint64, bool) {
 	mask := uint64(len(sh.slots) - 1)
 	for i := k[1] & mask; ; i = (i + 1) & mask {
 		switch sh.slots[i] {
 		case k:
-			return false
+			return i, true
 		case [2]uint64{}:
-			sh.slots[i] = k
-			sh.n++
-			return true
+			return i, false
 		}
 	}
 }
