@@ -212,29 +212,24 @@ func (s *keySpill) types() []string {
 // mergeFiles writes the keys of files, in key order, to one file at rel: each once if unique, else with their
 // repeats.
 func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string, unique bool) (sinks.File, error) {
-	srcs := make([]keySource, 0, len(files))
-	idx := make([]int, 0, len(files))
+	srcs, done, err := openKeyFiles(ctx, dst, files)
+	if err != nil {
+		return sinks.File{}, err
+	}
+	defer done()
 	var size int64
-	for i, f := range files {
-		kr, err := sinks.OpenKeys(ctx, dst.Bucket, dst.Prefix, f)
-		if err != nil {
-			return sinks.File{}, err
-		}
-		defer kr.Close()
-		srcs, idx, size = append(srcs, kr), append(idx, i), size+f.Bytes
+	for _, f := range files {
+		size += f.Bytes
 	}
 	w, err := sinks.CreateKeys(ctx, dst.Bucket, dst.Prefix, rel, size)
 	if err != nil {
 		return sinks.File{}, err
 	}
 	var werr error
-	err = mergeKeys(srcs, idx, func(k sinks.Key, held []keyCount) {
+	err = mergeKeys(srcs, nil, func(k sinks.Key, held []keyCount) {
 		n := int64(1)
 		if !unique {
-			n = 0
-			for _, h := range held {
-				n += h.rows
-			}
+			n = rowsOf(held)
 		}
 		for range n {
 			if werr == nil {
@@ -268,33 +263,21 @@ func (s *keySpill) remove(ctx context.Context) error {
 // repeatedKeys reads the key files together in key order and returns the keys that occur more than once, each
 // with how many times more, and the sum of those.
 func repeatedKeys(ctx context.Context, dst Sink, files []sinks.File) (map[sinks.Key]int64, int64, error) {
-	srcs := make([]keySource, 0, len(files))
-	for _, f := range files {
-		kr, err := sinks.OpenKeys(ctx, dst.Bucket, dst.Prefix, f)
-		if err != nil {
-			return nil, 0, err
-		}
-		defer kr.Close()
-		srcs = append(srcs, kr)
+	srcs, done, err := openKeyFiles(ctx, dst, files)
+	if err != nil {
+		return nil, 0, err
 	}
+	defer done()
 	return countRepeats(srcs)
 }
 
 // countRepeats merges the sorted keys of srcs and returns the keys that occur more than once over all of them,
 // each with how many times more, and the sum of those. It holds one key per source and the repeated keys.
 func countRepeats(srcs []keySource) (map[sinks.Key]int64, int64, error) {
-	tasks := make([]int, len(srcs))
-	for i := range tasks {
-		tasks[i] = i
-	}
 	extra := map[sinks.Key]int64{}
 	var total int64
-	err := mergeKeys(srcs, tasks, func(k sinks.Key, held []keyCount) {
-		var n int64
-		for _, h := range held {
-			n += h.rows
-		}
-		if n > 1 {
+	err := mergeKeys(srcs, nil, func(k sinks.Key, held []keyCount) {
+		if n := rowsOf(held); n > 1 {
 			extra[k] = n - 1
 			total += n - 1
 		}

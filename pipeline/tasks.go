@@ -364,21 +364,38 @@ func mergeDuplicates(ctx context.Context, dst Sink, plan *Plan, byTask []*sinks.
 
 // readDuplicates streams the key files of typ of every task that has one (duplicateKeys).
 func readDuplicates(ctx context.Context, dst Sink, byTask []*sinks.TaskRecord, typ string) ([]map[sinks.Key]bool, []int64, error) {
-	var srcs []keySource
+	var files []sinks.File
 	var tasks []int
 	for t, r := range byTask {
-		f, ok := r.Keys[typ]
-		if !ok {
-			continue
+		if f, ok := r.Keys[typ]; ok {
+			files, tasks = append(files, f), append(tasks, t)
 		}
+	}
+	srcs, done, err := openKeyFiles(ctx, dst, files)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer done()
+	return duplicateKeys(srcs, tasks, len(byTask))
+}
+
+// openKeyFiles opens key files as sources, in order; done closes them.
+func openKeyFiles(ctx context.Context, dst Sink, files []sinks.File) (srcs []keySource, done func(), err error) {
+	readers := make([]*sinks.KeyReader, 0, len(files))
+	done = func() {
+		for _, kr := range readers {
+			kr.Close()
+		}
+	}
+	for _, f := range files {
 		kr, err := sinks.OpenKeys(ctx, dst.Bucket, dst.Prefix, f)
 		if err != nil {
+			done()
 			return nil, nil, err
 		}
-		defer kr.Close()
-		srcs, tasks = append(srcs, kr), append(tasks, t)
+		readers, srcs = append(readers, kr), append(srcs, kr)
 	}
-	return duplicateKeys(srcs, tasks, len(byTask))
+	return srcs, done, nil
 }
 
 // keySource yields one task's keys of one type in order (sinks.KeyReader).
@@ -414,8 +431,18 @@ type keyCount struct {
 	rows int64
 }
 
-// mergeKeys reads the sorted keys of srcs (srcs[i] those of tasks[i], ascending) together in key order, and calls
-// each once per distinct key with the sources that hold it, lowest task first. It holds one key per source.
+// rowsOf is how many times the sources hold a key, together.
+func rowsOf(held []keyCount) int64 {
+	var n int64
+	for _, h := range held {
+		n += h.rows
+	}
+	return n
+}
+
+// mergeKeys reads the sorted keys of srcs (srcs[i] those of tasks[i], ascending; tasks nil: of task i) together in
+// key order, and calls each once per distinct key with the sources that hold it, lowest task first. It holds one
+// key per source.
 func mergeKeys(srcs []keySource, tasks []int, each func(sinks.Key, []keyCount)) error {
 	h := make(keyHeap, 0, len(srcs))
 	for i, src := range srcs {
@@ -423,8 +450,12 @@ func mergeKeys(srcs []keySource, tasks []int, each func(sinks.Key, []keyCount)) 
 		if err != nil {
 			return err
 		}
+		task := i
+		if tasks != nil {
+			task = tasks[i]
+		}
 		if ok {
-			h = append(h, keyHead{key: k, task: tasks[i], src: src})
+			h = append(h, keyHead{key: k, task: task, src: src})
 		}
 	}
 	heap.Init(&h)
