@@ -134,7 +134,7 @@ func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 }
 
 // conversionErrors checks the conversion flags that convert, run, worker and serve share.
-func conversionErrors(workers, maxLineBytes, recursionDepth int) []error {
+func conversionErrors(workers, maxLineBytes, recursionDepth, dedupeKeys int) []error {
 	var errs []error
 	if workers < 0 {
 		errs = append(errs, fmt.Errorf("--workers must be 0 or more, not %d", workers))
@@ -145,15 +145,10 @@ func conversionErrors(workers, maxLineBytes, recursionDepth int) []error {
 	if recursionDepth < 1 {
 		errs = append(errs, fmt.Errorf("--recursion-depth must be at least 1, not %d", recursionDepth))
 	}
-	return errs
-}
-
-// dedupeError checks --dedupe-keys: a bound of at least one key, or -1 for none.
-func dedupeError(n int) []error {
-	if n < 1 && n != -1 {
-		return []error{fmt.Errorf("--dedupe-keys must be at least 1, or -1 for no bound, not %d", n)}
+	if dedupeKeys < 1 && dedupeKeys != -1 {
+		errs = append(errs, fmt.Errorf("--dedupe-keys must be at least 1, or -1 for no bound, not %d", dedupeKeys))
 	}
-	return nil
+	return errs
 }
 
 func (c convertConfig) validate() error {
@@ -161,8 +156,7 @@ func (c convertConfig) validate() error {
 	if c.Out == "" {
 		errs = append(errs, errors.New("--out is required"))
 	}
-	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
-	errs = append(errs, dedupeError(c.DedupeKeys)...)
+	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth, c.DedupeKeys)...)
 	errs = append(errs, validatorError(c.Validator)...)
 	errs = append(errs, c.Task.errors()...)
 	return errors.Join(append(errs, c.Log.validate())...)

@@ -103,8 +103,7 @@ func (c runConfig) validate() error {
 	if c.ExportDeadline <= 0 || c.PollFloor <= 0 || c.PollCap < c.PollFloor {
 		errs = append(errs, errors.New("--export-deadline and --poll-floor must be positive, --poll-cap at least --poll-floor"))
 	}
-	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth)...)
-	errs = append(errs, dedupeError(c.DedupeKeys)...)
+	errs = append(errs, conversionErrors(c.Workers, c.MaxLineBytes, c.RecursionDepth, c.DedupeKeys)...)
 	errs = append(errs, validatorError(c.Validator)...)
 	return errors.Join(append(errs, c.Log.validate())...)
 }
