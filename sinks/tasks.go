@@ -149,7 +149,8 @@ func cmpU64(a, b uint64) int {
 	return 0
 }
 
-// TaskKeysFile is where a task's keys of typ go (WriteKeys): _runs/<run_id>/tasks/<index>.keys/<Type>.
+// TaskKeysFile is where a task's keys of typ go, each once and sorted, for the merge:
+// _runs/<run_id>/tasks/<index>.keys/<Type>.
 func TaskKeysFile(runID string, task int, typ string) (string, error) {
 	if !isTypeName(typ) {
 		return "", fmt.Errorf("write keys: %q is not a resource type", typ)
@@ -161,19 +162,6 @@ func TaskKeysFile(runID string, task int, typ string) (string, error) {
 // _runs/<run_id>/tasks/<index>.spill-.
 func TaskSpillPrefix(runID string, task int) string {
 	return runsDir + runID + "/tasks/" + strconv.Itoa(task) + ".spill-"
-}
-
-// WriteKeys writes the keys of one resource type of a task, sorted, 16 bytes each, and returns the File.
-func WriteKeys(ctx context.Context, b *blob.Bucket, out, runID string, task int, typ string, keys []Key) (File, error) {
-	rel, err := TaskKeysFile(runID, task, typ)
-	if err != nil {
-		return File{}, err
-	}
-	f, err := WriteKeyFile(ctx, b, out, rel, keys)
-	if err != nil {
-		return File{}, fmt.Errorf("write %s keys of task %d: %w", typ, task, err)
-	}
-	return f, nil
 }
 
 // WriteKeyFile writes keys, sorted, 16 bytes each, to out/rel, where rel starts with "_" (neither a table part
@@ -256,7 +244,7 @@ func (w *KeyWriter) Abort() {
 	w.o.abort()
 }
 
-// KeyReader streams the keys of a key file WriteKeys wrote, in their (sorted) order, holding one buffer of them.
+// KeyReader streams the keys of a key file a KeyWriter wrote, in their (sorted) order, holding one buffer of them.
 type KeyReader struct {
 	name string
 	r    *blob.Reader

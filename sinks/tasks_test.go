@@ -22,9 +22,16 @@ func TestTaskRecordsAndKeys(t *testing.T) {
 		t.Fatalf("no records yet: %v, %v", recs, err)
 	}
 	keys := []Key{{3, 1}, {1, 9}, {1, 2}}
-	f, err := WriteKeys(ctx, b, "out", "r", 2, "Organization", keys)
+	rel, err := TaskKeysFile("r", 2, "Organization")
 	if err != nil {
 		t.Fatal(err)
+	}
+	f, err := WriteKeyFile(ctx, b, "out", rel, keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := TaskKeysFile("r", 2, "../Organization"); err == nil {
+		t.Error("a task's key file for a type that is no type name")
 	}
 	for _, task := range []int{2, 0} {
 		rec := &TaskRecord{RunID: "r", Task: task, Tasks: 3, Plan: "p", Keys: map[string]File{"Organization": f}}
