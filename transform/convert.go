@@ -102,7 +102,8 @@ func (t *jtree) holds(line []byte) bool {
 // begin opens a container node whose opening bracket is at start.
 func (t *jtree) begin(kind jkind, start int) {
 	t.open = append(t.open, openNode{idx: int32(len(t.nodes)), mark: int32(len(t.stack))})
-	t.nodes = append(t.nodes, jnode{kind: kind, start: int32(start)})
+	n := t.node()
+	n.kind, n.escaped, n.start = kind, false, int32(start)
 }
 
 // end closes the innermost open container at end (just past its closing bracket): its children move from the
@@ -119,7 +120,21 @@ func (t *jtree) end(end int) {
 // leaf adds a scalar node spanning [start, end) as a child of the innermost open container.
 func (t *jtree) leaf(kind jkind, start, end int, escaped bool) {
 	t.stack = append(t.stack, int32(len(t.nodes)))
-	t.nodes = append(t.nodes, jnode{kind: kind, escaped: escaped, start: int32(start), end: int32(end)})
+	n := t.node()
+	n.kind, n.escaped, n.start, n.end, n.first, n.n = kind, escaped, int32(start), int32(end), 0, 0
+}
+
+// node adds a node to the tree and returns it for the caller to fill in, field by field: a composite literal
+// appended whole is built on the stack and copied with loads that straddle its stores, which stalls the CPU
+// once for every value of every line.
+func (t *jtree) node() *jnode {
+	i := len(t.nodes)
+	if i == cap(t.nodes) {
+		t.nodes = append(t.nodes, jnode{})
+	} else {
+		t.nodes = t.nodes[:i+1]
+	}
+	return &t.nodes[i]
 }
 
 func (t *jtree) space() {
