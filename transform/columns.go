@@ -172,7 +172,10 @@ func (c *col) pad(i int) {
 			}
 		}
 	case colFixed8:
+		// Null slots are zeroed, so that no value of an earlier batch (or of a row truncated away) stays in the
+		// buffer a record hands out.
 		c.vals.ensureData(c.mem, 8*i)
+		clear(c.vals.b[8*c.n : 8*i])
 	case colBool:
 		c.vals.ensure(c.mem, bitBytes(i))
 	}
