@@ -47,10 +47,13 @@ type col struct {
 	mem   *arena
 	n     int // entries materialised
 	valid int // of which not null
-	bits  gbuf
-	vals  gbuf // colFixed8 values, colBool value bits, colBinary data
-	offs  gbuf
-	kids  []*col
+	// end is offset(n) of a colBinary or colList: where the next entry starts. Kept here, the append of a string
+	// does not load it back from the offsets it last stored, a load that missed the cache often enough to show.
+	end  int32
+	bits gbuf
+	vals gbuf // colFixed8 values, colBool value bits, colBinary data
+	offs gbuf
+	kids []*col
 }
 
 // newCol returns the col of an Arrow type the schema package produces. The fields of a struct get their cols on
@@ -166,9 +169,9 @@ func (c *col) pad(i int) {
 	switch c.kind {
 	case colBinary, colList:
 		c.offs.ensure(c.mem, 4*(i+1))
-		if last := c.offset(c.n); last != 0 {
+		if c.end != 0 {
 			for j := c.n + 1; j <= i; j++ {
-				c.setOffset(j, last)
+				c.setOffset(j, c.end)
 			}
 		}
 	case colFixed8:
@@ -197,7 +200,7 @@ func (c *col) setStruct(i int) { c.markValid(i) }
 func (c *col) appendBinary(i int, s []byte) {
 	c.pad(i)
 	c.offs.ensure(c.mem, 4*(i+2))
-	start := int(c.offset(i))
+	start := int(c.end)
 	end := start + len(s)
 	if end > math.MaxInt32 {
 		// Cannot happen for a batch bounded by BatchBytes; keep the layout valid rather than wrap around.
@@ -206,6 +209,7 @@ func (c *col) appendBinary(i int, s []byte) {
 	c.vals.ensureData(c.mem, end)
 	copy(c.vals.b[start:], s)
 	c.setOffset(i+1, int32(end))
+	c.end = int32(end)
 	c.markValid(i)
 }
 
@@ -231,14 +235,17 @@ func (c *col) appendBool(i int, v bool) {
 func (c *col) beginList(i int) int {
 	c.pad(i)
 	c.offs.ensure(c.mem, 4*(i+2))
-	start := c.offset(i)
+	start := c.end
 	c.setOffset(i+1, start)
 	c.markValid(i)
 	return int(start)
 }
 
 // endList closes list entry i at element index end (exclusive).
-func (c *col) endList(i, end int) { c.setOffset(i+1, int32(end)) }
+func (c *col) endList(i, end int) {
+	c.setOffset(i+1, int32(end))
+	c.end = int32(end)
+}
 
 // truncate drops the entries from index n on, leaving the col as if they had never been appended: validity and
 // boolean value bits past n are cleared and offsets past n zeroed (pad relies on both), and the children drop what
@@ -256,9 +263,11 @@ func (c *col) truncate(n int) {
 			}
 		}
 	case colList:
-		c.kids[0].truncate(int(c.offset(n)))
+		c.end = c.offset(n)
+		c.kids[0].truncate(int(c.end))
 		clear(c.offs.b[4*(n+1) : 4*(c.n+1)])
 	case colBinary:
+		c.end = c.offset(n)
 		clear(c.offs.b[4*(n+1) : 4*(c.n+1)])
 	case colBool:
 		clearBits(c.vals.b, n, c.n)
@@ -313,7 +322,7 @@ func (c *col) finish(length int, z *zeros) arrow.ArrayData {
 	for _, ch := range children {
 		ch.Release()
 	}
-	c.n, c.valid = 0, 0
+	c.n, c.valid, c.end = 0, 0, 0
 	c.offs.release(c.mem) // not taken by the kinds without offsets
 	c.vals.release(c.mem)
 	return d
@@ -332,7 +341,7 @@ func (c *col) release() {
 	c.bits.release(c.mem)
 	c.vals.release(c.mem)
 	c.offs.release(c.mem)
-	c.n, c.valid = 0, 0
+	c.n, c.valid, c.end = 0, 0, 0
 	for _, k := range c.kids {
 		if k != nil {
 			k.release()
