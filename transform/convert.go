@@ -887,25 +887,31 @@ func parseReference(ref, typeElem []byte, isType func([]byte) bool) (typ, id []b
 		return typeElem, ref[len("urn:uuid:"):]
 	case bytes.HasPrefix(ref, []byte("urn:oid:")):
 		return typeElem, ref[len("urn:oid:"):]
-	case bytes.IndexByte(ref, '?') >= 0 || bytes.IndexByte(ref, '#') >= 0:
-		return nil, nil
 	}
-	s := ref
-	// Drop a trailing _history/v when at least Type/id comes before it.
-	if i := bytes.LastIndexByte(s, '/'); i >= 0 {
-		if j := bytes.LastIndexByte(s[:i], '/'); j >= 0 && string(s[j+1:i]) == "_history" && bytes.IndexByte(s[:j], '/') >= 0 {
-			s = s[:j]
+	// One pass finds the last four slashes, and any query or fragment: the scans it replaces, forwards for '?'
+	// and '#' and backwards for each slash, were 3% of a run.
+	s1, s2, s3, s4 := -1, -1, -1, -1 // the last slash, the one before it, ...
+	for i, c := range ref {
+		switch c {
+		case '/':
+			s1, s2, s3, s4 = i, s1, s2, s3
+		case '?', '#':
+			return nil, nil // a conditional reference, or a fragment of another resource
 		}
 	}
-	i := bytes.LastIndexByte(s, '/')
-	if i < 0 || i == len(s)-1 {
+	// Drop a trailing _history/v when at least Type/id comes before it.
+	end := len(ref)
+	if s3 >= 0 && string(ref[s2+1:s1]) == "_history" {
+		end, s1, s2 = s2, s3, s4
+	}
+	if s1 < 0 || s1 == end-1 {
 		return nil, nil
 	}
-	t := s[bytes.LastIndexByte(s[:i], '/')+1 : i]
+	t := ref[s2+1 : s1]
 	if !isType(t) {
 		return nil, nil
 	}
-	return t, s[i+1:]
+	return t, ref[s1+1 : end]
 }
 
 func parseInteger(raw []byte) (int64, error) {

@@ -40,6 +40,71 @@ func isR4Type(s string) bool {
 	return false
 }
 
+// parseReferenceByScans is parseReference as it was before its one pass: separate scans for a query or
+// fragment and, backwards, for each slash. TestParseReferenceOnePass holds the two to the same answers.
+func parseReferenceByScans(ref, typeElem []byte, isType func([]byte) bool) (typ, id []byte) {
+	switch {
+	case len(ref) == 0:
+		return nil, nil
+	case ref[0] == '#':
+		return nil, ref[1:]
+	case bytes.HasPrefix(ref, []byte("urn:uuid:")):
+		return typeElem, ref[len("urn:uuid:"):]
+	case bytes.HasPrefix(ref, []byte("urn:oid:")):
+		return typeElem, ref[len("urn:oid:"):]
+	case bytes.IndexByte(ref, '?') >= 0 || bytes.IndexByte(ref, '#') >= 0:
+		return nil, nil
+	}
+	s := ref
+	if i := bytes.LastIndexByte(s, '/'); i >= 0 {
+		if j := bytes.LastIndexByte(s[:i], '/'); j >= 0 && string(s[j+1:i]) == "_history" && bytes.IndexByte(s[:j], '/') >= 0 {
+			s = s[:j]
+		}
+	}
+	i := bytes.LastIndexByte(s, '/')
+	if i < 0 || i == len(s)-1 {
+		return nil, nil
+	}
+	t := s[bytes.LastIndexByte(s[:i], '/')+1 : i]
+	if !isType(t) {
+		return nil, nil
+	}
+	return t, s[i+1:]
+}
+
+// TestParseReferenceOnePass compares parseReference with the scans it replaced on every reference of up to five
+// pieces drawn from types, ids, slashes, _history, queries, fragments and URL prefixes.
+func TestParseReferenceOnePass(t *testing.T) {
+	pieces := []string{"Patient", "Foo", "_history", "1", "/", "/", "?", "#", "http://x.org", "urn:uuid:", "a=b", ""}
+	isType := func(b []byte) bool { return isR4Type(string(b)) }
+	var build func(prefix string, depth int)
+	n, typed := 0, 0
+	build = func(prefix string, depth int) {
+		for _, te := range []string{"", "Patient"} {
+			gt, gi := parseReference([]byte(prefix), []byte(te), isType)
+			wt, wi := parseReferenceByScans([]byte(prefix), []byte(te), isType)
+			if string(gt) != string(wt) || string(gi) != string(wi) || (gt == nil) != (wt == nil) {
+				t.Fatalf("parseReference(%q, %q) = %q, %q; the scans give %q, %q", prefix, te, gt, gi, wt, wi)
+			}
+			n++
+			if len(gt) > 0 {
+				typed++
+			}
+		}
+		if depth == 5 {
+			return
+		}
+		for _, p := range pieces {
+			build(prefix+p, depth+1)
+		}
+	}
+	build("", 0)
+	if typed == 0 {
+		t.Fatalf("none of %d references gave a type", n)
+	}
+	t.Logf("%d references compared, %d with a type", n, typed)
+}
+
 func TestParseReference(t *testing.T) {
 	tests := []struct {
 		name, ref, typeElem string
