@@ -245,12 +245,7 @@ func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string, u
 }
 
 // objectKey is rel's key in the bucket of dst.
-func objectKey(dst Sink, rel string) string {
-	if dst.Prefix == "" {
-		return rel
-	}
-	return dst.Prefix + "/" + rel
-}
+func objectKey(dst Sink, rel string) string { return sinks.ObjectKey(dst.Prefix, rel) }
 
 // remove deletes the run's spilled keys.
 func (s *keySpill) remove(ctx context.Context) error {

@@ -82,3 +82,25 @@ func TestRunBoundedDedupeSmall(t *testing.T) {
 		}
 	}
 }
+
+// TestRunBoundedDedupePrefixSlash: a sink prefix given with a trailing slash names the same objects as without
+// it, for the spilled keys too: the run removes what it spilled.
+func TestRunBoundedDedupePrefixSlash(t *testing.T) {
+	b := memBucket(t)
+	dir := malformedBlocks(t)
+	m, err := pipeline.Run(context.Background(), pipeline.Source{Bucket: openDir(t, dir), Name: dir},
+		pipeline.Sink{Bucket: b, Prefix: "out/"}, pipeline.Options{Workers: 2, Layout: reader.LayoutPatient, DedupeKeys: 1,
+			Allocator: checked(t), Now: fixedClock()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Totals.Duplicates != 2 || m.Totals.Rows != 9 {
+		t.Errorf("totals %+v, want 2 duplicates and 9 rows", m.Totals)
+	}
+	if left := listKeys(t, b, "out/_dedupe/"); len(left) != 0 {
+		t.Errorf("left under _dedupe/: %v", left)
+	}
+	if all := listKeys(t, b, "out//"); len(all) != 0 {
+		t.Errorf("objects under a doubled slash: %v", all)
+	}
+}

@@ -84,7 +84,7 @@ type LastRun struct {
 
 const runsDir = "_runs/"
 
-func runKey(out, runID, name string) string { return objectKey(out, runsDir+runID+"/"+name) }
+func runKey(out, runID, name string) string { return ObjectKey(out, runsDir+runID+"/"+name) }
 
 // checkRunID refuses a run id that is not one plain path segment: 1 to 63 ASCII letters, digits, '.', '_' and '-',
 // starting with a letter or digit (so never ".", ".." or a name of ours such as "_last").
@@ -103,7 +103,7 @@ func checkRunID(id string) error {
 
 func lastKey(out, store string) string {
 	sum := sha256.Sum256([]byte(store))
-	return objectKey(out, runsDir+"_last/"+hex.EncodeToString(sum[:8])+".json")
+	return ObjectKey(out, runsDir+"_last/"+hex.EncodeToString(sum[:8])+".json")
 }
 
 // ClaimRun creates OUT/_runs/<st.RunID>/state.json if it does not exist. When it does, the error wraps ErrRunClaimed.

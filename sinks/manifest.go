@@ -156,7 +156,7 @@ func (m *Manifest) marshal() ([]byte, error) {
 // WriteManifest writes out/_manifest.json, which publishes the run. Call it last, after every Table and the
 // Rejects are closed and RemoveStale has run.
 func WriteManifest(ctx context.Context, b *blob.Bucket, out string, m *Manifest) error {
-	key := objectKey(out, manifestKey)
+	key := ObjectKey(out, manifestKey)
 	data, err := m.marshal()
 	if err != nil {
 		return fmt.Errorf("encode manifest %s: %w", key, err)
@@ -169,7 +169,7 @@ func WriteManifest(ctx context.Context, b *blob.Bucket, out string, m *Manifest)
 
 // ReadManifest reads out/_manifest.json. When there is none, the error wraps os.ErrNotExist.
 func ReadManifest(ctx context.Context, b *blob.Bucket, out string) (*Manifest, error) {
-	key := objectKey(out, manifestKey)
+	key := ObjectKey(out, manifestKey)
 	data, err := b.ReadAll(ctx, key)
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		return nil, fmt.Errorf("read manifest %s: %w", key, errors.Join(os.ErrNotExist, err))
@@ -187,7 +187,7 @@ func ReadManifest(ctx context.Context, b *blob.Bucket, out string) (*Manifest, e
 // Unpublish deletes out/_manifest.json, if any: a replacing run calls it before writing anything, so that a
 // half-replaced output is never published.
 func Unpublish(ctx context.Context, b *blob.Bucket, out string) error {
-	key := objectKey(out, manifestKey)
+	key := ObjectKey(out, manifestKey)
 	if err := b.Delete(ctx, key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
 		return fmt.Errorf("unpublish %s: %w", key, err)
 	}
@@ -204,7 +204,7 @@ var ours = regexp.MustCompile(`^(?:(?:[A-Za-z][A-Za-z0-9]*|` + regexp.QuoteMeta(
 // relative to out, is not in keep, and returns their relative keys in order. Other objects, the manifest among
 // them, are never touched.
 func RemoveStale(ctx context.Context, b *blob.Bucket, out string, keep map[string]bool) (removed []string, err error) {
-	prefix := objectKey(out, "")
+	prefix := ObjectKey(out, "")
 	it := b.List(&blob.ListOptions{Prefix: prefix})
 	for {
 		obj, err := it.Next(ctx)

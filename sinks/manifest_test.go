@@ -128,7 +128,7 @@ func TestManifestRoundTrip(t *testing.T) {
 			if err := WriteManifest(ctx, b, tc.out, tc.m); err != nil {
 				t.Fatal(err)
 			}
-			raw, err := b.ReadAll(ctx, objectKey(tc.out, "_manifest.json"))
+			raw, err := b.ReadAll(ctx, ObjectKey(tc.out, "_manifest.json"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -324,7 +324,7 @@ func TestRemoveStale(t *testing.T) {
 			}
 			var want []string
 			for _, k := range tc.objects {
-				rel, _ := strings.CutPrefix(k, objectKey(tc.out, ""))
+				rel, _ := strings.CutPrefix(k, ObjectKey(tc.out, ""))
 				if !slices.Contains(tc.wantRemoved, rel) {
 					want = append(want, k)
 				}

@@ -763,7 +763,7 @@ func (t *Table) openPart(rel string) (*part, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parquet writer: %w", err)
 	}
-	return &part{rel: rel, key: objectKey(t.out, rel), cw: cw}, nil
+	return &part{rel: rel, key: ObjectKey(t.out, rel), cw: cw}, nil
 }
 
 // start opens p's object, unless it is open, for a first write-out of about size bytes, and writes the leading

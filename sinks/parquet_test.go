@@ -265,7 +265,7 @@ func TestTableWritesParquet(t *testing.T) {
 			for i := range tc.want {
 				rel := fmt.Sprintf("Patient/part-%05d.parquet", i)
 				wantFiles = append(wantFiles, rel)
-				wantKeys = append(wantKeys, objectKey(tc.out, rel))
+				wantKeys = append(wantKeys, ObjectKey(tc.out, rel))
 			}
 			var gotFiles []string
 			for _, f := range files {

@@ -178,7 +178,7 @@ func (r *Rejects) append(ctx context.Context, rel string, line io.Reader) error 
 	rel = r.name(rel)
 	f := r.open[rel]
 	if f == nil {
-		obj, err := openObject(ctx, r.b, objectKey(r.out, rel), ndjsonType, rejectsUploadBuffer)
+		obj, err := openObject(ctx, r.b, ObjectKey(r.out, rel), ndjsonType, rejectsUploadBuffer)
 		if err != nil {
 			return err
 		}

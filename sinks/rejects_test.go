@@ -156,13 +156,13 @@ func TestRejectsWritesQuarantine(t *testing.T) {
 			}
 			var wantKeys []string
 			for _, f := range wantFiles {
-				wantKeys = append(wantKeys, objectKey(tc.out, f.Key))
+				wantKeys = append(wantKeys, ObjectKey(tc.out, f.Key))
 			}
 			if got := keys(t, b); !slices.Equal(got, wantKeys) {
 				t.Errorf("bucket holds %q, want %q", got, wantKeys)
 			}
 			for rel, want := range tc.want {
-				got, err := b.ReadAll(ctx, objectKey(tc.out, rel))
+				got, err := b.ReadAll(ctx, ObjectKey(tc.out, rel))
 				if err != nil {
 					t.Fatalf("read %s: %v", rel, err)
 				}

@@ -53,8 +53,8 @@ const (
 	partNameFormat = "%s/%s%05d.parquet"
 )
 
-// objectKey is the bucket key of rel under out.
-func objectKey(out, rel string) string {
+// ObjectKey is the bucket key of rel under out, a prefix given with or without its trailing slash.
+func ObjectKey(out, rel string) string {
 	out = strings.TrimSuffix(out, "/")
 	if out == "" {
 		return rel

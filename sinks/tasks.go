@@ -52,7 +52,7 @@ func WriteTaskRecord(ctx context.Context, b *blob.Bucket, out string, rec *TaskR
 	if err != nil {
 		return fmt.Errorf("encode task record %d: %w", rec.Task, err)
 	}
-	if err := writeObject(ctx, b, objectKey(out, TaskRecordKey(rec.RunID, rec.Task)), jsonType, data); err != nil {
+	if err := writeObject(ctx, b, ObjectKey(out, TaskRecordKey(rec.RunID, rec.Task)), jsonType, data); err != nil {
 		return fmt.Errorf("record task %d of run %s: %w", rec.Task, rec.RunID, err)
 	}
 	return nil
@@ -61,7 +61,7 @@ func WriteTaskRecord(ctx context.Context, b *blob.Bucket, out string, rec *TaskR
 // ReadTaskRecord reads the record of task. When there is none, the error wraps os.ErrNotExist.
 func ReadTaskRecord(ctx context.Context, b *blob.Bucket, out, runID string, task int) (*TaskRecord, error) {
 	var rec TaskRecord
-	if err := readJSON(ctx, b, objectKey(out, TaskRecordKey(runID, task)), &rec); err != nil {
+	if err := readJSON(ctx, b, ObjectKey(out, TaskRecordKey(runID, task)), &rec); err != nil {
 		return nil, fmt.Errorf("read task record %d: %w", task, err)
 	}
 	return &rec, nil
@@ -200,7 +200,7 @@ func CreateKeys(ctx context.Context, b *blob.Bucket, out, rel string, size int64
 	if !strings.HasPrefix(rel, "_") {
 		return nil, fmt.Errorf("write keys: %q does not start with _", rel)
 	}
-	o, err := openObject(ctx, b, objectKey(out, rel), "application/octet-stream", uploadBufferFor(min(size, 1<<20)))
+	o, err := openObject(ctx, b, ObjectKey(out, rel), "application/octet-stream", uploadBufferFor(min(size, 1<<20)))
 	if err != nil {
 		return nil, err
 	}
@@ -259,7 +259,7 @@ const keyReadBuffer = 64 << 10
 
 // OpenKeys opens the key file f for reading.
 func OpenKeys(ctx context.Context, b *blob.Bucket, out string, f File) (*KeyReader, error) {
-	r, err := b.NewReader(ctx, objectKey(out, f.Key), nil)
+	r, err := b.NewReader(ctx, ObjectKey(out, f.Key), nil)
 	if err != nil {
 		return nil, fmt.Errorf("read keys %s: %w", f.Key, err)
 	}

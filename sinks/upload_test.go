@@ -81,7 +81,7 @@ func TestPartOpensObjectOnWriteOut(t *testing.T) {
 		for _, f := range files {
 			rows += f.Rows
 			var read int64
-			for _, n := range readParquet(t, b, objectKey("out", f.Key), mem).rowGroups {
+			for _, n := range readParquet(t, b, ObjectKey("out", f.Key), mem).rowGroups {
 				read += n
 			}
 			if read != f.Rows {
@@ -158,7 +158,7 @@ func TestFooterBytes(t *testing.T) {
 	if err != nil || len(files) != 1 {
 		t.Fatalf("Close: %+v, %v", files, err)
 	}
-	data, err := tbl.b.ReadAll(context.Background(), objectKey("out", files[0].Key))
+	data, err := tbl.b.ReadAll(context.Background(), ObjectKey("out", files[0].Key))
 	if err != nil {
 		t.Fatal(err)
 	}
