@@ -72,16 +72,24 @@ func runSpillName(started time.Time) string {
 	return spillDir + strconv.FormatInt(started.UnixNano(), 10) + "-"
 }
 
-// add records the key of a resource of typ written without its key held.
+// add records the key of a resource of typ written without its key held. The decoder that fills the buffer
+// writes it out, outside the lock, so that the others go on meanwhile.
 func (s *keySpill) add(ctx context.Context, typ string, k sinks.Key) error {
 	s.total.Add(1)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.buf[typ] = append(s.buf[typ], k)
-	if s.n++; s.n >= spillKeys {
-		return s.write(ctx)
+	if s.n++; s.n < spillKeys {
+		s.mu.Unlock()
+		return nil
 	}
-	return nil
+	full, next := s.buf, s.next
+	s.buf, s.n, s.next = map[string][]sinks.Key{}, 0, s.next+1
+	s.mu.Unlock()
+	files, err := s.writeOut(ctx, full, next)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.addRuns(files)
+	return err
 }
 
 // spilled returns the number of keys added so far (none for a nil spill, a task's).
@@ -92,20 +100,36 @@ func (s *keySpill) spilled() int64 {
 	return s.total.Load()
 }
 
-// write writes out the buffered keys, one sorted file per type. Called with mu held.
+// write writes out the buffered keys. Called with mu held.
 func (s *keySpill) write(ctx context.Context) error {
-	for _, typ := range slices.Sorted(maps.Keys(s.buf)) {
-		rel := fmt.Sprintf("%s%s-%05d", s.name, typ, s.next)
-		f, err := sinks.WriteKeyFile(ctx, s.dst.Bucket, s.dst.Prefix, rel, s.buf[typ])
+	files, err := s.writeOut(ctx, s.buf, s.next)
+	s.addRuns(files)
+	s.next++
+	s.buf = map[string][]sinks.Key{}
+	s.n = 0
+	return err
+}
+
+// writeOut writes the keys of buf, one sorted file per type numbered next, and returns the files written (also
+// when it fails part way).
+func (s *keySpill) writeOut(ctx context.Context, buf map[string][]sinks.Key, next int) (map[string]sinks.File, error) {
+	files := make(map[string]sinks.File, len(buf))
+	for _, typ := range slices.Sorted(maps.Keys(buf)) {
+		rel := fmt.Sprintf("%s%s-%05d", s.name, typ, next)
+		f, err := sinks.WriteKeyFile(ctx, s.dst.Bucket, s.dst.Prefix, rel, buf[typ])
 		if err != nil {
-			return fmt.Errorf("spill %s keys: %w", typ, err)
+			return files, fmt.Errorf("spill %s keys: %w", typ, err)
 		}
+		files[typ] = f
+	}
+	return files, nil
+}
+
+// addRuns adds written files to the runs of their types. Called with mu held.
+func (s *keySpill) addRuns(files map[string]sinks.File) {
+	for typ, f := range files {
 		s.runs[typ] = append(s.runs[typ], f)
 	}
-	s.next++
-	clear(s.buf)
-	s.n = 0
-	return nil
 }
 
 // reconcile drops, from the tables of m, the rows of the resources whose keys s holds more than once, keeping the
