@@ -962,7 +962,7 @@ func (r *run) publish(ctx context.Context, started time.Time) (*sinks.Manifest, 
 	if err != nil {
 		return nil, err
 	}
-	if err := r.reconcile(ctx, r.spill, m, sinks.RewrittenPartPrefix); err != nil {
+	if _, err := r.reconcile(ctx, r.spill, m, sinks.RewrittenPartPrefix, nil); err != nil {
 		return nil, err
 	}
 	if err := checkTotals(m); err != nil {

@@ -30,8 +30,8 @@ import (
 //
 // A task of a spread run spills the key of every per-Patient row it writes (the merge needs them all, and holding
 // them took 16 bytes a row), under sinks.TaskSpillPrefix. Its own copies past the bound are the keys those files
-// hold more than once: it drops them the same way (parts sinks.TaskRewrittenPrefix), then writes each key once to
-// its key file for the merge and removes the spilled files.
+// hold more than once: it drops them the same way (parts sinks.TaskRewrittenPrefix). The same reading of the files
+// writes each key once to the task's key file for the merge; then it removes the spilled files.
 
 // DefaultDedupeKeys is Options.DedupeKeys when zero: about 34 MB of keys.
 const DefaultDedupeKeys = 1 << 20
@@ -134,23 +134,46 @@ func (s *keySpill) addRuns(files map[string]sinks.File) {
 
 // reconcile drops, from the tables of m, the rows of the resources whose keys s holds more than once, keeping the
 // first, and counts them as duplicates; it writes the parts of those types again with prefix. A type without any
-// keeps its parts.
-func (r *run) reconcile(ctx context.Context, s *keySpill, m *sinks.Manifest, prefix string) error {
+// keeps its parts. When keysFile is not nil, the same reading of the spilled keys also writes each key of a type
+// once to the file keysFile names (a task's key file for the merge), and reconcile returns those files by type.
+func (r *run) reconcile(ctx context.Context, s *keySpill, m *sinks.Manifest, prefix string,
+	keysFile func(typ string) (string, error)) (map[string]sinks.File, error) {
 	if s == nil {
-		return nil
+		return nil, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.write(ctx); err != nil {
-		return err
+		return nil, err
 	}
+	var unique map[string]sinks.File
 	for _, typ := range slices.Sorted(maps.Keys(s.runs)) {
 		if err := s.compact(ctx, typ); err != nil {
-			return err
+			return nil, err
 		}
-		extra, total, err := repeatedKeys(ctx, s.dst, s.runs[typ])
+		rel := ""
+		if keysFile != nil {
+			var err error
+			if rel, err = keysFile(typ); err != nil {
+				return nil, err
+			}
+		}
+		extra := map[sinks.Key]int64{}
+		var total int64
+		f, err := mergeFiles(ctx, s.dst, s.runs[typ], rel, true, func(k sinks.Key, n int64) {
+			if n > 1 {
+				extra[k] = n - 1
+				total += n - 1
+			}
+		})
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("read spilled %s keys: %w", typ, err)
+		}
+		if rel != "" {
+			if unique == nil {
+				unique = map[string]sinks.File{}
+			}
+			unique[typ] = f
 		}
 		if total == 0 {
 			continue
@@ -175,10 +198,10 @@ func (r *run) reconcile(ctx context.Context, s *keySpill, m *sinks.Manifest, pre
 		popts.PartPrefix = prefix
 		files, dropped, err := rewriteParts(ctx, r.dst, typ, rs.Files, gone, popts, r.opts)
 		if err != nil {
-			return fmt.Errorf("drop %s duplicates: %w", typ, err)
+			return nil, fmt.Errorf("drop %s duplicates: %w", typ, err)
 		}
 		if dropped != total {
-			return fmt.Errorf("drop %s duplicates: %d rows found of %d", typ, dropped, total)
+			return nil, fmt.Errorf("drop %s duplicates: %d rows found of %d", typ, dropped, total)
 		}
 		rs.Files = files
 		rs.Rows -= dropped
@@ -187,7 +210,7 @@ func (r *run) reconcile(ctx context.Context, s *keySpill, m *sinks.Manifest, pre
 		m.Totals.Rows -= dropped
 		m.Totals.Duplicates += dropped
 	}
-	return nil
+	return unique, nil
 }
 
 // mergeFan is the most spilled files of a type that a run reads at once (a 64 KiB buffer each).
@@ -201,7 +224,7 @@ func (s *keySpill) compact(ctx context.Context, typ string) error {
 		group := files[:mergeFan]
 		rel := fmt.Sprintf("%s%s-%05d", s.name, typ, s.next)
 		s.next++
-		f, err := mergeFiles(ctx, s.dst, group, rel, false)
+		f, err := mergeFiles(ctx, s.dst, group, rel, false, nil)
 		if err != nil {
 			return fmt.Errorf("merge spilled %s keys: %w", typ, err)
 		}
@@ -216,54 +239,53 @@ func (s *keySpill) compact(ctx context.Context, typ string) error {
 	return nil
 }
 
-// writeUnique writes the keys of typ, each once, to one file at rel, in key order.
-func (s *keySpill) writeUnique(ctx context.Context, typ, rel string) (sinks.File, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.compact(ctx, typ); err != nil {
-		return sinks.File{}, err
-	}
-	return mergeFiles(ctx, s.dst, s.runs[typ], rel, true)
-}
-
-// types returns the types the spill has keys of, sorted.
-func (s *keySpill) types() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Sorted(maps.Keys(s.runs))
-}
-
-// mergeFiles writes the keys of files, in key order, to one file at rel: each once if unique, else with their
-// repeats.
-func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string, unique bool) (sinks.File, error) {
+// mergeFiles reads the keys of files together in key order and calls each, when not nil, with every key and how
+// many times the files hold it. When rel is not "", it writes the keys to one file at rel, each once if unique,
+// else with their repeats, and returns it.
+func mergeFiles(ctx context.Context, dst Sink, files []sinks.File, rel string, unique bool,
+	each func(k sinks.Key, n int64)) (sinks.File, error) {
 	srcs, done, err := openKeyFiles(ctx, dst, files)
 	if err != nil {
 		return sinks.File{}, err
 	}
 	defer done()
-	var size int64
-	for _, f := range files {
-		size += f.Bytes
-	}
-	w, err := sinks.CreateKeys(ctx, dst.Bucket, dst.Prefix, rel, size)
-	if err != nil {
-		return sinks.File{}, err
+	var w *sinks.KeyWriter
+	if rel != "" {
+		var size int64
+		for _, f := range files {
+			size += f.Bytes
+		}
+		if w, err = sinks.CreateKeys(ctx, dst.Bucket, dst.Prefix, rel, size); err != nil {
+			return sinks.File{}, err
+		}
 	}
 	var werr error
 	err = mergeKeys(srcs, nil, func(k sinks.Key, held []keyCount) {
-		n := int64(1)
-		if !unique {
-			n = rowsOf(held)
+		n := rowsOf(held)
+		if each != nil {
+			each(k, n)
 		}
-		for range n {
+		if w == nil {
+			return
+		}
+		copies := n
+		if unique {
+			copies = 1
+		}
+		for range copies {
 			if werr == nil {
 				werr = w.Write(k)
 			}
 		}
 	})
 	if err = errors.Join(err, werr); err != nil {
-		w.Abort()
+		if w != nil {
+			w.Abort()
+		}
 		return sinks.File{}, err
+	}
+	if w == nil {
+		return sinks.File{}, nil
 	}
 	return w.Close(ctx)
 }
@@ -277,34 +299,6 @@ func (s *keySpill) remove(ctx context.Context) error {
 		return nil
 	}
 	return removeUnder(ctx, s.dst, s.name)
-}
-
-// repeatedKeys reads the key files together in key order and returns the keys that occur more than once, each
-// with how many times more, and the sum of those.
-func repeatedKeys(ctx context.Context, dst Sink, files []sinks.File) (map[sinks.Key]int64, int64, error) {
-	srcs, done, err := openKeyFiles(ctx, dst, files)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer done()
-	return countRepeats(srcs)
-}
-
-// countRepeats merges the sorted keys of srcs and returns the keys that occur more than once over all of them,
-// each with how many times more, and the sum of those. It holds one key per source and the repeated keys.
-func countRepeats(srcs []keySource) (map[sinks.Key]int64, int64, error) {
-	extra := map[sinks.Key]int64{}
-	var total int64
-	err := mergeKeys(srcs, nil, func(k sinks.Key, held []keyCount) {
-		if n := rowsOf(held); n > 1 {
-			extra[k] = n - 1
-			total += n - 1
-		}
-	})
-	if err != nil {
-		return nil, 0, err
-	}
-	return extra, total, nil
 }
 
 // removeUnder deletes every object of the output whose key starts with start.

@@ -148,26 +148,16 @@ func convertTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int
 		return nil, err
 	}
 	// Past Options.DedupeKeys the task wrote some resources more than once: its keys show which.
-	if err := r.reconcile(ctx, r.keys, m, sinks.TaskRewrittenPrefix(task)); err != nil {
-		return nil, err
+	// The same reading of its spilled keys writes each once to its key file of the type, for the merge.
+	keys, err := r.reconcile(ctx, r.keys, m, sinks.TaskRewrittenPrefix(task), func(typ string) (string, error) {
+		return sinks.TaskKeysFile(plan.RunID, task, typ)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("task %d: %w", task, err)
 	}
 	m.RunID = plan.RunID
 	m.Finished = opts.Now().UTC()
-	rec := &sinks.TaskRecord{RunID: plan.RunID, Task: task, Tasks: plan.Tasks, Plan: hash, Manifest: *m}
-	for _, typ := range r.keys.types() {
-		rel, err := sinks.TaskKeysFile(plan.RunID, task, typ)
-		if err != nil {
-			return nil, err
-		}
-		f, err := r.keys.writeUnique(ctx, typ, rel)
-		if err != nil {
-			return nil, fmt.Errorf("write %s keys of task %d: %w", typ, task, err)
-		}
-		if rec.Keys == nil {
-			rec.Keys = map[string]sinks.File{}
-		}
-		rec.Keys[typ] = f
-	}
+	rec := &sinks.TaskRecord{RunID: plan.RunID, Task: task, Tasks: plan.Tasks, Plan: hash, Manifest: *m, Keys: keys}
 	if err := r.keys.remove(ctx); err != nil {
 		return nil, err
 	}
