@@ -39,11 +39,12 @@ const DefaultDedupeKeys = 1 << 20
 // spillKeys is how many spilled keys a run buffers before it writes them (16 bytes each).
 var spillKeys = 1 << 16
 
-// spillDir is where the spilled keys go under the output prefix, as _dedupe/<run>-<Type>-NNNNN (no directory per
-// run or type: a local output keeps the directories its files leave). Its name starts with "_", so RemoveStale and
-// reader.List leave it alone; a run removes its own files when it publishes, and a run of the same output removes
-// what a run that died left there.
-const spillDir = "_dedupe/"
+// spillDir starts the names of the spilled keys' files, directly under the output prefix:
+// _dedupe-<run>-<Type>-NNNNN. There is no directory for them: a local output keeps the directories its files
+// leave, and an empty one would stay after every run past its bound. The names start with "_", so RemoveStale and
+// reader.List leave them alone; a run removes its own files when it publishes, and a run of the same output
+// removes what a run that died left.
+const spillDir = "_dedupe-"
 
 // keySpill collects the keys of the resources a run wrote without holding their keys.
 type keySpill struct {
@@ -67,7 +68,7 @@ func newKeySpill(ctx context.Context, dst Sink, stale, name string) (*keySpill, 
 	return &keySpill{dst: dst, name: name, buf: map[string][]sinks.Key{}, runs: map[string][]sinks.File{}}, nil
 }
 
-// runSpillName starts the names of a run's spilled files: _dedupe/<run>-.
+// runSpillName starts the names of a run's spilled files: _dedupe-<run>-.
 func runSpillName(started time.Time) string {
 	return spillDir + strconv.FormatInt(started.UnixNano(), 10) + "-"
 }

@@ -2,7 +2,10 @@ package pipeline_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fhirlake/fhirlake/pipeline"
@@ -51,7 +54,7 @@ func TestRunBoundedDedupe(t *testing.T) {
 				t.Errorf("bound %d: %s holds %v, the manifest lists %v", bound, typ, objs, want)
 			}
 		}
-		if left := listKeys(t, b, "out/_dedupe/"); len(left) != 0 {
+		if left := listKeys(t, b, "out/_dedupe"); len(left) != 0 {
 			t.Errorf("bound %d: spilled keys left behind: %v", bound, left)
 		}
 		wl, gl := readLinks(t, one, want), readLinks(t, b, got)
@@ -62,10 +65,10 @@ func TestRunBoundedDedupe(t *testing.T) {
 }
 
 // TestRunBoundedDedupeSmall: the malformed blocks fixture (three copies of one Organization) gives the same
-// totals with a bound of one key, and a run finds and removes what a run that died left under _dedupe/.
+// totals with a bound of one key, and a run finds and removes what a run that died left under _dedupe.
 func TestRunBoundedDedupeSmall(t *testing.T) {
 	b := memBucket(t)
-	if err := b.WriteAll(context.Background(), "out/_dedupe/1-Organization-00000", make([]byte, 16), nil); err != nil {
+	if err := b.WriteAll(context.Background(), "out/_dedupe-1-Organization-00000", make([]byte, 16), nil); err != nil {
 		t.Fatal(err)
 	}
 	dir := malformedBlocks(t)
@@ -77,8 +80,8 @@ func TestRunBoundedDedupeSmall(t *testing.T) {
 		if o := m.Resources["Organization"]; o.Rows != 1 || o.Duplicates != 2 {
 			t.Errorf("%s: Organization = %+v, want 1 row and 2 duplicates", layout, o)
 		}
-		if left := listKeys(t, b, "out/_dedupe/"); len(left) != 0 {
-			t.Errorf("%s: left under _dedupe/: %v", layout, left)
+		if left := listKeys(t, b, "out/_dedupe"); len(left) != 0 {
+			t.Errorf("%s: left under _dedupe: %v", layout, left)
 		}
 	}
 }
@@ -97,10 +100,29 @@ func TestRunBoundedDedupePrefixSlash(t *testing.T) {
 	if m.Totals.Duplicates != 2 || m.Totals.Rows != 9 {
 		t.Errorf("totals %+v, want 2 duplicates and 9 rows", m.Totals)
 	}
-	if left := listKeys(t, b, "out/_dedupe/"); len(left) != 0 {
-		t.Errorf("left under _dedupe/: %v", left)
+	if left := listKeys(t, b, "out/_dedupe"); len(left) != 0 {
+		t.Errorf("left under _dedupe: %v", left)
 	}
 	if all := listKeys(t, b, "out//"); len(all) != 0 {
 		t.Errorf("objects under a doubled slash: %v", all)
+	}
+}
+
+// TestRunBoundedDedupeLocal: a run past its bound into a local directory leaves nothing of its spilled keys there,
+// not even an empty directory (fileblob leaves the directories of the files it deletes).
+func TestRunBoundedDedupeLocal(t *testing.T) {
+	out := t.TempDir()
+	m := runDir(t, malformedBlocks(t), openDir(t, out), pipeline.Options{Workers: 2, Layout: reader.LayoutPatient, DedupeKeys: 1})
+	if m.Totals.Duplicates != 2 {
+		t.Fatalf("totals %+v, want 2 duplicates: the run did not go past its bound", m.Totals)
+	}
+	entries, err := os.ReadDir(filepath.Join(out, "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "_dedupe") {
+			t.Errorf("left in the output: %s", e.Name())
+		}
 	}
 }
