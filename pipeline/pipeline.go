@@ -325,7 +325,7 @@ func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manife
 	}
 	if opts.DedupeKeys > 0 {
 		r.seen.limit = int64(opts.DedupeKeys)
-		if r.spill, err = newKeySpill(ctx, dst, spillDir, runSpillName(started)); err != nil {
+		if r.spill, err = newKeySpill(ctx, dst, runSpillName(started), spillDir, oldSpillDir); err != nil {
 			return nil, err
 		}
 	}

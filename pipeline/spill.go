@@ -46,6 +46,10 @@ var spillKeys = 1 << 16
 // removes what a run that died left.
 const spillDir = "_dedupe-"
 
+// oldSpillDir is where the version before spillDir spilled keys (_dedupe/<run>-<Type>-NNNNN): a run removes
+// what a run of that version died leaving there.
+const oldSpillDir = "_dedupe/"
+
 // keySpill collects the keys of the resources a run wrote without holding their keys.
 type keySpill struct {
 	dst  Sink
@@ -59,11 +63,13 @@ type keySpill struct {
 	total atomic.Int64
 }
 
-// newKeySpill removes what earlier runs left under stale and returns an empty spill whose file names start with
-// name.
-func newKeySpill(ctx context.Context, dst Sink, stale, name string) (*keySpill, error) {
-	if err := removeUnder(ctx, dst, stale); err != nil {
-		return nil, err
+// newKeySpill removes what earlier runs left under each of stale and returns an empty spill whose file names
+// start with name.
+func newKeySpill(ctx context.Context, dst Sink, name string, stale ...string) (*keySpill, error) {
+	for _, p := range stale {
+		if err := removeUnder(ctx, dst, p); err != nil {
+			return nil, err
+		}
 	}
 	return &keySpill{dst: dst, name: name, buf: map[string][]sinks.Key{}, runs: map[string][]sinks.File{}}, nil
 }
