@@ -112,8 +112,8 @@ type gbuf struct {
 }
 
 // ensure makes at least size bytes available. Bitmaps and offsets are zeroed past what was written (pad relies on
-// it); values and string data are not (a null's value slot is undefined in Arrow, and the Go allocator zeroes
-// anyway).
+// it); values and string data are not (ensureData): they are written before they are read, and pad clears the
+// value slots of nulls, which Arrow leaves undefined, so that a recycled buffer's old bytes stay out of records.
 func (g *gbuf) ensure(a *arena, size int) { g.grow(a, size, true) }
 
 func (g *gbuf) ensureData(a *arena, size int) { g.grow(a, size, false) }
