@@ -37,8 +37,9 @@ type keyShard struct {
 	_     [24]byte // keep shards on separate cache lines
 }
 
-func newKeySet() *keySet {
-	return &keySet{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+// newKeySet returns an empty set that takes at most limit keys (Options.DedupeKeys); zero or less: no bound.
+func newKeySet(limit int) *keySet {
+	return &keySet{seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}, limit: int64(max(limit, 0))}
 }
 
 // add records the resource version (typ, id, version) and reports whether it is new, and whether the set holds

@@ -9,7 +9,7 @@ import (
 )
 
 func TestKeySet(t *testing.T) {
-	s := newKeySet()
+	s := newKeySet(0)
 	tests := []struct {
 		name             string
 		typ, id, version string
@@ -34,8 +34,7 @@ func TestKeySet(t *testing.T) {
 // TestKeySetLimit: past its limit the set takes no more keys; a key it holds is still not new, and one it does not
 // hold is new but not held, every time.
 func TestKeySetLimit(t *testing.T) {
-	s := newKeySet()
-	s.limit = 2
+	s := newKeySet(2)
 	for _, tc := range []struct {
 		id              string
 		isNew, wantHeld bool
@@ -51,7 +50,7 @@ func TestKeySetLimit(t *testing.T) {
 
 // TestKeySetConcurrent: of goroutines adding the same keys at once, exactly one sees each key as new.
 func TestKeySetConcurrent(t *testing.T) {
-	s := newKeySet()
+	s := newKeySet(0)
 	const keys, goroutines = 5000, 8
 	var fresh atomic.Int64
 	var wg sync.WaitGroup
@@ -87,7 +86,7 @@ func BenchmarkKeySet(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		s := newKeySet()
+		s := newKeySet(0)
 		for _, id := range ids {
 			s.add("Observation", id, "1")
 		}

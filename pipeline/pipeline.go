@@ -320,11 +320,10 @@ func Run(ctx context.Context, src Source, dst Sink, opts Options) (*sinks.Manife
 		rejects: sinks.NewRejects(dst.Bucket, dst.Prefix),
 		inputs:  make([]sinks.Input, len(objects)),
 		stats:   map[string]*typeStats{},
-		seen:    newKeySet(),
+		seen:    newKeySet(opts.DedupeKeys),
 		links:   sinks.NewTable(dst.Bucket, dst.Prefix, schema.LinksTable, schema.Links(), opts.Parquet),
 	}
 	if opts.DedupeKeys > 0 {
-		r.seen.limit = int64(opts.DedupeKeys)
 		if r.spill, err = newKeySpill(ctx, dst, runSpillName(started), spillDir, oldSpillDir); err != nil {
 			return nil, err
 		}

@@ -124,7 +124,7 @@ func convertTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int
 		rejects: sinks.NewTaskRejects(dst.Bucket, dst.Prefix, task),
 		inputs:  make([]sinks.Input, len(objects)),
 		stats:   map[string]*typeStats{},
-		seen:    newKeySet(),
+		seen:    newKeySet(opts.DedupeKeys),
 		links:   sinks.NewTable(dst.Bucket, dst.Prefix, schema.LinksTable, schema.Links(), opts.Parquet),
 		splits:  splits,
 	}
@@ -132,9 +132,6 @@ func convertTask(ctx context.Context, src Source, dst Sink, plan *Plan, task int
 	spill := sinks.TaskSpillPrefix(plan.RunID, task)
 	if r.keys, err = newKeySpill(ctx, dst, spill, spill); err != nil {
 		return nil, err
-	}
-	if opts.DedupeKeys > 0 {
-		r.seen.limit = int64(opts.DedupeKeys)
 	}
 	for _, o := range objects {
 		r.bytesTotal += o.Size
