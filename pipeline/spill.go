@@ -89,8 +89,7 @@ func (s *keySpill) add(ctx context.Context, typ string, k sinks.Key) error {
 		s.mu.Unlock()
 		return nil
 	}
-	full, next := s.buf, s.next
-	s.buf, s.n, s.next = map[string][]sinks.Key{}, 0, s.next+1
+	full, next := s.take()
 	s.mu.Unlock()
 	files, err := s.writeOut(ctx, full, next)
 	s.mu.Lock()
@@ -107,13 +106,19 @@ func (s *keySpill) spilled() int64 {
 	return s.total.Load()
 }
 
+// take hands the buffered keys over with the number of their files, and starts an empty buffer. Called with mu
+// held.
+func (s *keySpill) take() (map[string][]sinks.Key, int) {
+	buf, next := s.buf, s.next
+	s.buf, s.n, s.next = map[string][]sinks.Key{}, 0, s.next+1
+	return buf, next
+}
+
 // write writes out the buffered keys. Called with mu held.
 func (s *keySpill) write(ctx context.Context) error {
-	files, err := s.writeOut(ctx, s.buf, s.next)
+	buf, next := s.take()
+	files, err := s.writeOut(ctx, buf, next)
 	s.addRuns(files)
-	s.next++
-	s.buf = map[string][]sinks.Key{}
-	s.n = 0
 	return err
 }
 
