@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -639,5 +640,58 @@ func TestFastExplain(t *testing.T) {
 	valid := []byte(`{` + obs + `}`)
 	if _, ok := fv.validate(valid); !ok || !fv.tree.holds(valid) {
 		t.Errorf("after explain, a valid line is not vouched for with its tree (ok %v)", ok)
+	}
+}
+
+// TestIDAndCodeRegexes checks isID and isCode against the regular expressions of FHIR R4 they implement, over
+// every string of up to four bytes of an alphabet that has each class of byte, and ids around the length limit.
+func TestIDAndCodeRegexes(t *testing.T) {
+	id := regexp.MustCompile(`^[A-Za-z0-9\-\.]{1,64}$`)
+	code := regexp.MustCompile(`^[^\s]+(\s[^\s]+)*$`)
+	alphabet := []byte("aZ09-. \t\n\f\r\v_/\x00\xc3\xa9")
+	var gen func(prefix []byte, n int)
+	checked := 0
+	gen = func(s []byte, n int) {
+		checked++
+		if got, want := isID(s), id.Match(s); got != want {
+			t.Errorf("isID(%q) = %v, want %v", s, got, want)
+		}
+		if got, want := isCode(s), code.Match(s); got != want {
+			t.Errorf("isCode(%q) = %v, want %v", s, got, want)
+		}
+		if n == 0 {
+			return
+		}
+		for _, c := range alphabet {
+			gen(append(s, c), n-1)
+		}
+	}
+	gen(nil, 4)
+	for _, n := range []int{63, 64, 65} {
+		s := []byte(strings.Repeat("a-1.", 20)[:n])
+		if got, want := isID(s), id.Match(s); got != want {
+			t.Errorf("isID of %d bytes = %v, want %v", n, got, want)
+		}
+	}
+	if checked < 50000 {
+		t.Fatalf("checked %d strings", checked)
+	}
+}
+
+// TestFastReferenceShapes checks the fast validator's reading of Reference.reference against the reference path:
+// typed references with and without a version, of allowed and other targets, and every other count of slashes.
+func TestFastReferenceShapes(t *testing.T) {
+	fv, ref := newFast(t), valNew(t)
+	for _, tt := range []struct {
+		ref   string
+		vouch bool
+	}{
+		{"Patient/1", true}, {"Group/g-1.2", true}, {"Patient/1/_history/2", true}, {"http://x.org/fhir/Patient/1", true},
+		{"Practitioner/1", false}, {"Patient/1/_history/", false}, {"Patient/1/_history/a_b", false},
+		{"Patient/1/_hist/2", true}, {"Patient/1/2", true}, {"Patient/", true}, {"/1", true}, {"/", true}, {"//", true},
+		{"a/b/c/d/e", true}, {"Foo/1", true}, {"#c", true}, {"urn:uuid:0f1d2e3a-2c3b-4c1e-9f0e-0f4b0f1d2e3a", true},
+	} {
+		line := `{"resourceType":"Observation","status":"final","code":{"text":"t"},"subject":{"reference":"` + tt.ref + `"}}`
+		checkVouch(t, fv, ref, line, tt.vouch)
 	}
 }
