@@ -105,6 +105,10 @@ type Member struct {
 	Under  bool // the key is the "_name" companion of a primitive element (its id and extensions)
 }
 
+// Keys returns the table Lookup reads, nil for a node that is not a Struct. It is immutable, and shared with the
+// nodes of the same keys: a caller may copy it, to keep it next to its own data.
+func (n *Node) Keys() *KeyTable[Member] { return n.keys }
+
 // Lookup maps a key of a FHIR JSON object of this Struct node to its child. It does not allocate.
 func (n *Node) Lookup(key []byte) (Member, bool) {
 	if n.keys == nil {

@@ -313,6 +313,10 @@ func (t *jtree) text(i int32) ([]byte, error) {
 // Worker, with their cols, which start a new batch whenever a flush takes their arrays.
 type plan struct {
 	node *schema.Node
+	// keys is a copy of node's key table (schema.Node.Keys), which shares its slots: looked up for every member
+	// of every object, it is read here rather than through the node and the table's own header, two loads that
+	// each missed the cache often enough to show.
+	keys schema.KeyTable[schema.Member]
 	// The node's fields the walk reads for every value, copied here, next to the rest of the plan.
 	kind     schema.Kind
 	scalar   schema.Scalar
@@ -338,6 +342,9 @@ type plan struct {
 func newRootPlan(res *schema.Resource, mem *arena) *plan {
 	p := &plan{node: res.Root, kind: res.Root.Kind, ref: -1, refType: -1, root: res, mem: mem,
 		kids: make([]*plan, len(res.Fields))}
+	if t := res.Root.Keys(); t != nil {
+		p.keys = *t
+	}
 	for i, n := range res.Fields {
 		if n.Derived != schema.NotDerived {
 			p.derived = append(p.derived, int32(i))
@@ -350,6 +357,9 @@ func newRootPlan(res *schema.Resource, mem *arena) *plan {
 func newPlan(n *schema.Node, key string, c *col) (*plan, error) {
 	p := &plan{node: n, kind: n.Kind, scalar: n.Scalar, derive: n.Derived, repeated: n.Repeated, key: key, col: c,
 		elem: c, ref: -1, refType: -1}
+	if t := n.Keys(); t != nil {
+		p.keys = *t
+	}
 	if n.Repeated {
 		if c.kind != colList {
 			return nil, fmt.Errorf("%s: column %s is not a list", n.Path(), c.typ)
@@ -549,7 +559,7 @@ func (c *converter) members(p *plan, obj int32, mark, at int) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", p.node.Path(), err)
 		}
-		m, ok := p.node.Lookup(key)
+		m, ok := p.keys.Get(key)
 		if !ok {
 			if p.key != "" || string(key) != "resourceType" {
 				return fmt.Errorf("%s: unexpected element %s", p.node.Path(), safeName(key))
