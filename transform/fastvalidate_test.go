@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -577,8 +578,35 @@ func TestFastURICacheKeepsShortURIs(t *testing.T) {
 			t.Errorf("validURL(%.40s...) = false", u)
 		}
 	}
-	if _, ok := v.uris[string(short)]; !ok || len(v.uris) != 1 {
-		t.Errorf("the cache holds %d URIs, short one cached: %v; want only the short one", len(v.uris), ok)
+	if _, ok := v.uris.Get(short); !ok || v.uris.Len() != 1 {
+		t.Errorf("the cache holds %d URIs, short one cached: %v; want only the short one", v.uris.Len(), ok)
+	}
+}
+
+// TestFastURICacheBounded checks that the cache of URI verdicts starts afresh when it holds uriCacheSize of them,
+// and that its verdicts, cached or not, are url.Parse's.
+func TestFastURICacheBounded(t *testing.T) {
+	v, err := newFastValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2*uriCacheSize + 10 {
+		u := []byte(fmt.Sprintf("http://example.org/%d", i))
+		if i%3 == 0 {
+			u = []byte(fmt.Sprintf("http://example.org/%%%d", i)) // a bad escape: url.Parse fails
+		}
+		for range 2 { // parsed, then cached
+			_, err := url.Parse(string(u))
+			if got := v.validURL(u); got != (err == nil) {
+				t.Fatalf("validURL(%s) = %v, url.Parse: %v", u, got, err)
+			}
+		}
+		if n := v.uris.Len(); n > uriCacheSize {
+			t.Fatalf("the cache holds %d URIs, more than %d", n, uriCacheSize)
+		}
+	}
+	if n := v.uris.Len(); n == 0 || n >= uriCacheSize {
+		t.Errorf("the cache holds %d URIs after starting afresh", n)
 	}
 }
 
