@@ -125,12 +125,12 @@ type fopt struct {
 // fenum holds the codes of a specialised code type as UnmarshalCode matches them: the enum value names (upper
 // case, "_" for "-"), and the original codes of values whose name differs.
 type fenum struct {
-	names, orig map[string]bool
+	names, orig schema.KeyTable[struct{}]
 }
 
 // fastPlan is the decoding plan of every R4 resource type. It is immutable and safe for concurrent use.
 type fastPlan struct {
-	resources map[string]*fmsg
+	resources schema.KeyTable[*fmsg] // by resource type, looked up for every line
 	// refFields maps a resource type named in "Type/id" references to whether the R4 Reference has a typed field
 	// for it; types only STU3 knows are absent from R4 Reference, and the reference rejects them. It is looked up
 	// for every reference, hence a KeyTable.
@@ -142,7 +142,7 @@ var loadFastPlan = sync.OnceValues(newFastPlan)
 
 func newFastPlan() (*fastPlan, error) {
 	b := &planBuilder{msgs: map[protoreflect.FullName]*fmsg{}, enums: map[protoreflect.FullName]*fenum{}}
-	fp := &fastPlan{resources: map[string]*fmsg{}}
+	fp := &fastPlan{}
 	cr := (&rpb.ContainedResource{}).ProtoReflect().Descriptor()
 	oneofs := cr.Oneofs()
 	if oneofs.Len() != 1 {
@@ -159,7 +159,7 @@ func newFastPlan() (*fastPlan, error) {
 			return nil, fmt.Errorf("compile decoding plan: %w", err)
 		}
 		m.pathName = fields.Get(i).JSONName()
-		fp.resources[string(md.Name())] = m
+		fp.resources.Put(string(md.Name()), m)
 	}
 	refFields := map[string]bool{}
 	for _, ref := range []proto.Message{&d3pb.Reference{}, &d4pb.Reference{}} {
@@ -368,15 +368,15 @@ func (b *planBuilder) enum(md protoreflect.MessageDescriptor) *fenum {
 	if e, ok := b.enums[ed.FullName()]; ok {
 		return e
 	}
-	e := &fenum{names: map[string]bool{}, orig: map[string]bool{}}
+	e := &fenum{}
 	vals := ed.Values()
 	for i := 0; i < vals.Len(); i++ {
 		v := vals.Get(i)
 		if v.Number() != 0 {
-			e.names[string(v.Name())] = true
+			e.names.Put(string(v.Name()), struct{}{})
 		}
 		if orig := proto.GetExtension(v.Options(), apb.E_FhirOriginalCode).(string); orig != "" {
-			e.orig[orig] = true
+			e.orig.Put(orig, struct{}{})
 		}
 	}
 	b.enums[ed.FullName()] = e

@@ -187,7 +187,7 @@ func (v *fastValidator) resourceType() (string, *fmsg, opening, bool) {
 	if !ok || esc {
 		return "", nil, 0, false
 	}
-	m, known := v.plan.resources[string(v.b[s+1:e-1])]
+	m, known := v.plan.resources.Get(v.b[s+1 : e-1])
 	if !known {
 		return "", nil, 0, false
 	}
@@ -661,7 +661,7 @@ func (v *fastValidator) reference(o *fopt, validate bool) bool {
 // code matches a specialised code as jsonpbhelper.UnmarshalCode does: the enum value name of its upper-cased
 // form with "-" as "_", else an original code. Non-ASCII codes go to the reference path (Unicode case mapping).
 func (v *fastValidator) code(e *fenum, s []byte) bool {
-	if e.orig[string(s)] {
+	if _, ok := e.orig.Get(s); ok {
 		return true
 	}
 	buf := v.b64[:0]
@@ -677,7 +677,8 @@ func (v *fastValidator) code(e *fenum, s []byte) bool {
 		buf = append(buf, c)
 	}
 	v.b64 = buf
-	return e.names[string(buf)]
+	_, ok := e.names.Get(buf)
+	return ok
 }
 
 func (v *fastValidator) validURL(s []byte) bool {
